@@ -1,0 +1,7 @@
+"""gradlib: GEMM problems, solution backends, timing, the tuner and the CSV schemas.
+
+Imports nothing of solidx's other packages: a tuning team runs it with nothing but shapes.
+"""
+from gradlib.problem import GemmProblem
+
+__all__ = ["GemmProblem"]

@@ -1,0 +1,50 @@
+"""Dtype names as the CSV files write them (torch names) and every alias gradlib accepts."""
+from __future__ import annotations
+
+import torch
+
+FP8 = torch.float8_e4m3fn
+
+_ALIASES: dict[str, torch.dtype] = {
+    "torch.float8_e4m3fn": torch.float8_e4m3fn,
+    "torch.float8_e4m3fnuz": torch.float8_e4m3fnuz,
+    "torch.float8_e5m2": torch.float8_e5m2,
+    "torch.bfloat16": torch.bfloat16,
+    "torch.float16": torch.float16,
+    "torch.float32": torch.float32,
+    "float8_e4m3fn": torch.float8_e4m3fn,
+    "float8_e4m3fnuz": torch.float8_e4m3fnuz,
+    "float8_e5m2": torch.float8_e5m2,
+    "fp8": torch.float8_e4m3fn,
+    "e4m3": torch.float8_e4m3fn,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "torch.half": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp16": torch.float16,
+    "f16": torch.float16,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "fp32": torch.float32,
+    "f32": torch.float32,
+    "torch.float": torch.float32,
+}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """Return the torch dtype a CSV cell names; raise ValueError for an unknown name."""
+    key = name.strip()
+    dtype = _ALIASES.get(key) or _ALIASES.get(key.lower())
+    if dtype is None:
+        raise ValueError(f"unknown dtype {name!r} (expected e.g. torch.float8_e4m3fn, torch.bfloat16)")
+    return dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The canonical CSV spelling of a dtype: its torch name, e.g. 'torch.float8_e4m3fn'."""
+    return str(dtype)
+
+
+def is_fp8(dtype: torch.dtype) -> bool:
+    return dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2)

@@ -1,0 +1,61 @@
+"""Every environment variable solidx reads, in one place (documented in the README).
+
+Values are read when accessed (``envs.TUNE_FP8``), so tests may set them with monkeypatch.
+The ROCm names keep the meaning the ROCm docs give them; solidx's own start with ``SOLIDX_``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _flag(name: str, default: bool) -> Callable[[], bool]:
+    def read() -> bool:
+        value = os.environ.get(name)
+        return default if value is None else value.strip().lower() not in _FALSE
+    return read
+
+
+def _str(name: str, default: str | None) -> Callable[[], str | None]:
+    return lambda: os.environ.get(name, default)
+
+
+def _triton_flash_attn() -> bool:
+    """VLLM_USE_FLASH_ATTN_TRITON (ROCm docs) or its later name VLLM_USE_TRITON_FLASH_ATTN;
+    the first one set wins; default on."""
+    for name in ("VLLM_USE_FLASH_ATTN_TRITON", "VLLM_USE_TRITON_FLASH_ATTN"):
+        if name in os.environ:
+            return _flag(name, True)()
+    return True
+
+
+_READERS: dict[str, Callable[[], Any]] = {
+    # Record every fp8 GEMM the engine issues to the shapes file.
+    "TUNE_FP8": _flag("TUNE_FP8", False),
+    # Where TUNE_FP8 / capture-shapes write (ROCm's default path).
+    "SOLIDX_SHAPES_FILE": _str("SOLIDX_SHAPES_FILE", "/tmp/fp8_shapes.csv"),
+    # Tuned GEMM file loaded by the fp8 layers at startup (else ROCm's /tmp defaults are tried).
+    "SOLIDX_TUNED_GEMM": _str("SOLIDX_TUNED_GEMM", None),
+    # Prefill attention: solidx's Triton kernel (default) or the framework's flash attention.
+    "VLLM_USE_TRITON_FLASH_ATTN": _triton_flash_attn,
+    # Decode attention: custom paged attention where it applies (default) or PagedAttention v2.
+    "VLLM_USE_ROCM_CUSTOM_PAGED_ATTN": _flag("VLLM_USE_ROCM_CUSTOM_PAGED_ATTN", True),
+    # fp8 checkpoints in AMMO (TensorRT-LLM) layout instead of Quark's.
+    "VLLM_FP8_USE_AMMO": _flag("VLLM_FP8_USE_AMMO", False),
+    # PyTorch TunableOp (read by torch itself; mirrored here for the engine's decisions).
+    "PYTORCH_TUNABLEOP_ENABLED": _flag("PYTORCH_TUNABLEOP_ENABLED", False),
+    "PYTORCH_TUNABLEOP_TUNING": _flag("PYTORCH_TUNABLEOP_TUNING", True),
+    "PYTORCH_TUNABLEOP_FILENAME": _str("PYTORCH_TUNABLEOP_FILENAME", "tunableop_results%d.csv"),
+    # Log level of solidx's loggers (DEBUG shows which attention kernel ran).
+    "SOLIDX_LOG_LEVEL": _str("SOLIDX_LOG_LEVEL", "INFO"),
+}
+
+VARIABLES: tuple[str, ...] = tuple(_READERS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _READERS:
+        return _READERS[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
