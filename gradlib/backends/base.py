@@ -25,6 +25,10 @@ from gradlib.operands import GemmOperands
 from gradlib.problem import GemmProblem
 
 
+WORKSPACE_BYTES = 32 * 1024 * 1024
+"""The GEMM workspace the runtime grants a solution; a candidate needing more is rejected."""
+
+
 def spec_hash(spec: str) -> int:
     """Stable 31-bit hash of a spec string (the CSV ``solidx`` of non-ROCm backends)."""
     return zlib.crc32(spec.encode()) & 0x7FFFFFFF

@@ -1,0 +1,29 @@
+"""The ``solidx`` command: capture-shapes → tune → generate / bench, plus csv and quantize."""
+from __future__ import annotations
+
+import click
+
+from cli.bench import bench
+from cli.capture import capture_shapes
+from cli.csv_cmd import csv_group
+from cli.generate import generate
+from cli.quantize import quantize
+from cli.tune import tune
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="solidx", message="solidx %(version)s")
+def main() -> None:
+    """solidx: capture the GEMM shapes a model runs, tune them offline over every backend,
+    and run inference with the tuned solutions."""
+
+
+main.add_command(capture_shapes)
+main.add_command(tune)
+main.add_command(generate)
+main.add_command(bench)
+main.add_command(quantize)
+main.add_command(csv_group)
+
+if __name__ == "__main__":
+    main()
