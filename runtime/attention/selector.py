@@ -1,0 +1,70 @@
+"""Which attention implementation runs: chosen per call from the device, the shapes and ``runtime.envs``.
+
+CPU tensors use the torch reference. On a GPU, prefill runs solidx's Triton flash kernel, or the
+framework's flash attention (SDPA) when ``VLLM_USE_TRITON_FLASH_ATTN`` is off; decode runs the
+custom paged kernel where its envelope holds (fp16/bf16, block 16, head 128, context <= 16k,
+GQA ratio 1-16) and ``VLLM_USE_ROCM_CUSTOM_PAGED_ATTN`` is on, else PagedAttention v2.
+Each choice is counted in ``KERNEL_COUNTS`` and logged at DEBUG the first time it is made.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import torch
+from torch import Tensor
+
+from runtime import envs
+from runtime.attention import reference
+
+logger = logging.getLogger(__name__)
+
+KERNEL_COUNTS: Counter[str] = Counter()
+
+CUSTOM_BLOCK_SIZE = 16
+CUSTOM_HEAD_SIZE = 128
+CUSTOM_MAX_CONTEXT = 16384
+CUSTOM_MAX_GQA_RATIO = 16
+
+
+def _ran(kernel: str) -> None:
+    if kernel not in KERNEL_COUNTS:
+        logger.debug("attention: using %s", kernel)
+    KERNEL_COUNTS[kernel] += 1
+
+
+def custom_paged_applies(q: Tensor, k_cache: Tensor, max_context_len: int) -> bool:
+    """Whether the custom paged decode kernel supports this call (the ROCm docs' envelope)."""
+    _, block_size, num_kv_heads, head_size = k_cache.shape
+    ratio = q.shape[1] // num_kv_heads
+    return (q.dtype in (torch.float16, torch.bfloat16) and block_size == CUSTOM_BLOCK_SIZE
+            and head_size == CUSTOM_HEAD_SIZE and max_context_len <= CUSTOM_MAX_CONTEXT
+            and 1 <= ratio <= CUSTOM_MAX_GQA_RATIO)
+
+
+def store_kvcache(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor,
+                  k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+    """Write ``k``/``v`` ([T, Hkv, D]) into the paged cache at ``slot_mapping`` (-1 skips a token)."""
+    _ran("store_reference")
+    reference.store_kvcache(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+
+
+def prefill_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+                      max_seqlen_q: int, max_seqlen_k: int, scale: float,
+                      k_cache: Tensor | None = None, v_cache: Tensor | None = None,
+                      block_tables: Tensor | None = None,
+                      k_scale: float = 1.0, v_scale: float = 1.0) -> Tensor:
+    """Varlen causal GQA prefill; see ATTENTION_API.md for the full contract."""
+    _ran("prefill_reference")
+    return reference.prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                       max_seqlen_k, scale, k_cache, v_cache, block_tables,
+                                       k_scale, v_scale)
+
+
+def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor,
+                     context_lens: Tensor, max_context_len: int, scale: float,
+                     k_scale: float = 1.0, v_scale: float = 1.0) -> Tensor:
+    """One query token per sequence over the paged cache; context length 0 gives zeros."""
+    _ran("decode_reference")
+    return reference.decode_attention(q, k_cache, v_cache, block_tables, context_lens,
+                                      max_context_len, scale, k_scale, v_scale)
