@@ -12,7 +12,10 @@ import torch
 import torch.nn.functional as F
 
 import runtime.attention as attention
-from runtime.attention import reference
+from runtime.attention import (paged_custom, paged_v2, reference, selector, triton_prefill,
+                               triton_store)
+from runtime.attention.paged_custom import paged_attention_custom
+from runtime.attention.paged_v2 import paged_attention_v2
 
 
 @dataclass
@@ -146,3 +149,123 @@ def test_public_api_on_cpu_counts_the_reference() -> None:
     attention.decode_attention(torch.randn(1, 2, 8), paged.k_cache, paged.v_cache,
                                paged.block_tables, torch.tensor([6], dtype=torch.int32), 8, 1.0)
     assert attention.KERNEL_COUNTS["decode_reference"] == before + 1
+
+
+# ---- the kernels against the reference ------------------------------------------------------
+
+TOL = {torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+def assert_matches(out: torch.Tensor, ref: torch.Tensor) -> None:
+    tol = TOL[out.dtype]
+    torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol)
+
+
+def check_prefill(lengths: list[int], q_lens: list[int], heads: int, kv_heads: int, head_size: int,
+                  dtype: torch.dtype, paged: bool, cache_dtype: torch.dtype | None = None,
+                  device: str = "cpu", config: triton_prefill.PrefillConfig | None = None) -> None:
+    """Triton prefill of the last ``q_lens[i]`` queries of each sequence against the reference."""
+    p = make_paged(lengths, kv_heads, head_size, 16, dtype, cache_dtype, device)
+    q = torch.randn(sum(q_lens), heads, head_size, device=device).to(dtype)
+    cu_q = torch.tensor([0] + q_lens, device=device).cumsum(0).int()
+    cache = (p.k_cache, p.v_cache, p.block_tables) if paged else (None, None, None)
+    args = (q, p.k, p.v, cu_q, p.cu_seqlens, max(q_lens), max(lengths), head_size ** -0.5, *cache,
+            p.k_scale, p.v_scale)
+    out = triton_prefill.prefill_attention(*args, config=config)
+    assert_matches(out, reference.prefill_attention(*args))
+
+
+def check_decode(kernel: str, lengths: list[int], heads: int, kv_heads: int, head_size: int,
+                 block_size: int, dtype: torch.dtype, cache_dtype: torch.dtype | None = None,
+                 partition_size: int | None = None, device: str = "cpu") -> None:
+    p = make_paged(lengths, kv_heads, head_size, block_size, dtype, cache_dtype, device)
+    q = torch.randn(len(lengths), heads, head_size, device=device).to(dtype)
+    context_lens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    max_context_len = max(lengths) + 5  # an upper bound, as under CUDA graphs
+    args = (q, p.k_cache, p.v_cache, p.block_tables, context_lens, max_context_len,
+            head_size ** -0.5, p.k_scale, p.v_scale)
+    fn = paged_attention_custom if kernel == "custom" else paged_attention_v2
+    default = paged_custom.PARTITION_SIZE if kernel == "custom" else paged_v2.PARTITION_SIZE
+    out = fn(*args, partition_size=partition_size or default)
+    ref = reference.decode_attention(*args)
+    assert_matches(out, ref)
+    assert out.isfinite().all()
+
+
+@pytest.mark.parametrize("heads,kv_heads,head_size,dtype,paged,cache_dtype", [
+    (4, 1, 16, torch.float16, False, None),
+    (8, 1, 24, torch.float16, True, None),
+    (2, 2, 32, torch.bfloat16, True, None),
+    (4, 2, 16, torch.float16, True, torch.float8_e4m3fn),
+])
+def test_triton_prefill(heads: int, kv_heads: int, head_size: int, dtype: torch.dtype, paged: bool,
+                        cache_dtype: torch.dtype | None) -> None:
+    lengths = [7, 33, 1, 16]
+    check_prefill(lengths, lengths, heads, kv_heads, head_size, dtype, paged, cache_dtype)
+
+
+def test_triton_prefill_chunked_from_cache() -> None:
+    """Queries that are the tail of longer contexts (chunked prefill, prefix hits, decode rows)."""
+    check_prefill([21, 40, 9, 17], [5, 18, 0, 1], 4, 2, 16, torch.float16, paged=True)
+
+
+@pytest.mark.parametrize("heads,kv_heads,head_size,dtype,cache_dtype,partition", [
+    (4, 1, 16, torch.float16, None, 32),
+    (4, 1, 16, torch.float16, None, None),
+    (8, 1, 32, torch.float16, None, 32),
+    (2, 2, 16, torch.bfloat16, None, 32),
+    (8, 2, 16, torch.float16, torch.float8_e4m3fn, 32),
+])
+def test_paged_custom(heads: int, kv_heads: int, head_size: int, dtype: torch.dtype,
+                      cache_dtype: torch.dtype | None, partition: int | None) -> None:
+    check_decode("custom", [70, 33, 0, 16, 1, 32], heads, kv_heads, head_size, 16, dtype,
+                 cache_dtype, partition)
+
+
+@pytest.mark.parametrize("heads,kv_heads,head_size,block_size,dtype,cache_dtype,partition", [
+    (4, 1, 24, 8, torch.float16, None, 32),
+    (4, 4, 16, 16, torch.float16, None, None),
+    (8, 1, 16, 16, torch.bfloat16, None, 32),
+    (4, 2, 16, 5, torch.float16, torch.float8_e4m3fn, 32),
+])
+def test_paged_v2(heads: int, kv_heads: int, head_size: int, block_size: int, dtype: torch.dtype,
+                  cache_dtype: torch.dtype | None, partition: int | None) -> None:
+    check_decode("v2", [70, 33, 0, 16, 1, 40], heads, kv_heads, head_size, block_size, dtype,
+                 cache_dtype, partition)
+
+
+@pytest.mark.parametrize("dtype,cache_dtype", [(torch.float16, torch.float16),
+                                               (torch.bfloat16, torch.bfloat16),
+                                               (torch.bfloat16, torch.float8_e4m3fn)])
+def test_triton_store_matches_reference(dtype: torch.dtype, cache_dtype: torch.dtype) -> None:
+    qkv = (torch.randn(6, 3, 2, 24) * 30).to(dtype)
+    k, v = qkv[:, 1], qkv[:, 2]  # strided views, as the model's fused qkv gives them
+    slots = torch.tensor([3, -1, 0, 11, 6, -1], dtype=torch.int32)
+    caches = [torch.zeros(3, 4, 2, 24, dtype=cache_dtype) for _ in range(4)]
+    reference.store_kvcache(k, v, caches[0], caches[1], slots, 0.5, 0.25)
+    triton_store.store_kvcache(k, v, caches[2], caches[3], slots, 0.5, 0.25)
+    assert torch.equal(caches[0].float(), caches[2].float())
+    assert torch.equal(caches[1].float(), caches[3].float())
+
+
+def test_fp8_store_rounds_to_nearest_even() -> None:
+    """Every fp8 value and every midpoint between neighbours is stored as torch rounds it."""
+    grid = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    grid = grid[grid.isfinite()].sort().values
+    x = torch.cat([grid, (grid[1:] + grid[:-1]) / 2, torch.tensor([500.0, -1000.0, 0.0])])
+    x = torch.cat([x, torch.zeros(-x.numel() % 16)]).view(-1, 1, 16)
+    slots = torch.arange(x.shape[0], dtype=torch.int32)
+    caches = [torch.zeros(x.shape[0], 1, 1, 16, dtype=torch.float8_e4m3fn) for _ in range(4)]
+    reference.store_kvcache(x, x, caches[0], caches[1], slots)
+    triton_store.store_kvcache(x, x, caches[2], caches[3], slots)
+    assert torch.equal(caches[0].float(), caches[2].float())
+
+
+def test_custom_envelope() -> None:
+    q = torch.empty(2, 32, 128, dtype=torch.bfloat16)
+    cache = torch.empty(4, 16, 8, 128, dtype=torch.bfloat16)
+    assert selector.custom_paged_applies(q, cache, 16384)
+    assert not selector.custom_paged_applies(q, cache, 16385)
+    assert not selector.custom_paged_applies(q, torch.empty(4, 32, 8, 128), 4096)
+    assert not selector.custom_paged_applies(q.float(), cache, 4096)
+    assert not selector.custom_paged_applies(torch.empty(2, 32, 64), torch.empty(4, 16, 1, 64), 64)

@@ -15,7 +15,11 @@ import torch
 from torch import Tensor
 
 from runtime import envs
-from runtime.attention import reference
+from runtime.attention import reference, sdpa
+from runtime.attention.paged_custom import paged_attention_custom
+from runtime.attention.paged_v2 import paged_attention_v2
+from runtime.attention.triton_prefill import prefill_attention as prefill_triton
+from runtime.attention.triton_store import store_kvcache as store_triton
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +49,12 @@ def custom_paged_applies(q: Tensor, k_cache: Tensor, max_context_len: int) -> bo
 def store_kvcache(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor,
                   k_scale: float = 1.0, v_scale: float = 1.0) -> None:
     """Write ``k``/``v`` ([T, Hkv, D]) into the paged cache at ``slot_mapping`` (-1 skips a token)."""
-    _ran("store_reference")
-    reference.store_kvcache(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+    if k.device.type == "cpu":
+        _ran("store_reference")
+        reference.store_kvcache(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+        return
+    _ran("store_triton")
+    store_triton(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
 
 
 def prefill_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
@@ -55,16 +63,32 @@ def prefill_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_
                       block_tables: Tensor | None = None,
                       k_scale: float = 1.0, v_scale: float = 1.0) -> Tensor:
     """Varlen causal GQA prefill; see ATTENTION_API.md for the full contract."""
-    _ran("prefill_reference")
-    return reference.prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                       max_seqlen_k, scale, k_cache, v_cache, block_tables,
-                                       k_scale, v_scale)
+    args = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale,
+            k_cache, v_cache, block_tables, k_scale, v_scale)
+    if q.device.type == "cpu":
+        _ran("prefill_reference")
+        return reference.prefill_attention(*args)
+    if envs.VLLM_USE_TRITON_FLASH_ATTN:
+        _ran("prefill_triton")
+        return prefill_triton(*args)
+    _ran("prefill_sdpa_flash")
+    return sdpa.prefill_attention(*args)
 
 
 def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor,
                      context_lens: Tensor, max_context_len: int, scale: float,
                      k_scale: float = 1.0, v_scale: float = 1.0) -> Tensor:
-    """One query token per sequence over the paged cache; context length 0 gives zeros."""
-    _ran("decode_reference")
-    return reference.decode_attention(q, k_cache, v_cache, block_tables, context_lens,
-                                      max_context_len, scale, k_scale, v_scale)
+    """One query token per sequence over the paged cache; context length 0 gives zeros.
+
+    ``max_context_len`` is a host-side upper bound (fixed at CUDA-graph capture).
+    """
+    args = (q, k_cache, v_cache, block_tables, context_lens, max_context_len, scale,
+            k_scale, v_scale)
+    if q.device.type == "cpu":
+        _ran("decode_reference")
+        return reference.decode_attention(*args)
+    if envs.VLLM_USE_ROCM_CUSTOM_PAGED_ATTN and custom_paged_applies(q, k_cache, max_context_len):
+        _ran("paged_custom")
+        return paged_attention_custom(*args)
+    _ran("paged_v2")
+    return paged_attention_v2(*args)
