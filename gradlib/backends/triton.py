@@ -1,0 +1,238 @@
+"""``triton``: solidx's own GEMM kernels (gradlib/kernels) with an enumerated config space.
+
+Three kernels, each named with its whole configuration in the spec:
+
+* ``triton:kernel=gemv,bn=1,bm=16,bk=512,splitk=8,warps=4``: fp32 FMAs, no tensor cores
+  (N ≤ bn ≤ 2);
+* ``triton:kernel=skinny,bn=16,bm=64,bk=256,splitk=8,warps=4,stages=4``: swap-AB ``tl.dot``
+  for decode (N ≤ bn ≤ 32);
+* ``triton:kernel=tiled,bn=128,bm=128,bk=128,gm=8,splitk=1,warps=8,stages=3``: tiles of
+  ``bn`` tokens × ``bm`` features, any N.
+
+``bm`` tiles the output features (M), ``bn`` the tokens (N), ``bk`` the reduction (K);
+``splitk`` > 1 splits K over programs and reduces in the same launch (no zeroing pass).
+Runs on CUDA, and on CPU under ``TRITON_INTERPRET=1`` (slow; for tests).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from itertools import product
+
+import torch
+import triton
+
+from gradlib.backends.base import WORKSPACE_BYTES, Backend, Solution, format_spec, parse_spec
+from gradlib.kernels import skinny_gemm, tiled_gemm
+from gradlib.kernels.splitk import MAX_TILES, partial_bytes
+from gradlib.operands import GemmOperands
+from gradlib.problem import GemmProblem
+
+FIELDS: dict[str, tuple[str, ...]] = {
+    "gemv": ("bn", "bm", "bk", "splitk", "warps"),
+    "skinny": ("bn", "bm", "bk", "splitk", "warps", "stages"),
+    "tiled": ("bn", "bm", "bk", "gm", "splitk", "warps", "stages"),
+}
+"""The spec fields of each kernel, in spec order."""
+
+SMEM_BYTES = 227 * 1024
+"""Shared memory one program may use (H100/H200); pipelined tiles beyond it cannot launch."""
+
+_SMEM_LISTED = 160 * 1024  # candidates listed by solutions() leave room for two programs/SM
+_SPLITS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+_TILED = (  # (bn, bm, bk, warps, stages)
+    (64, 64, 128, 4, 4), (64, 128, 128, 4, 4), (64, 256, 128, 8, 3), (128, 64, 128, 4, 4),
+    (128, 128, 64, 8, 4), (128, 128, 128, 8, 3), (128, 256, 64, 8, 3), (128, 256, 128, 8, 3),
+    (256, 128, 64, 8, 3), (256, 128, 128, 8, 3),
+)
+
+
+def _pow2(v: int) -> bool:
+    return v > 0 and v & (v - 1) == 0
+
+
+def _next_pow2(v: int) -> int:
+    return 1 << (v - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class TritonConfig:
+    """One point of the config space (fields a kernel does not use stay at their default)."""
+
+    kernel: str
+    bn: int
+    bm: int
+    bk: int
+    splitk: int
+    warps: int
+    stages: int = 1
+    gm: int = 1
+
+    @property
+    def spec(self) -> str:
+        return format_spec("triton", {"kernel": self.kernel,
+                                      **{f: getattr(self, f) for f in FIELDS[self.kernel]}})
+
+    def max_tokens(self) -> int | None:
+        """The largest N the kernel handles (None: any)."""
+        return None if self.kernel == "tiled" else self.bn
+
+    def smem_bytes(self, elt: int) -> int:
+        """Shared memory of the pipelined dot kernels (gemv keeps its tiles in registers)."""
+        if self.kernel == "gemv":
+            return 0
+        return self.stages * (self.bn + self.bm) * self.bk * elt
+
+    def error(self, problem: GemmProblem, n: int | None = None) -> str | None:
+        """Why this config cannot run ``problem`` with ``n`` tokens (default ``problem.N``),
+        or None when it can."""
+        n = problem.N if n is None else n
+        elt = problem.dtype.itemsize
+        for name in ("bn", "bm", "bk"):
+            if not _pow2(getattr(self, name)):
+                return f"{name} must be a power of two"
+        if self.warps not in (1, 2, 4, 8, 16) or min(self.stages, self.gm, self.splitk) < 1:
+            return "warps must be 1, 2, 4, 8 or 16; stages, gm and splitk at least 1"
+        if self.bk * elt < 16 or (self.kernel != "gemv" and (self.bk < 32 or self.bm < 16)):
+            return "bk too small for 16-byte loads (dot kernels: bk >= 32, bm >= 16)"
+        if self.kernel == "gemv" and self.bn > 8:
+            return "gemv handles at most 8 tokens (bn <= 8)"
+        if self.kernel != "gemv" and self.bn < 16:
+            return "dot kernels need bn >= 16"
+        limit = self.max_tokens()
+        if limit is not None and n > limit:
+            return f"N={n} exceeds bn={self.bn}"
+        if self.smem_bytes(elt) > SMEM_BYTES:
+            return f"needs {self.smem_bytes(elt)} bytes of shared memory (> {SMEM_BYTES})"
+        if max(problem.M, n) * problem.K >= 2**31 or n * problem.M >= 2**31:
+            return "operands of 2**31 elements or more need 64-bit offsets"
+        k_blocks = triton.cdiv(problem.K, self.bk)
+        per_split = triton.cdiv(k_blocks, self.splitk)
+        if (self.splitk - 1) * per_split >= k_blocks:
+            return f"splitk={self.splitk} leaves a split of K={problem.K} empty at bk={self.bk}"
+        if self.splitk > 1:
+            tiles = triton.cdiv(problem.M, self.bm) * triton.cdiv(n, self.bn)
+            if partial_bytes(self.splitk, n, problem.M) > WORKSPACE_BYTES:
+                return f"split-K partials exceed the {WORKSPACE_BYTES}-byte workspace"
+            if tiles > MAX_TILES:
+                return f"{tiles} output tiles exceed the {MAX_TILES} split-K counters"
+        return None
+
+
+def config_from_spec(spec: str) -> TritonConfig:
+    """Parse a ``triton:`` spec (ValueError naming the spec if malformed)."""
+    libtype, fields = parse_spec(spec)
+    kernel = fields.pop("kernel", None)
+    if libtype != "triton" or kernel not in FIELDS:
+        raise ValueError(f"not a triton spec (kernel one of {', '.join(FIELDS)}): {spec!r}")
+    if set(fields) != set(FIELDS[kernel]):
+        raise ValueError(f"triton spec {spec!r} needs exactly the fields "
+                         f"kernel,{','.join(FIELDS[kernel])}")
+    try:
+        values = {k: int(v) for k, v in fields.items()}
+    except ValueError:
+        raise ValueError(f"triton spec {spec!r} has a non-integer field") from None
+    return TritonConfig(kernel=kernel, **values)
+
+
+def _splits(problem: GemmProblem, tiles: int, bk: int) -> list[int]:
+    """Up to four split-K values that give two to eight programs per SM of a 132-SM GPU, else
+    the split closest to one per SM."""
+    k_blocks = triton.cdiv(problem.K, bk)
+    valid = [s for s in _SPLITS if (s - 1) * triton.cdiv(k_blocks, s) < k_blocks]
+    good = [s for s in valid if 2 * 132 <= tiles * s <= 8 * 132]
+    if good:
+        return good[:4]
+    return [min(valid, key=lambda s: abs(tiles * s - 132))]
+
+
+def candidate_configs(problem: GemmProblem) -> list[TritonConfig]:
+    """The config space listed for a problem (every config valid for it)."""
+    n, elt = problem.N, problem.dtype.itemsize
+    out: list[TritonConfig] = []
+    if n <= 2:
+        bn = _next_pow2(n)
+        for bm, bk, warps in product((8, 16, 32), (256, 512, 1024), (4, 8)):
+            per_thread = bm * bk * elt // (32 * warps)  # weight bytes a thread loads per step
+            if 16 <= per_thread and bn * per_thread // elt <= 64:
+                for s in _splits(problem, triton.cdiv(problem.M, bm), bk):
+                    out.append(TritonConfig("gemv", bn, bm, bk, s, warps))
+    if n <= 32:
+        bn = 16 if n <= 16 else 32
+        for (bm, warps), bk in product(((64, 4), (128, 8)), (128, 256, 512)):
+            stages = [s for s in (3, 4, 5) if s * (bn + bm) * bk * elt <= _SMEM_LISTED] or [2]
+            for st, s in product(stages, _splits(problem, triton.cdiv(problem.M, bm), bk)):
+                out.append(TritonConfig("skinny", bn, bm, bk, s, warps, st))
+    else:
+        for bn, bm, bk, warps, st in _TILED:
+            if bn > max(64, _next_pow2(n)) or st * (bn + bm) * bk * elt > SMEM_BYTES - 32 * 1024:
+                continue
+            tiles = triton.cdiv(problem.M, bm) * triton.cdiv(n, bn)
+            splits = [1] + [s for s in (2, 4) if tiles * s <= 4 * 132] if tiles < 132 else [1]
+            for s in splits:
+                out.append(TritonConfig("tiled", bn, bm, bk, s, warps, st, gm=8))
+    return [c for c in out if c.error(problem) is None]
+
+
+def _interpreted() -> bool:
+    return type(skinny_gemm.skinny_kernel).__name__ == "InterpretedFunction"
+
+
+class TritonSolution(Solution):
+    libtype = "triton"
+
+    def __init__(self, problem: GemmProblem, config: TritonConfig) -> None:
+        error = config.error(problem)
+        if error:
+            raise ValueError(f"{config.spec} cannot run {problem}: {error}")
+        self.problem = problem
+        self.config = config
+
+    @property
+    def spec(self) -> str:
+        return self.config.spec
+
+    def accepts(self, n: int) -> bool:
+        return n >= 1 and self.config.error(self.problem, n) is None
+
+    def run(self, ops: GemmOperands) -> torch.Tensor:
+        n, m = ops.x.shape[0], ops.w.shape[0]
+        if not self.accepts(n) or m != self.problem.M or ops.x.shape[1] != self.problem.K:
+            raise ValueError(f"{self.spec} built for {self.problem} cannot run x{tuple(ops.x.shape)}"
+                             f" w{tuple(ops.w.shape)}")
+        if ops.x.device.type != "cuda" and not _interpreted():
+            raise ValueError("triton solutions need a CUDA device (or TRITON_INTERPRET=1 on CPU)")
+        x = ops.x if ops.x.stride(-1) == 1 else ops.x.contiguous()
+        w = ops.w if ops.w.stride(-1) == 1 else ops.w.contiguous()
+        out = torch.empty(n, m, dtype=self.problem.outdtype, device=x.device)
+        c = self.config
+        common = dict(block_n=c.bn, block_m=c.bm, block_k=c.bk, splitk=c.splitk, num_warps=c.warps)
+        args = (x, w, ops.scale_x, ops.scale_w, ops.bias, out)
+        with torch.cuda.device(x.device) if x.device.type == "cuda" else nullcontext():
+            if c.kernel == "gemv":
+                return skinny_gemm.gemv(*args, **common)
+            if c.kernel == "skinny":
+                return skinny_gemm.skinny(*args, **common, num_stages=c.stages)
+            return tiled_gemm.tiled(*args, **common, group_m=c.gm, num_stages=c.stages)
+
+
+class TritonBackend(Backend):
+    libtype = "triton"
+
+    def available(self) -> tuple[bool, str]:
+        if torch.cuda.is_available() or _interpreted():
+            return True, ""
+        return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU)"
+
+    def solutions(self, problem: GemmProblem) -> list[Solution]:
+        return [TritonSolution(problem, c) for c in candidate_configs(problem)]
+
+    def from_spec(self, spec: str, problem: GemmProblem) -> Solution:
+        config = config_from_spec(spec)
+        error = config.error(problem)
+        if error:
+            raise ValueError(f"triton spec {spec!r} cannot run {problem}: {error}")
+        return TritonSolution(problem, config)
+
+    def version(self) -> str:
+        return f"triton-{triton.__version__}"

@@ -1,0 +1,91 @@
+"""Split-K without a zeroing pass, and the epilogue every GEMM kernel shares.
+
+With ``splitk > 1`` each program stores its fp32 partial tile in a workspace
+(``part[s, n, m]``), then increments the tile's counter. The program that arrives last sums
+the partials in split order (so the result does not depend on arrival order), applies the
+scales and bias, writes ``y`` and resets the counter to zero for the next call. Counters start
+at zero when the workspace is allocated, so no kernel ever has to clear anything first.
+
+The workspace is allocated once per device and never freed (CUDA graphs keep its address).
+Solutions on one device share it: run them on one stream at a time, as with cuBLAS's.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from gradlib.backends.base import WORKSPACE_BYTES
+
+MAX_TILES = 1 << 16
+"""Counters in the workspace: a split-K launch may have at most this many output tiles."""
+
+_WORKSPACES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def partial_bytes(splitk: int, n: int, m: int) -> int:
+    """Workspace bytes a split-K launch needs for its fp32 partials (0 without split-K)."""
+    return 0 if splitk == 1 else splitk * n * m * 4
+
+
+def workspace(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The device's ``(partials fp32[WORKSPACE_BYTES / 4], counters int32[MAX_TILES])``."""
+    if device not in _WORKSPACES:
+        parts = torch.empty(WORKSPACE_BYTES // 4, dtype=torch.float32, device=device)
+        counters = torch.zeros(MAX_TILES, dtype=torch.int32, device=device)
+        _WORKSPACES[device] = (parts, counters)
+    return _WORKSPACES[device]
+
+
+def launch_args(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None,
+                scale_w: torch.Tensor | None, bias: torch.Tensor | None, out: torch.Tensor,
+                block_n: int, block_m: int, block_k: int, splitk: int,
+                ) -> tuple[tuple, dict[str, object], tuple[int, int]]:
+    """Arguments, constexprs and grid ``(M tiles × N tiles, splitk)`` shared by every GEMM
+    kernel; the caller has checked shapes, strides and the workspace size."""
+    n, k = x.shape
+    m = w.shape[0]
+    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+    k_per_split = triton.cdiv(triton.cdiv(k, block_k), splitk) * block_k
+    parts, counters = workspace(x.device)
+    args = (x, w, out, bias, scale_x, scale_w, parts[: max(partial_bytes(splitk, n, m) // 4, 1)],
+            counters[:tiles], m, n, k, x.stride(0), w.stride(0), out.stride(0), k_per_split)
+    consts = dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_K=block_k, EVEN_K=k % block_k == 0,
+                  HAS_BIAS=bias is not None, HAS_SCALE=scale_x is not None, SPLIT=splitk > 1)
+    return args, consts, (tiles, splitk)
+
+
+@triton.jit
+def _write_y(acc, offs_n, offs_m, mask, y_ptr, stride_yn, bias_ptr, sx_ptr, sw_ptr, M,
+             HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr):
+    if HAS_SCALE:
+        acc = acc * (tl.load(sx_ptr) * tl.load(sw_ptr))
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_m, mask=offs_m < M, other=0.0).to(tl.float32)
+    y_ptrs = y_ptr + offs_n * stride_yn + offs_m
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def store_tile(acc, offs_n, offs_m, tile, pid_k, splitk, y_ptr, stride_yn, bias_ptr, sx_ptr,
+               sw_ptr, part_ptr, count_ptr, M, N, HAS_BIAS: tl.constexpr,
+               HAS_SCALE: tl.constexpr, SPLIT: tl.constexpr):
+    """Finish one output tile. ``offs_n``/``offs_m`` are the tile's token and feature indices,
+    shaped to broadcast to ``acc`` (``[BN, 1]``/``[1, BM]`` or transposed)."""
+    mask = (offs_n < N) & (offs_m < M)
+    if SPLIT:
+        offs_nm = offs_n * M + offs_m
+        tl.store(part_ptr + pid_k * M * N + offs_nm, acc, mask=mask)
+        tl.debug_barrier()  # every thread's partial is written before the counter moves
+        arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
+        if arrived == splitk - 1:
+            total = tl.zeros_like(acc)
+            for s in range(0, splitk):
+                total += tl.load(part_ptr + s * M * N + offs_nm, mask=mask, other=0.0,
+                                 cache_modifier=".cg")
+            _write_y(total, offs_n, offs_m, mask, y_ptr, stride_yn, bias_ptr, sx_ptr, sw_ptr,
+                     M, HAS_BIAS, HAS_SCALE)
+            tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed", scope="gpu")
+    else:
+        _write_y(acc, offs_n, offs_m, mask, y_ptr, stride_yn, bias_ptr, sx_ptr, sw_ptr, M,
+                 HAS_BIAS, HAS_SCALE)
