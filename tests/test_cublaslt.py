@@ -15,7 +15,7 @@ from gradlib.backends import cublaslt_api as api
 from gradlib.backends import get_backend
 from gradlib.backends.base import WORKSPACE_BYTES
 from gradlib.backends.cublaslt import (
-    AlgoCaps, AlgoConfig, CublasLtBackend, candidate_configs, unsupported_reason,
+    AlgoCaps, AlgoConfig, CublasLtBackend, _distance, candidate_configs, unsupported_reason,
 )
 from gradlib.operands import make_operands, max_rel_err, reference_gemm, tolerance
 from gradlib.problem import GemmProblem
@@ -106,14 +106,16 @@ CAPS = {
 
 
 def test_candidates_put_heuristic_first_then_neighbours_then_bases():
-    heuristic = [AlgoConfig(1, 18, 15, cluster=2), AlgoConfig(2)]
+    heuristic = [AlgoConfig(1, 18, 15, splitk=2, red=1, cluster=2), AlgoConfig(2)]
     configs = list(candidate_configs(heuristic, CAPS, k=512))
     assert configs[:2] == heuristic
     first_base = configs.index(AlgoConfig(1, 20, 15))
-    neighbours = configs[2:first_base]
-    assert all(c.algo_id in (1, 2) for c in neighbours)
-    assert AlgoConfig(1, 18, 15, splitk=4, red=4, swizzle=1, custom=1, cluster=2) in neighbours
-    assert {c.cluster for c in neighbours if c.algo_id == 1} == {2}  # neighbours keep the kernel
+    near = [c for c in configs[2:first_base] if c.algo_id == 1]
+    assert AlgoConfig(1, 18, 15, splitk=4, red=4, swizzle=1, custom=1, cluster=2) in near
+    assert {c.cluster for c in near} == {2, 0}  # its own cluster and the other pick's
+    assert {(c.tile, c.stages) for c in near} == {(18, 15)}  # neighbours keep the kernel
+    changes = [_distance(c, heuristic[0]) for c in near]
+    assert changes == sorted(changes) and changes[0] == 0 and changes[1] == 1
     # id 2 takes its turn among the bases; bases have no split-K
     assert configs[first_base:first_base + 2] == [AlgoConfig(1, 20, 15), AlgoConfig(2, 0, 0)]
     for c in configs:
@@ -121,6 +123,13 @@ def test_candidates_put_heuristic_first_then_neighbours_then_bases():
         assert c.red in (0, 1, 4)
         assert c.splitk in (1, 2, 3, 4)  # K=512 allows splits of at least 128
     assert all(c.splitk == 1 and c.swizzle == 0 and c.custom == 0 for c in configs if c.algo_id == 2)
+
+
+def test_bases_of_the_heuristic_ids_come_first():
+    caps = {i: CAPS[2] for i in (5, 6, 7)}
+    configs = list(candidate_configs([AlgoConfig(7)], caps, k=512))
+    assert configs == [AlgoConfig(7), AlgoConfig(7), AlgoConfig(7), AlgoConfig(5), AlgoConfig(6),
+                       AlgoConfig(7), AlgoConfig(5), AlgoConfig(6)]
 
 
 def test_unsupported_problems_are_named():
@@ -194,7 +203,7 @@ class FakeLt:
         scalars = {api.CAP_SPLITK_SUPPORT: 1, api.CAP_REDUCTION_SCHEME_MASK: 5,
                    api.CAP_CTA_SWIZZLING_SUPPORT: 0, api.CAP_CUSTOM_OPTION_MAX: 0,
                    api.CAP_EPILOGUE_MASK: api.EPILOGUE_BIAS}
-        buf._obj.value = scalars[attr] if one else 0
+        buf._obj.value = scalars[attr] if one or attr == api.CAP_EPILOGUE_MASK else 0
         return 0
 
     def _workspace(self, algo):
@@ -239,9 +248,9 @@ def test_listing_pipeline_with_a_fake_library(fake_backend):
     assert specs[0] == "cublaslt:id=1,tile=18,stages=15,splitk=1,red=0,swizzle=0,custom=0,cluster=2"
     assert specs[1].startswith("cublaslt:id=2,tile=0,stages=0,splitk=1,")
     assert len(specs) == len(set(specs))
-    # id 1: (no split + 3 splits × 2 reduction schemes) for the heuristic's kernel (cluster 2)
-    # and for both tiles of the enumeration (cluster 0); id 2: its one configuration
-    assert len(specs) == 3 * 7 + 1
+    # id 1: (no split + 3 splits × 2 reduction schemes) for the heuristic's kernel with both
+    # picks' clusters (2 and 0), and for the other tile (cluster 0); id 2: both clusters
+    assert len(specs) == 3 * 7 + 2
     assert all(s.config.splitk <= 4 for s in solutions)  # AlgoCheck refused 6 and more
     assert {s.workspace_bytes for s in solutions} == {0, 1 << 20, 2 << 20, 3 << 20, 4 << 20}
     assert len(fake_backend.solutions(problem, max_candidates=5)) == 5

@@ -8,8 +8,9 @@ Layout: gradlib's row-major ``x[N, K]``, ``w[M, K]``, ``y[N, M]`` read column-ma
 form that Hopper's fp8 kernels require. A's scale is ``scale_w``, B's is ``scale_x``.
 
 Candidates, best guesses first, bounded by ``max_candidates``: the heuristic's picks; their
-neighbours (other split-K factors, reduction schemes, CTA swizzle and custom options of the same
-kernel); every (algo id, tile, stages) the library's capabilities list; then their neighbours.
+neighbours (other split-K factors, reduction schemes, CTA swizzle, custom options and cluster
+shapes of the same kernel, fewest changes first); every (algo id, tile, stages) the library's
+capabilities list; then their neighbours.
 Each is rebuilt from its configuration exactly as :meth:`CublasLtBackend.from_spec` does and
 kept only if ``cublasLtMatmulAlgoCheck`` accepts it within ``WORKSPACE_BYTES``.
 
@@ -37,7 +38,7 @@ from gradlib.problem import GemmProblem
 LIBTYPE = "cublaslt"
 HEURISTIC_COUNT = 64
 MAX_CANDIDATES = 256
-CHECKS_PER_CANDIDATE = 32
+CHECKS_PER_CANDIDATE = 64
 """Listing stops after ``CHECKS_PER_CANDIDATE × max_candidates`` AlgoCheck calls."""
 SPLITK_FACTORS = (2, 3, 4, 6, 8, 12, 16, 24, 32)
 MIN_K_PER_SPLIT = 128
@@ -109,20 +110,33 @@ class AlgoCaps:
     epilogue_mask: int
 
 
-def neighbours(config: AlgoConfig, caps: AlgoCaps, k: int) -> Iterator[AlgoConfig]:
-    """Same kernel (id, tile, stages, cluster, inner shape) with every split-K factor (each
-    split at least ``MIN_K_PER_SPLIT`` deep), reduction scheme, swizzle and custom option."""
+def _distance(a: AlgoConfig, b: AlgoConfig) -> int:
+    """How many of split-K (with its reduction scheme), swizzle, custom option and cluster
+    shape differ."""
+    return ((a.splitk, a.red) != (b.splitk, b.red)) + (a.swizzle != b.swizzle) + (
+        a.custom != b.custom) + (a.cluster != b.cluster)
+
+
+def neighbours(
+    config: AlgoConfig, caps: AlgoCaps, k: int, clusters: tuple[int, ...] = ()
+) -> list[AlgoConfig]:
+    """The same kernel (id, tile, stages, inner shape) with every split-K factor (each split at
+    least ``MIN_K_PER_SPLIT`` deep), reduction scheme, swizzle, custom option and cluster shape
+    (its own or one of ``clusters``), fewest changes first."""
     splits = (1,)
     if caps.splitk:
         splits += tuple(s for s in SPLITK_FACTORS if k // s >= MIN_K_PER_SPLIT)
+    found = []
     for splitk in splits:
         reds = (0,) if splitk == 1 else tuple(r for r in api.REDUCTION_SCHEMES if caps.red_mask & r)
         for red in reds:
             for swizzle in (0, 1) if caps.swizzle else (0,):
                 for custom in range(caps.custom_max + 1):
-                    yield dataclasses.replace(
-                        config, splitk=splitk, red=red, swizzle=swizzle, custom=custom
-                    )
+                    for cluster in dict.fromkeys((config.cluster, *clusters)):
+                        found.append(dataclasses.replace(
+                            config, splitk=splitk, red=red, swizzle=swizzle, custom=custom,
+                            cluster=cluster))
+    return sorted(found, key=lambda c: _distance(c, config))
 
 
 def bases(algo_id: int, caps: AlgoCaps) -> Iterator[AlgoConfig]:
@@ -141,15 +155,21 @@ def candidate_configs(
     heuristic: list[AlgoConfig], caps: dict[int, AlgoCaps], k: int
 ) -> Iterator[AlgoConfig]:
     """Configurations to try, best guesses first (may repeat; the caller deduplicates): the
-    heuristic's picks, their neighbours, every id's bases, then the bases' neighbours. Ids take
+    heuristic's picks; their neighbours (also with the cluster shapes of the other picks); every
+    id's bases, the heuristic's ids first; then the bases' neighbours. Kernels and ids take
     turns so that a bounded list still covers all of them."""
     yield from heuristic
+    clusters = tuple(dict.fromkeys(c.cluster for c in heuristic))
     yield from round_robin(
-        neighbours(c, caps[c.algo_id], k) for c in heuristic if c.algo_id in caps)
-    yield from round_robin(bases(i, c) for i, c in caps.items())
-    yield from round_robin(
-        chain.from_iterable(neighbours(b, c, k) for b in bases(i, c)) for i, c in caps.items()
-    )
+        neighbours(c, caps[c.algo_id], k, clusters) for c in heuristic if c.algo_id in caps)
+    picked = {c.algo_id for c in heuristic}
+    ids = sorted(caps, key=lambda i: i not in picked)
+    yield from round_robin(bases(i, caps[i]) for i in ids)
+    yield from round_robin(_bases_and_neighbours(i, caps[i], k) for i in ids)
+
+
+def _bases_and_neighbours(algo_id: int, caps: AlgoCaps, k: int) -> Iterator[AlgoConfig]:
+    return chain.from_iterable(neighbours(b, caps, k) for b in bases(algo_id, caps))
 
 
 def unsupported_reason(problem: GemmProblem) -> str | None:
