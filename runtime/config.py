@@ -1,0 +1,137 @@
+"""The engine's configuration: one frozen dataclass with vLLM's field names.
+
+Every ``LLM(...)`` keyword and every ``solidx generate`` flag (kebab case) is a field here.
+Derived values (the model's Hugging Face config, the torch dtype and device, the resolved
+lengths) are computed once in ``__post_init__`` and never re-derived elsewhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from gradlib.dtypes import parse_dtype
+from shape_capture.presets import PRESETS, load_model_config
+
+LOAD_FORMATS = ("auto", "dummy")
+KV_CACHE_DTYPES = ("auto",)
+QUANTIZATION_METHODS: tuple[str | None, ...] = (None,)
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
+CPU_KV_CACHE_BYTES = 4 << 30  # vLLM's CPU default (VLLM_CPU_KVCACHE_SPACE=4)
+
+
+@dataclass(frozen=True)
+class Config:
+    """What to run and how; see the README for each field. ``None`` means "derive it"."""
+
+    model: str
+    tokenizer: str | None = None
+    dtype: str = "auto"
+    seed: int = 0
+    tensor_parallel_size: int = 1
+    quantization: str | None = None
+    quantization_param_path: str | None = None
+    kv_cache_dtype: str = "auto"
+    max_model_len: int | None = None
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int | None = None
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    kv_cache_memory_bytes: int | None = None
+    num_gpu_blocks_override: int | None = None
+    enforce_eager: bool = False
+    load_format: str = "auto"
+    enable_prefix_caching: bool = False
+    tuned_gemm: str | None = None
+    device: str = "auto"
+
+    hf_config: dict[str, Any] = field(init=False, repr=False, compare=False)
+    torch_dtype: torch.dtype = field(init=False, compare=False)
+    torch_device: torch.device = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        hf_config = load_model_config(self.model)
+        derived: dict[str, Any] = {"hf_config": hf_config}
+        derived["torch_device"] = _resolve_device(self.device)
+        derived["torch_dtype"] = _resolve_dtype(self.dtype, hf_config)
+        derived["max_model_len"] = _resolve_max_model_len(self.max_model_len, hf_config)
+        batched = self.max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, self.max_num_seqs)
+        derived["max_num_batched_tokens"] = batched
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
+        self._validate()
+
+    @property
+    def is_preset(self) -> bool:
+        return self.model in PRESETS
+
+    def _validate(self) -> None:
+        _choice("load_format", self.load_format, LOAD_FORMATS)
+        _choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPES)
+        _choice("quantization", self.quantization, QUANTIZATION_METHODS)
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "tensor_parallel_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
+                             f"max_num_seqs ({self.max_num_seqs}): every running sequence needs a token each step")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.is_preset and self.load_format != "dummy":
+            raise ValueError(f"preset {self.model!r} has no weights: pass load_format='dummy' "
+                             "(--load-format dummy) or a checkpoint folder")
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if self.tensor_parallel_size != world:
+            raise ValueError(
+                f"tensor_parallel_size={self.tensor_parallel_size} but this process group has {world} "
+                f"rank(s); run one process per rank: torchrun --standalone --nnodes=1 "
+                f"--nproc-per-node={self.tensor_parallel_size} $(which solidx) generate --model "
+                f"{self.model} --tensor-parallel-size {self.tensor_parallel_size} ...")
+
+
+def _choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported (supported: {', '.join(map(repr, allowed))})")
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available")
+    return resolved
+
+
+def _resolve_dtype(dtype: str, hf_config: dict[str, Any]) -> torch.dtype:
+    """``auto``: the checkpoint's dtype (``dtype`` or ``torch_dtype`` in config.json), else float32."""
+    if dtype != "auto":
+        resolved = parse_dtype(dtype)
+    else:
+        resolved = parse_dtype(str(hf_config.get("dtype") or hf_config.get("torch_dtype") or "float32"))
+    if resolved not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype {dtype!r} is not a model dtype (use float32, float16 or bfloat16)")
+    return resolved
+
+
+def _sliding_window(hf_config: dict[str, Any]) -> int | None:
+    """The attention window the model was trained with, if it limits context (Mistral v0.1)."""
+    window = hf_config.get("sliding_window")
+    if hf_config.get("model_type") == "qwen2" and not hf_config.get("use_sliding_window", False):
+        return None
+    return int(window) if window else None
+
+
+def _resolve_max_model_len(requested: int | None, hf_config: dict[str, Any]) -> int:
+    limit = int(hf_config.get("max_position_embeddings", 2048))
+    window = _sliding_window(hf_config)
+    what = "max_position_embeddings"
+    if window is not None and window < limit:
+        limit, what = window, "sliding_window (sliding-window attention is not implemented)"
+    if requested is None:
+        return limit
+    if requested < 1 or requested > limit:
+        raise ValueError(f"max_model_len={requested} must be in 1..{limit} (the model's {what})")
+    return requested

@@ -1,0 +1,180 @@
+"""Building a model and filling its weights, strictly.
+
+The model is built on the meta device (no memory), materialized uninitialized on the target
+device, then every checkpoint tensor is streamed through its parameter's ``weight_loader``
+(fused q/k/v and gate/up included). A checkpoint tensor the model has no place for, a parameter
+(or fused part) the checkpoint does not fill, or a tensor of the wrong shape is an error naming it.
+``load_format="dummy"`` streams a synthetic checkpoint of seeded random tensors through the same
+path, so dummy weights are identical at every tensor-parallel size.
+"""
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from gradlib.dtypes import is_fp8
+from runtime.config import Config
+from runtime.layers.linear import LinearBase, copy_shard
+from runtime.layers.quantization import linear_method_factory
+from runtime.models import get_model_class
+from runtime.models.args import ModelArgs
+
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+CheckpointTensor = tuple[str, torch.Tensor, str]  # name, tensor, where it came from
+
+
+def load_model(config: Config) -> nn.Module:
+    """The model of ``config`` on its device with every weight loaded, in inference mode."""
+    args = ModelArgs.from_hf(config.hf_config)
+    cls = get_model_class(args.architecture)
+    with torch.device("meta"):
+        model = cls(args, config.max_model_len, config.torch_dtype, linear_method_factory(config))
+    materialize(model, config.torch_device)
+    if config.load_format == "dummy":
+        tensors = dummy_tensors(cls.checkpoint_shapes(args), config.seed, config.torch_device)
+    else:
+        tensors = checkpoint_tensors(Path(config.model))
+    load_weights(model, tensors)
+    for module in model.modules():
+        if isinstance(module, LinearBase):
+            module.linear_method.process_weights_after_loading(module)
+    return model.eval()
+
+
+def materialize(model: nn.Module, device: torch.device) -> None:
+    """Give every meta parameter uninitialized storage on ``device`` (keeping its attributes and
+    sharing) and move every real buffer there."""
+    new: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            if id(param) not in new:
+                fresh = nn.Parameter(torch.empty_like(param, device=device), requires_grad=False)
+                fresh.__dict__.update(param.__dict__)
+                new[id(param)] = fresh
+            module._parameters[name] = new[id(param)]
+        for name, buf in list(module._buffers.items()):
+            if buf is not None:
+                if buf.is_meta:
+                    raise RuntimeError(f"buffer {name!r} of {type(module).__name__} was built on the meta device")
+                module._buffers[name] = buf.to(device)
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The safetensors files of a checkpoint folder (those its index names, when it has one)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [folder / name for name in names]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} names files that do not exist: {', '.join(missing)}")
+        return files
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors files in {folder} (PyTorch .bin checkpoints are not "
+                                "supported: convert them to safetensors)")
+    return files
+
+
+def checkpoint_tensors(folder: Path) -> Iterator[CheckpointTensor]:
+    for path in checkpoint_files(folder):
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name), path.name
+
+
+def dummy_tensors(shapes: dict[str, tuple[int, ...]], seed: int,
+                  device: torch.device) -> Iterator[CheckpointTensor]:
+    """Random tensors with spread enough for varied tokens: norms 1, matrices N(0, 1/in_features),
+    biases N(0, 0.02²); each drawn from a generator seeded by ``seed`` and the tensor's name."""
+    for name, shape in shapes.items():
+        if name.endswith("norm.weight"):
+            yield name, torch.ones(shape, device=device), "dummy"
+            continue
+        generator = torch.Generator(device).manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        std = shape[1] ** -0.5 if len(shape) == 2 else 0.02
+        yield name, torch.randn(shape, generator=generator, device=device) * std, "dummy"
+
+
+def load_weights(model: nn.Module, tensors: Iterable[CheckpointTensor]) -> None:
+    """Stream checkpoint tensors into ``model``; raise ValueError naming every unexpected or
+    missing tensor, or the first of the wrong shape or dtype."""
+    mapping: dict[str, tuple[str, object]] = getattr(model, "packed_modules_mapping", {})
+    fused_parts = {(fused, shard): part for part, (fused, shard) in mapping.items()}
+    params = dict(model.named_parameters())
+    expected = set()
+    for name in params:
+        module = name.split(".")[-2] if "." in name else ""
+        shards = [shard for fused, shard in fused_parts if fused == module]
+        expected |= {(name, shard) for shard in shards} if shards else {(name, None)}
+
+    tied = getattr(getattr(model, "args", None), "tie_word_embeddings", False)
+    loaded: set[tuple[str, object]] = set()
+    unexpected: list[str] = []
+    for ckpt_name, tensor, source in tensors:
+        if ckpt_name.endswith(IGNORED_SUFFIXES) or (tied and ckpt_name == "lm_head.weight"):
+            continue
+        name, shard = _param_name(ckpt_name, mapping)
+        param = params.get(name)
+        if param is None:
+            unexpected.append(ckpt_name)
+            continue
+        if is_fp8(tensor.dtype) and not is_fp8(param.dtype):
+            raise ValueError(f"{source}: tensor {ckpt_name!r} is {tensor.dtype}: the checkpoint is "
+                             "fp8-quantized; load it with quantization='fp8'")
+        if (name, shard) in loaded:
+            raise ValueError(f"{source}: tensor {ckpt_name!r} appears twice in the checkpoint")
+        weight_loader = getattr(param, "weight_loader", default_weight_loader)
+        try:
+            if shard is None:
+                weight_loader(param, tensor)
+            else:
+                weight_loader(param, tensor, shard)
+        except ValueError as exc:
+            raise ValueError(f"{source}: tensor {ckpt_name!r} {exc}") from None
+        loaded.add((name, shard))
+
+    missing = sorted(_checkpoint_name(name, shard, fused_parts) for name, shard in expected - loaded)
+    problems = []
+    if unexpected:
+        problems.append(f"unexpected tensors (no such parameter): {_listing(unexpected)}")
+    if missing:
+        problems.append(f"missing tensors: {_listing(missing)}")
+    if problems:
+        raise ValueError(f"checkpoint does not match {type(model).__name__}: " + "; ".join(problems))
+
+
+def default_weight_loader(param: torch.Tensor, loaded: torch.Tensor) -> None:
+    """A parameter without a loader of its own (norms) takes the whole tensor, same shape."""
+    copy_shard(param, loaded, None)
+
+
+def _param_name(ckpt_name: str, mapping: dict[str, tuple[str, object]]) -> tuple[str, object]:
+    """``model.layers.0.self_attn.k_proj.weight`` -> (``...qkv_proj.weight``, ``"k"``)."""
+    parts = ckpt_name.split(".")
+    for i, part in enumerate(parts):
+        if part in mapping:
+            fused, shard = mapping[part]
+            return ".".join(parts[:i] + [fused] + parts[i + 1:]), shard
+    return ckpt_name, None
+
+
+def _checkpoint_name(name: str, shard: object, fused_parts: dict[tuple[str, object], str]) -> str:
+    if shard is None:
+        return name
+    module_path, leaf = name.rsplit(".", 1)
+    parent, fused = module_path.rsplit(".", 1)
+    return f"{parent}.{fused_parts[(fused, shard)]}.{leaf}"
+
+
+def _listing(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
