@@ -122,7 +122,8 @@ def test_candidates_put_heuristic_first_then_neighbours_then_bases():
         assert (c.red == 0) == (c.splitk == 1)
         assert c.red in (0, 1, 4)
         assert c.splitk in (1, 2, 3, 4)  # K=512 allows splits of at least 128
-    assert all(c.splitk == 1 and c.swizzle == 0 and c.custom == 0 for c in configs if c.algo_id == 2)
+    assert all(c.splitk == 1 and c.swizzle == 0 and c.custom == 0
+               for c in configs if c.algo_id == 2)
 
 
 def test_bases_of_the_heuristic_ids_come_first():
@@ -135,7 +136,8 @@ def test_bases_of_the_heuristic_ids_come_first():
 def test_unsupported_problems_are_named():
     assert unsupported_reason(GemmProblem(64, 1, 64)) is None
     assert unsupported_reason(GemmProblem(64, 1, 64, bias=True, outdtype=torch.float16)) is None
-    assert unsupported_reason(GemmProblem(64, 1, 64, dtype=torch.bfloat16, outdtype=torch.bfloat16)) is None
+    bf16 = GemmProblem(64, 1, 64, dtype=torch.bfloat16, outdtype=torch.bfloat16)
+    assert unsupported_reason(bf16) is None
     assert "bias" in unsupported_reason(GemmProblem(64, 1, 64, bias=True, outdtype=torch.float32))
     assert unsupported_reason(GemmProblem(64, 1, 64, outdtype=FP8))
     assert unsupported_reason(GemmProblem(64, 1, 64, dtype=torch.float8_e5m2))
@@ -314,7 +316,8 @@ def test_every_candidate_matches_reference(backend, dtype, outdtype, bias, n, mk
         if not err <= tolerance(problem):
             bad.append(f"{solution.spec}: max_rel_err {err:.2e}")
         assert backend.from_spec(solution.spec, problem).spec == solution.spec
-    assert not bad, f"{len(bad)}/{len(solutions)} wrong (tolerance {tolerance(problem):.2e}): {bad[:8]}"
+    assert not bad, (
+        f"{len(bad)}/{len(solutions)} wrong (tolerance {tolerance(problem):.2e}): {bad[:8]}")
 
 
 @pytest.mark.gpu
@@ -365,5 +368,6 @@ def test_refusals(backend):
     with pytest.raises(ValueError, match="do not fit"):
         solution.run(_operands(GemmProblem(4096, 16, 2048)))
     with pytest.raises(ValueError, match="problem is"):
-        solution.run(_operands(GemmProblem(4096, 16, 4096, dtype=torch.bfloat16, outdtype=torch.bfloat16)))
+        bf16 = GemmProblem(4096, 16, 4096, dtype=torch.bfloat16, outdtype=torch.bfloat16)
+        solution.run(_operands(bf16))
     assert solution.run(ops).shape == (16, 4096)
