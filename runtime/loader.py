@@ -31,8 +31,8 @@ CheckpointTensor = tuple[str, torch.Tensor, str]  # name, tensor, where it came 
 
 def load_model(config: Config) -> nn.Module:
     """The model of ``config`` on its device with every weight loaded, in inference mode."""
+    cls = get_model_class((config.hf_config.get("architectures") or ["LlamaForCausalLM"])[0])
     args = ModelArgs.from_hf(config.hf_config)
-    cls = get_model_class(args.architecture)
     with torch.device("meta"):
         model = cls(args, config.max_model_len, config.torch_dtype, linear_method_factory(config))
     materialize(model, config.torch_device)
