@@ -2,6 +2,7 @@
 
 Imported lazily, so ``from runtime import envs`` stays light and free of import cycles.
 """
+
 from __future__ import annotations
 
 from importlib import import_module

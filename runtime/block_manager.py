@@ -9,6 +9,7 @@ token, shares them (its reference count rises) instead of recomputing them. Free
 reused least recently freed first; a sequence frees its blocks last to first, so a prefix
 outlives its tail.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,7 +36,9 @@ def block_hash(parent: bytes | None, token_ids: list[int] | tuple[int, ...]) -> 
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False) -> None:
+    def __init__(
+        self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False
+    ) -> None:
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
@@ -60,14 +63,16 @@ class BlockManager:
             return []
         hits: list[int] = []
         for i in range((seq.num_tokens - 1) // self.block_size):
-            tokens = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
+            tokens = tuple(seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
             block_id = self.cached.get(self._hash_of(seq, i))
             if block_id is None or self.blocks[block_id].token_ids != tokens:
                 break
             hits.append(block_id)
         return hits
 
-    def can_allocate(self, seq: Sequence, num_new_tokens: int, prefix: list[int] | None = None) -> bool:
+    def can_allocate(
+        self, seq: Sequence, num_new_tokens: int, prefix: list[int] | None = None
+    ) -> bool:
         """Whether ``seq`` can take blocks for ``num_new_tokens`` more computed tokens (after
         sharing ``prefix`` blocks from ``match_prefix``, when it holds none yet)."""
         needed = self._new_blocks(seq, num_new_tokens, prefix)
@@ -81,7 +86,9 @@ class BlockManager:
             seq.num_cached_tokens = 0
         if prefix:
             if seq.block_table:
-                raise RuntimeError(f"{seq} already holds blocks; a prefix is shared only at admission")
+                raise RuntimeError(
+                    f"{seq} already holds blocks; a prefix is shared only at admission"
+                )
             for block_id in prefix:
                 block = self.blocks[block_id]
                 if block.ref_count == 0:
@@ -92,7 +99,9 @@ class BlockManager:
             seq.num_computed_tokens = seq.num_cached_tokens = len(prefix) * self.block_size
         needed = self._new_blocks(seq, num_new_tokens, None)
         if needed > self.num_free_blocks:
-            raise RuntimeError(f"{needed} blocks needed, {self.num_free_blocks} free: call can_allocate first")
+            raise RuntimeError(
+                f"{needed} blocks needed, {self.num_free_blocks} free: call can_allocate first"
+            )
         for _ in range(needed):
             block_id, _ = self.free_blocks.popitem(last=False)
             block = self.blocks[block_id]
@@ -124,7 +133,9 @@ class BlockManager:
             digest = self._hash_of(seq, i)
             if block.hash is None and digest not in self.cached:
                 block.hash = digest
-                block.token_ids = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
+                block.token_ids = tuple(
+                    seq.token_ids[i * self.block_size : (i + 1) * self.block_size]
+                )
                 self.cached[digest] = block.block_id
         seq.num_cached_blocks = max(seq.num_cached_blocks, full)
 
@@ -133,7 +144,9 @@ class BlockManager:
         while len(seq.block_hashes) <= index:
             i = len(seq.block_hashes)
             parent = seq.block_hashes[-1] if seq.block_hashes else None
-            seq.block_hashes.append(block_hash(parent, seq.token_ids[i * self.block_size:(i + 1) * self.block_size]))
+            seq.block_hashes.append(
+                block_hash(parent, seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
+            )
         return seq.block_hashes[index]
 
     def _new_blocks(self, seq: Sequence, num_new_tokens: int, prefix: list[int] | None) -> int:

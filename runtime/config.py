@@ -4,6 +4,7 @@ Every ``LLM(...)`` keyword and every ``solidx generate`` flag (kebab case) is a 
 Derived values (the model's Hugging Face config, the torch dtype and device, the resolved
 lengths) are computed once in ``__post_init__`` and never re-derived elsewhere.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,30 +23,47 @@ DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 CPU_KV_CACHE_BYTES = 4 << 30  # vLLM's CPU default (VLLM_CPU_KVCACHE_SPACE=4)
 
 
+def _opt(default: Any, help: str) -> Any:
+    """A field with a default and the help its command-line flag shows."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class Config:
     """What to run and how; see the README for each field. ``None`` means "derive it"."""
 
-    model: str
-    tokenizer: str | None = None
-    dtype: str = "auto"
-    seed: int = 0
-    tensor_parallel_size: int = 1
-    quantization: str | None = None
-    quantization_param_path: str | None = None
-    kv_cache_dtype: str = "auto"
-    max_model_len: int | None = None
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int | None = None
-    block_size: int = 16
-    gpu_memory_utilization: float = 0.9
-    kv_cache_memory_bytes: int | None = None
-    num_gpu_blocks_override: int | None = None
-    enforce_eager: bool = False
-    load_format: str = "auto"
-    enable_prefix_caching: bool = False
-    tuned_gemm: str | None = None
-    device: str = "auto"
+    model: str = field(
+        metadata={"help": "Checkpoint folder, or a preset (with load_format=dummy)."}
+    )
+    tokenizer: str | None = _opt(
+        None, "Tokenizer folder [default: the model's; bytes for presets]."
+    )
+    dtype: str = _opt("auto", "Model dtype: auto (the checkpoint's), float32, float16, bfloat16.")
+    seed: int = _opt(0, "Seed of dummy weights and of sampling without a per-request seed.")
+    tensor_parallel_size: int = _opt(1, "Ranks sharing each layer (run under torchrun).")
+    quantization: str | None = _opt(None, "Quantization method of the linear layers.")
+    quantization_param_path: str | None = _opt(None, "Quantized weights file, in the model folder.")
+    kv_cache_dtype: str = _opt("auto", "KV cache dtype: auto (the model dtype).")
+    max_model_len: int | None = _opt(
+        None, "Longest sequence, prompt + output [default: the model's]."
+    )
+    max_num_seqs: int = _opt(256, "Most sequences running at once.")
+    max_num_batched_tokens: int | None = _opt(None, "Token budget of one step [default: 8192].")
+    block_size: int = _opt(16, "Tokens per KV cache block.")
+    gpu_memory_utilization: float = _opt(
+        0.9, "Share of GPU memory for weights, activations, cache."
+    )
+    kv_cache_memory_bytes: int | None = _opt(
+        None, "KV cache bytes, instead of profiling / 4 GiB on CPU."
+    )
+    num_gpu_blocks_override: int | None = _opt(None, "Exact number of KV cache blocks (testing).")
+    enforce_eager: bool = _opt(False, "Never use CUDA graphs.")
+    load_format: str = _opt(
+        "auto", "auto (the folder's safetensors) or dummy (seeded random weights)."
+    )
+    enable_prefix_caching: bool = _opt(False, "Reuse the KV blocks of a common prompt prefix.")
+    tuned_gemm: str | None = _opt(None, "Tuned GEMM file (tuned_fp8.csv) for the fp8 layers.")
+    device: str = _opt("auto", "auto (cuda when available), cuda, cuda:N or cpu.")
 
     hf_config: dict[str, Any] = field(init=False, repr=False, compare=False)
     torch_dtype: torch.dtype = field(init=False, compare=False)
@@ -57,7 +75,9 @@ class Config:
         derived["torch_device"] = _resolve_device(self.device)
         derived["torch_dtype"] = _resolve_dtype(self.dtype, hf_config)
         derived["max_model_len"] = _resolve_max_model_len(self.max_model_len, hf_config)
-        batched = self.max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, self.max_num_seqs)
+        batched = self.max_num_batched_tokens or max(
+            DEFAULT_MAX_NUM_BATCHED_TOKENS, self.max_num_seqs
+        )
         derived["max_num_batched_tokens"] = batched
         for name, value in derived.items():
             object.__setattr__(self, name, value)
@@ -71,29 +91,44 @@ class Config:
         _choice("load_format", self.load_format, LOAD_FORMATS)
         _choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPES)
         _choice("quantization", self.quantization, QUANTIZATION_METHODS)
-        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "tensor_parallel_size"):
+        for name in (
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "block_size",
+            "tensor_parallel_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_num_batched_tokens < self.max_num_seqs:
-            raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
-                             f"max_num_seqs ({self.max_num_seqs}): every running sequence needs a token each step")
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
+                f"max_num_seqs ({self.max_num_seqs}): each running sequence needs a token a step"
+            )
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+            raise ValueError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
         if self.is_preset and self.load_format != "dummy":
-            raise ValueError(f"preset {self.model!r} has no weights: pass load_format='dummy' "
-                             "(--load-format dummy) or a checkpoint folder")
+            raise ValueError(
+                f"preset {self.model!r} has no weights: pass load_format='dummy' "
+                "(--load-format dummy) or a checkpoint folder"
+            )
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         if self.tensor_parallel_size != world:
             raise ValueError(
-                f"tensor_parallel_size={self.tensor_parallel_size} but this process group has {world} "
+                f"tensor_parallel_size={self.tensor_parallel_size} but this process group has "
+                f"{world} "
                 f"rank(s); run one process per rank: torchrun --standalone --nnodes=1 "
                 f"--nproc-per-node={self.tensor_parallel_size} $(which solidx) generate --model "
-                f"{self.model} --tensor-parallel-size {self.tensor_parallel_size} ...")
+                f"{self.model} --tensor-parallel-size {self.tensor_parallel_size} ..."
+            )
 
 
 def _choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported (supported: {', '.join(map(repr, allowed))})")
+        raise ValueError(
+            f"{name}={value!r} is not supported (supported: {', '.join(map(repr, allowed))})"
+        )
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -106,11 +141,13 @@ def _resolve_device(device: str) -> torch.device:
 
 
 def _resolve_dtype(dtype: str, hf_config: dict[str, Any]) -> torch.dtype:
-    """``auto``: the checkpoint's dtype (``dtype`` or ``torch_dtype`` in config.json), else float32."""
+    """``auto``: the checkpoint's dtype (config.json ``dtype`` / ``torch_dtype``), else float32."""
     if dtype != "auto":
         resolved = parse_dtype(dtype)
     else:
-        resolved = parse_dtype(str(hf_config.get("dtype") or hf_config.get("torch_dtype") or "float32"))
+        resolved = parse_dtype(
+            str(hf_config.get("dtype") or hf_config.get("torch_dtype") or "float32")
+        )
     if resolved not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype {dtype!r} is not a model dtype (use float32, float16 or bfloat16)")
     return resolved

@@ -12,6 +12,7 @@ already in the cache (all int32 tensors on the model's device):
 - ``decode_only``: every sequence computes exactly one token (the paged decode path).
 - ``max_context_len``: an upper bound of ``context_lens`` known on the host (CUDA graphs fix it).
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -39,7 +40,9 @@ _current: ForwardContext | None = None
 
 def get_forward_context() -> ForwardContext:
     if _current is None:
-        raise RuntimeError("attention ran outside a forward context (run the model through ModelRunner)")
+        raise RuntimeError(
+            "attention ran outside a forward context (run the model through ModelRunner)"
+        )
     return _current
 
 

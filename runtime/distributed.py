@@ -3,6 +3,7 @@
 The tensor-parallel group is the default torch.distributed group when one is initialized
 (torchrun), else a group of one, where every collective returns its input unchanged.
 """
+
 from __future__ import annotations
 
 import torch

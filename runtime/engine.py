@@ -1,4 +1,5 @@
 """The engine loop: schedule -> run -> postprocess, one step at a time."""
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,9 @@ class LLMEngine:
         self.config = config
         self.tokenizer = get_tokenizer(config)
         self.model_runner = ModelRunner(config)
-        block_manager = BlockManager(self.model_runner.num_kv_blocks, config.block_size,
-                                     config.enable_prefix_caching)
+        block_manager = BlockManager(
+            self.model_runner.num_kv_blocks, config.block_size, config.enable_prefix_caching
+        )
         self.scheduler = Scheduler(config, block_manager, eos_token_ids(config, self.tokenizer))
         self.vocab_size = self.model_runner.vocab_size
         self._refused: list[Sequence] = []
@@ -52,7 +54,9 @@ class LLMEngine:
             return finished
         batch = self.scheduler.schedule()
         if not batch:
-            raise RuntimeError("the scheduler could not schedule any waiting sequence (KV cache too small)")
+            raise RuntimeError(
+                "the scheduler could not schedule any waiting sequence (KV cache too small)"
+            )
         tokens, logprobs = self.model_runner.run(batch)
         sampled = [item.seq for item in batch if item.samples]
         for seq, entry in zip(sampled, logprobs):
@@ -71,7 +75,7 @@ class LLMEngine:
         text = self.tokenizer.decode(seq.output_token_ids, skip_special_tokens=True)
         cuts = [i for i in (text.find(s) for s in seq.params.stop_strings) if i >= 0]
         if cuts:
-            text = text[:min(cuts)]
+            text = text[: min(cuts)]
             if not seq.is_finished:
                 self.scheduler.finish(seq, "stop")
         seq.text = text

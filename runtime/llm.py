@@ -1,4 +1,5 @@
 """``LLM``: the offline inference entry point, as in vLLM."""
+
 from __future__ import annotations
 
 from typing import Any, Union
@@ -23,9 +24,12 @@ class LLM:
     def get_tokenizer(self) -> Any:
         return self.llm_engine.tokenizer
 
-    def generate(self, prompts: Prompt | list[Prompt],
-                 sampling_params: SamplingParams | list[SamplingParams] | None = None,
-                 use_tqdm: bool = True) -> list[RequestOutput]:
+    def generate(
+        self,
+        prompts: Prompt | list[Prompt],
+        sampling_params: SamplingParams | list[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
         """Run every prompt to completion; outputs in the order of ``prompts``.
 
         A prompt is a string or ``{"prompt_token_ids": [...]}`` (or ``{"prompt": "..."}``).
@@ -34,12 +38,18 @@ class LLM:
         prompts = [prompts] if isinstance(prompts, (str, dict)) else list(prompts)
         if sampling_params is None:
             sampling_params = SamplingParams()
-        params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
+        params = (
+            sampling_params
+            if isinstance(sampling_params, list)
+            else [sampling_params] * len(prompts)
+        )
         if len(params) != len(prompts):
             raise ValueError(f"{len(params)} sampling params for {len(prompts)} prompts")
         engine = self.llm_engine
         seqs = [engine.add_request(_prompt_input(p), sp) for p, sp in zip(prompts, params)]
-        with tqdm(total=len(seqs), desc="generate", unit="req", disable=not use_tqdm or len(seqs) < 2) as bar:
+        with tqdm(
+            total=len(seqs), desc="generate", unit="req", disable=not use_tqdm or len(seqs) < 2
+        ) as bar:
             while engine.has_unfinished_requests():
                 bar.update(len(engine.step()))
         return [RequestOutput.from_seq(seq) for seq in seqs]
@@ -52,4 +62,6 @@ def _prompt_input(prompt: Prompt) -> str | list[int]:
         return [int(t) for t in prompt["prompt_token_ids"]]
     if isinstance(prompt, dict) and isinstance(prompt.get("prompt"), str):
         return prompt["prompt"]
-    raise ValueError(f"a prompt is a string or a dict with 'prompt_token_ids' or 'prompt', got {prompt!r}")
+    raise ValueError(
+        f"a prompt is a string or a dict with 'prompt_token_ids' or 'prompt', got {prompt!r}"
+    )

@@ -7,6 +7,7 @@ device, then every checkpoint tensor is streamed through its parameter's ``weigh
 ``load_format="dummy"`` streams a synthetic checkpoint of seeded random tensors through the same
 path, so dummy weights are identical at every tensor-parallel size.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,7 +64,9 @@ def materialize(model: nn.Module, device: torch.device) -> None:
         for name, buf in list(module._buffers.items()):
             if buf is not None:
                 if buf.is_meta:
-                    raise RuntimeError(f"buffer {name!r} of {type(module).__name__} was built on the meta device")
+                    raise RuntimeError(
+                        f"buffer {name!r} of {type(module).__name__} was built on the meta device"
+                    )
                 module._buffers[name] = buf.to(device)
 
 
@@ -79,8 +82,10 @@ def checkpoint_files(folder: Path) -> list[Path]:
         return files
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"no *.safetensors files in {folder} (PyTorch .bin checkpoints are not "
-                                "supported: convert them to safetensors)")
+        raise FileNotFoundError(
+            f"no *.safetensors files in {folder} (PyTorch .bin checkpoints are not "
+            "supported: convert them to safetensors)"
+        )
     return files
 
 
@@ -91,15 +96,18 @@ def checkpoint_tensors(folder: Path) -> Iterator[CheckpointTensor]:
                 yield name, f.get_tensor(name), path.name
 
 
-def dummy_tensors(shapes: dict[str, tuple[int, ...]], seed: int,
-                  device: torch.device) -> Iterator[CheckpointTensor]:
+def dummy_tensors(
+    shapes: dict[str, tuple[int, ...]], seed: int, device: torch.device
+) -> Iterator[CheckpointTensor]:
     """Random tensors with spread enough for varied tokens: norms 1, matrices N(0, 1/in_features),
     biases N(0, 0.02²); each drawn from a generator seeded by ``seed`` and the tensor's name."""
     for name, shape in shapes.items():
         if name.endswith("norm.weight"):
             yield name, torch.ones(shape, device=device), "dummy"
             continue
-        generator = torch.Generator(device).manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        generator = torch.Generator(device).manual_seed(
+            seed * 1_000_003 + zlib.crc32(name.encode())
+        )
         std = shape[1] ** -0.5 if len(shape) == 2 else 0.02
         yield name, torch.randn(shape, generator=generator, device=device) * std, "dummy"
 
@@ -128,8 +136,10 @@ def load_weights(model: nn.Module, tensors: Iterable[CheckpointTensor]) -> None:
             unexpected.append(ckpt_name)
             continue
         if is_fp8(tensor.dtype) and not is_fp8(param.dtype):
-            raise ValueError(f"{source}: tensor {ckpt_name!r} is {tensor.dtype}: the checkpoint is "
-                             "fp8-quantized; load it with quantization='fp8'")
+            raise ValueError(
+                f"{source}: tensor {ckpt_name!r} is {tensor.dtype}: the checkpoint is "
+                "fp8-quantized; load it with quantization='fp8'"
+            )
         if (name, shard) in loaded:
             raise ValueError(f"{source}: tensor {ckpt_name!r} appears twice in the checkpoint")
         weight_loader = getattr(param, "weight_loader", default_weight_loader)
@@ -142,14 +152,18 @@ def load_weights(model: nn.Module, tensors: Iterable[CheckpointTensor]) -> None:
             raise ValueError(f"{source}: tensor {ckpt_name!r} {exc}") from None
         loaded.add((name, shard))
 
-    missing = sorted(_checkpoint_name(name, shard, fused_parts) for name, shard in expected - loaded)
+    missing = sorted(
+        _checkpoint_name(name, shard, fused_parts) for name, shard in expected - loaded
+    )
     problems = []
     if unexpected:
         problems.append(f"unexpected tensors (no such parameter): {_listing(unexpected)}")
     if missing:
         problems.append(f"missing tensors: {_listing(missing)}")
     if problems:
-        raise ValueError(f"checkpoint does not match {type(model).__name__}: " + "; ".join(problems))
+        raise ValueError(
+            f"checkpoint does not match {type(model).__name__}: " + "; ".join(problems)
+        )
 
 
 def default_weight_loader(param: torch.Tensor, loaded: torch.Tensor) -> None:
@@ -163,7 +177,7 @@ def _param_name(ckpt_name: str, mapping: dict[str, tuple[str, object]]) -> tuple
     for i, part in enumerate(parts):
         if part in mapping:
             fused, shard = mapping[part]
-            return ".".join(parts[:i] + [fused] + parts[i + 1:]), shard
+            return ".".join(parts[:i] + [fused] + parts[i + 1 :]), shard
     return ckpt_name, None
 
 

@@ -7,6 +7,7 @@ GPU memory after a profiling forward of ``max_num_batched_tokens`` tokens (times
 ``gpu_memory_utilization``), or from ``kv_cache_memory_bytes``, or on CPU from a 4 GiB budget
 capped at what ``max_num_seqs`` sequences of ``max_model_len`` tokens can use.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,13 +48,24 @@ class ModelRunner:
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.num_kv_blocks = self._num_kv_blocks()
         layer = self.attention_layers[0]
-        self.kv_cache = torch.zeros(2, len(self.attention_layers), self.num_kv_blocks, self.block_size,
-                                    layer.num_kv_heads, layer.head_dim, dtype=config.torch_dtype,
-                                    device=self.device)
+        self.kv_cache = torch.zeros(
+            2,
+            len(self.attention_layers),
+            self.num_kv_blocks,
+            self.block_size,
+            layer.num_kv_heads,
+            layer.head_dim,
+            dtype=config.torch_dtype,
+            device=self.device,
+        )
         for i, attention in enumerate(self.attention_layers):
             attention.k_cache, attention.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
-        logger.info("KV cache: %d blocks of %d tokens (%.2f GiB)", self.num_kv_blocks, self.block_size,
-                    self.kv_cache.numel() * self.kv_cache.element_size() / 2**30)
+        logger.info(
+            "KV cache: %d blocks of %d tokens (%.2f GiB)",
+            self.num_kv_blocks,
+            self.block_size,
+            self.kv_cache.numel() * self.kv_cache.element_size() / 2**30,
+        )
 
     # -- one step -------------------------------------------------------------------------
 
@@ -98,8 +110,13 @@ class ModelRunner:
         block_tables = None
         if reads_cache or decode_only:
             width = max(len(item.seq.block_table) for item in batch)
-            block_tables = self._tensor([item.seq.block_table + [-1] * (width - len(item.seq.block_table))
-                                         for item in batch], torch.int32)
+            block_tables = self._tensor(
+                [
+                    item.seq.block_table + [-1] * (width - len(item.seq.block_table))
+                    for item in batch
+                ],
+                torch.int32,
+            )
         context = ForwardContext(
             slot_mapping=self._tensor(slots, torch.int32),
             cu_seqlens_q=self._tensor(cu_q, torch.int32),
@@ -111,8 +128,12 @@ class ModelRunner:
             block_tables=block_tables,
             decode_only=decode_only,
         )
-        return ModelInputs(self._tensor(input_ids, torch.int64), self._tensor(positions, torch.int64),
-                           context, self._tensor(sample_indices, torch.int64))
+        return ModelInputs(
+            self._tensor(input_ids, torch.int64),
+            self._tensor(positions, torch.int64),
+            context,
+            self._tensor(sample_indices, torch.int64),
+        )
 
     def sampling_tensors(self, seqs: list[Sequence]) -> SamplingTensors:
         """Per-row sampling settings; gives each seeded request its generator on first use."""
@@ -134,8 +155,9 @@ class ModelRunner:
             use_top_k_top_p=any(k < self.vocab_size for k in top_k) or any(p < 1.0 for p in top_p),
         )
 
-    def _logprobs(self, logits: torch.Tensor, tokens: list[int],
-                  seqs: list[Sequence]) -> list[dict[int, float] | None]:
+    def _logprobs(
+        self, logits: torch.Tensor, tokens: list[int], seqs: list[Sequence]
+    ) -> list[dict[int, float] | None]:
         wanted = [seq.params.logprobs for seq in seqs]
         if all(n is None for n in wanted):
             return [None] * len(seqs)
@@ -162,8 +184,14 @@ class ModelRunner:
     def block_bytes(self) -> int:
         layer = self.attention_layers[0]
         element = torch.empty((), dtype=self.config.torch_dtype).element_size()
-        return (2 * len(self.attention_layers) * self.block_size * layer.num_kv_heads
-                * layer.head_dim * element)
+        return (
+            2
+            * len(self.attention_layers)
+            * self.block_size
+            * layer.num_kv_heads
+            * layer.head_dim
+            * element
+        )
 
     def _num_kv_blocks(self) -> int:
         config = self.config
@@ -176,17 +204,23 @@ class ModelRunner:
         elif self.device.type == "cuda":
             budget = self._profile_free_memory()
             num_blocks = max(0, budget) // self.block_bytes()
-            source = (f"{budget / 2**30:.2f} GiB left for the cache at "
-                      f"gpu_memory_utilization={config.gpu_memory_utilization}")
+            source = (
+                f"{budget / 2**30:.2f} GiB left for the cache at "
+                f"gpu_memory_utilization={config.gpu_memory_utilization}"
+            )
         else:
-            num_blocks = min(CPU_KV_CACHE_BYTES // self.block_bytes(), config.max_num_seqs * per_seq)
+            num_blocks = min(
+                CPU_KV_CACHE_BYTES // self.block_bytes(), config.max_num_seqs * per_seq
+            )
             source = f"the CPU budget of {CPU_KV_CACHE_BYTES / 2**30:.0f} GiB"
         if num_blocks < per_seq:
             raise ValueError(
                 f"KV cache too small: {num_blocks} blocks of {self.block_size} tokens "
-                f"({self.block_bytes()} bytes each, from {source}) hold {num_blocks * self.block_size} "
+                f"({self.block_bytes()} bytes each, from {source}) hold "
+                f"{num_blocks * self.block_size} "
                 f"tokens, but one sequence of max_model_len={config.max_model_len} tokens needs "
-                f"{per_seq} blocks; lower max_model_len or give the cache more memory")
+                f"{per_seq} blocks; lower max_model_len or give the cache more memory"
+            )
         return num_blocks
 
     @torch.inference_mode()
@@ -198,7 +232,10 @@ class ModelRunner:
         torch.cuda.reset_peak_memory_stats(self.device)
         self.profile_run()
         torch.cuda.synchronize(self.device)
-        peak, current = torch.cuda.max_memory_allocated(self.device), torch.cuda.memory_allocated(self.device)
+        peak, current = (
+            torch.cuda.max_memory_allocated(self.device),
+            torch.cuda.memory_allocated(self.device),
+        )
         torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(self.device)
         return int(total * self.config.gpu_memory_utilization) - (total - free) - (peak - current)
@@ -208,26 +245,41 @@ class ModelRunner:
         plus logits and sampling for up to ``max_num_seqs`` of them, with no KV cache."""
         config = self.config
         tokens = config.max_num_batched_tokens
-        lengths = [min(config.max_model_len, tokens - start)
-                   for start in range(0, tokens, config.max_model_len)]
+        lengths = [
+            min(config.max_model_len, tokens - start)
+            for start in range(0, tokens, config.max_model_len)
+        ]
         cu = [0]
         for length in lengths:
             cu.append(cu[-1] + length)
         cu_tensor = self._tensor(cu, torch.int32)
         context = ForwardContext(
-            slot_mapping=self._tensor([-1] * tokens, torch.int32), cu_seqlens_q=cu_tensor,
-            cu_seqlens_k=cu_tensor, max_seqlen_q=max(lengths), max_seqlen_k=max(lengths),
-            context_lens=self._tensor(lengths, torch.int32), max_context_len=max(lengths),
-            block_tables=None, decode_only=False)
+            slot_mapping=self._tensor([-1] * tokens, torch.int32),
+            cu_seqlens_q=cu_tensor,
+            cu_seqlens_k=cu_tensor,
+            max_seqlen_q=max(lengths),
+            max_seqlen_k=max(lengths),
+            context_lens=self._tensor(lengths, torch.int32),
+            max_context_len=max(lengths),
+            block_tables=None,
+            decode_only=False,
+        )
         positions = torch.cat([torch.arange(length) for length in lengths]).to(self.device)
         rows = min(config.max_num_seqs, tokens)
-        inputs = ModelInputs(torch.zeros(tokens, dtype=torch.int64, device=self.device), positions,
-                             context, torch.arange(tokens - rows, tokens, device=self.device))
+        inputs = ModelInputs(
+            torch.zeros(tokens, dtype=torch.int64, device=self.device),
+            positions,
+            context,
+            torch.arange(tokens - rows, tokens, device=self.device),
+        )
         hidden = self.forward(inputs)
         logits = self.model.compute_logits(hidden[inputs.sample_indices])
         worst_case = SamplingTensors(  # sorting for top-k/top-p takes the most memory
             temperatures=torch.ones(rows, device=self.device),
             top_k=torch.full((rows,), self.vocab_size - 1, device=self.device),
             top_p=torch.full((rows,), 0.9, device=self.device),
-            generators=[None] * rows, all_greedy=False, use_top_k_top_p=True)
+            generators=[None] * rows,
+            all_greedy=False,
+            use_top_k_top_p=True,
+        )
         self.sampler(logits, worst_case)

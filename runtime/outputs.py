@@ -1,4 +1,5 @@
 """What ``LLM.generate`` returns, with vLLM's names."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,6 +32,16 @@ class RequestOutput:
 
     @classmethod
     def from_seq(cls, seq: Sequence) -> RequestOutput:
-        completion = CompletionOutput(0, seq.text, seq.output_token_ids, seq.finish_reason, seq.logprobs)
-        return cls(str(seq.seq_id), seq.prompt, seq.prompt_token_ids, [completion], seq.is_finished,
-                   seq.metrics, seq.num_cached_tokens, seq.error)
+        completion = CompletionOutput(
+            0, seq.text, seq.output_token_ids, seq.finish_reason, seq.logprobs
+        )
+        return cls(
+            str(seq.seq_id),
+            seq.prompt,
+            seq.prompt_token_ids,
+            [completion],
+            seq.is_finished,
+            seq.metrics,
+            seq.num_cached_tokens,
+            seq.error,
+        )

@@ -1,4 +1,5 @@
 """Per-request sampling settings, with vLLM's names and meanings."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

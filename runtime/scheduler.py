@@ -7,6 +7,7 @@ sequences are admitted while budget, ``max_num_seqs`` and free blocks allow. Whe
 runs out, the newest running sequence is preempted: its blocks are freed and it returns to the
 front of the queue to recompute its tokens later (greedy output is unchanged by this).
 """
+
 from __future__ import annotations
 
 import time
@@ -33,7 +34,9 @@ class ScheduledSeq:
 
 
 class Scheduler:
-    def __init__(self, config: Config, block_manager: BlockManager, eos_token_ids: frozenset[int]) -> None:
+    def __init__(
+        self, config: Config, block_manager: BlockManager, eos_token_ids: frozenset[int]
+    ) -> None:
         self.max_num_seqs = config.max_num_seqs
         self.max_num_batched_tokens = config.max_num_batched_tokens
         self.max_model_len = config.max_model_len
@@ -70,7 +73,9 @@ class Scheduler:
             batch.append(ScheduledSeq(seq, seq.num_computed_tokens, n))
             budget -= n
             i += 1
-        while not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+        while (
+            not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs
+        ):
             seq = self.waiting[0]
             prefix = self.block_manager.match_prefix(seq)
             n = min(seq.num_tokens - len(prefix) * self.block_manager.block_size, budget)
@@ -119,7 +124,9 @@ class Scheduler:
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
         params = seq.params
-        if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
+        if token in params.stop_token_ids or (
+            not params.ignore_eos and token in self.eos_token_ids
+        ):
             return "stop"
         if params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
             return "length"

@@ -1,5 +1,6 @@
 """One request as the scheduler sees it: its tokens, how many of them are in the KV cache, and
 the cache blocks that hold them."""
+
 from __future__ import annotations
 
 import itertools
@@ -37,7 +38,9 @@ class Sequence:
 
     _ids = itertools.count()
 
-    def __init__(self, token_ids: list[int], params: SamplingParams, prompt: str | None = None) -> None:
+    def __init__(
+        self, token_ids: list[int], params: SamplingParams, prompt: str | None = None
+    ) -> None:
         self.seq_id = next(Sequence._ids)
         self.prompt = prompt
         self.token_ids = list(token_ids)
@@ -65,11 +68,11 @@ class Sequence:
 
     @property
     def prompt_token_ids(self) -> list[int]:
-        return self.token_ids[:self.num_prompt_tokens]
+        return self.token_ids[: self.num_prompt_tokens]
 
     @property
     def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens:]
+        return self.token_ids[self.num_prompt_tokens :]
 
     @property
     def num_output_tokens(self) -> int:
@@ -85,5 +88,8 @@ class Sequence:
         self.token_ids.append(token_id)
 
     def __repr__(self) -> str:
-        return (f"Sequence(id={self.seq_id}, tokens={self.num_tokens}, computed={self.num_computed_tokens}, "
-                f"blocks={self.block_table}, {self.status.name})")
+        return (
+            f"Sequence(id={self.seq_id}, tokens={self.num_tokens}, "
+            f"computed={self.num_computed_tokens}, "
+            f"blocks={self.block_table}, {self.status.name})"
+        )

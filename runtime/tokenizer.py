@@ -1,5 +1,6 @@
 """The tokenizer of a model: the checkpoint's own (Hugging Face), or for presets and folders
 without one a byte-level tokenizer, so dummy-weight runs need no download."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,10 @@ class ByteTokenizer:
 
     def __init__(self, vocab_size: int, bos_token_id: int | None, eos_token_id: int | None) -> None:
         if vocab_size < self.OFFSET + 256:
-            raise ValueError(f"the byte tokenizer needs a vocabulary of at least {self.OFFSET + 256} "
-                             f"tokens, the model has {vocab_size}: give the model a tokenizer")
+            raise ValueError(
+                f"the byte tokenizer needs a vocabulary of at least {self.OFFSET + 256} "
+                f"tokens, the model has {vocab_size}: give the model a tokenizer"
+            )
         self.vocab_size = vocab_size
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
@@ -57,18 +60,24 @@ def get_tokenizer(config: Config) -> Tokenizer:
     source = config.tokenizer or (None if config.is_preset else config.model)
     if source is not None and (config.tokenizer or _has_tokenizer(Path(source))):
         from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(source)
     if not config.is_preset:
         logger.warning("%s has no tokenizer files: using the byte-level tokenizer", config.model)
     hf = config.hf_config
-    return ByteTokenizer(int(hf["vocab_size"]), _first(hf.get("bos_token_id")), _first(hf.get("eos_token_id")))
+    return ByteTokenizer(
+        int(hf["vocab_size"]), _first(hf.get("bos_token_id")), _first(hf.get("eos_token_id"))
+    )
 
 
 def eos_token_ids(config: Config, tokenizer: Tokenizer) -> frozenset[int]:
     """Every token that ends generation: the tokenizer's EOS, config.json's and
     generation_config.json's ``eos_token_id`` (an id or a list)."""
     ids: set[int] = set()
-    sources: list[Any] = [getattr(tokenizer, "eos_token_id", None), config.hf_config.get("eos_token_id")]
+    sources: list[Any] = [
+        getattr(tokenizer, "eos_token_id", None),
+        config.hf_config.get("eos_token_id"),
+    ]
     generation_config = Path(config.model) / "generation_config.json"
     if not config.is_preset and generation_config.is_file():
         sources.append(json.loads(generation_config.read_text()).get("eos_token_id"))

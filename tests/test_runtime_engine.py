@@ -1,5 +1,6 @@
 """The engine's behaviour beyond greedy parity: sampling, stop conditions, refused requests,
 start-up errors, strict loading, sharded checkpoints, dummy presets and shape recording."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,11 @@ from runtime import LLM, SamplingParams
 from shape_capture.recorder import recording
 from tests.checkpoints import make_checkpoint
 
-PROMPTS = ["The quick brown fox", "Greedy decoding picks", "A paged KV cache stores keys and values"]
+PROMPTS = [
+    "The quick brown fox",
+    "Greedy decoding picks",
+    "A paged KV cache stores keys and values",
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,7 +45,9 @@ def tokens(outputs) -> list[list[int]]:
 
 
 def test_seeded_sampling_is_reproducible(llm, checkpoint):
-    params = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, max_tokens=16, seed=7, ignore_eos=True)
+    params = SamplingParams(
+        temperature=1.0, top_p=0.9, top_k=50, max_tokens=16, seed=7, ignore_eos=True
+    )
     first = tokens(llm.generate(PROMPTS, params, use_tqdm=False))
     assert tokens(llm.generate(PROMPTS, params, use_tqdm=False)) == first
     # a seeded request draws the same tokens whatever else is in the batch
@@ -50,31 +57,49 @@ def test_seeded_sampling_is_reproducible(llm, checkpoint):
     assert tokens(llm.generate(PROMPTS, other_seed, use_tqdm=False)) != first
     # unseeded requests are reproducible from the engine seed
     unseeded = SamplingParams(temperature=1.0, max_tokens=16, ignore_eos=True)
-    runs = [tokens(LLM(str(checkpoint), dtype="float32", seed=3).generate(PROMPTS, unseeded, use_tqdm=False))
-            for _ in range(2)]
+    runs = [
+        tokens(
+            LLM(str(checkpoint), dtype="float32", seed=3).generate(
+                PROMPTS, unseeded, use_tqdm=False
+            )
+        )
+        for _ in range(2)
+    ]
     assert runs[0] == runs[1]
 
 
 def test_top_k_one_and_tiny_top_p_are_greedy(llm):
-    greedy = tokens(llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
-                                 use_tqdm=False))
-    for params in (SamplingParams(temperature=1.5, top_k=1, max_tokens=12, ignore_eos=True),
-                   SamplingParams(temperature=1.5, top_p=1e-6, max_tokens=12, ignore_eos=True)):
+    greedy = tokens(
+        llm.generate(
+            PROMPTS, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), use_tqdm=False
+        )
+    )
+    for params in (
+        SamplingParams(temperature=1.5, top_k=1, max_tokens=12, ignore_eos=True),
+        SamplingParams(temperature=1.5, top_p=1e-6, max_tokens=12, ignore_eos=True),
+    ):
         assert tokens(llm.generate(PROMPTS, params, use_tqdm=False)) == greedy
 
 
 def test_stop_token_ids_and_stop_strings(llm):
-    greedy = llm.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=24, ignore_eos=True),
-                          use_tqdm=False)[0].outputs[0]
+    greedy = llm.generate(
+        PROMPTS[0], SamplingParams(temperature=0, max_tokens=24, ignore_eos=True), use_tqdm=False
+    )[0].outputs[0]
     stop_token = greedy.token_ids[5]
-    out = llm.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=24, stop_token_ids=[stop_token]),
-                       use_tqdm=False)[0].outputs[0]
-    assert out.token_ids == greedy.token_ids[:greedy.token_ids.index(stop_token) + 1]
+    out = llm.generate(
+        PROMPTS[0],
+        SamplingParams(temperature=0, max_tokens=24, stop_token_ids=[stop_token]),
+        use_tqdm=False,
+    )[0].outputs[0]
+    assert out.token_ids == greedy.token_ids[: greedy.token_ids.index(stop_token) + 1]
     assert out.finish_reason == "stop"
-    stop = greedy.text[len(greedy.text) // 2:][:3]
-    out = llm.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=stop),
-                       use_tqdm=False)[0].outputs[0]
-    assert out.text == greedy.text[:greedy.text.find(stop)]
+    stop = greedy.text[len(greedy.text) // 2 :][:3]
+    out = llm.generate(
+        PROMPTS[0],
+        SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=stop),
+        use_tqdm=False,
+    )[0].outputs[0]
+    assert out.text == greedy.text[: greedy.text.find(stop)]
     assert out.finish_reason == "stop"
 
 
@@ -89,8 +114,11 @@ def test_token_id_prompts_match_text_prompts(llm):
 def test_too_long_prompt_is_refused_while_others_finish(checkpoint):
     llm = LLM(str(checkpoint), dtype="float32", max_model_len=20)
     long_prompt = {"prompt_token_ids": list(range(3, 30))}
-    outs = llm.generate([PROMPTS[0], long_prompt, {"prompt_token_ids": [10**6]}],
-                        SamplingParams(temperature=0, max_tokens=40, ignore_eos=True), use_tqdm=False)
+    outs = llm.generate(
+        [PROMPTS[0], long_prompt, {"prompt_token_ids": [10**6]}],
+        SamplingParams(temperature=0, max_tokens=40, ignore_eos=True),
+        use_tqdm=False,
+    )
     assert outs[0].outputs[0].finish_reason == "length" and outs[0].error is None
     assert len(outs[0].prompt_token_ids) + len(outs[0].outputs[0].token_ids) == 20
     assert outs[1].outputs[0].finish_reason == "error" and outs[1].outputs[0].token_ids == []
@@ -99,7 +127,10 @@ def test_too_long_prompt_is_refused_while_others_finish(checkpoint):
 
 
 def test_kv_cache_too_small_for_one_sequence(checkpoint):
-    with pytest.raises(ValueError, match=r"KV cache too small: 3 blocks of 16 tokens .* max_model_len=64 .* 4 blocks"):
+    with pytest.raises(
+        ValueError,
+        match=r"KV cache too small: 3 blocks of 16 tokens .* max_model_len=64 .* 4 blocks",
+    ):
         LLM(str(checkpoint), dtype="float32", max_model_len=64, num_gpu_blocks_override=3)
     with pytest.raises(ValueError, match="KV cache too small"):
         LLM(str(checkpoint), dtype="float32", kv_cache_memory_bytes=1000)
@@ -129,20 +160,34 @@ def test_unsupported_architecture_names_itself_and_the_supported(checkpoint, tmp
     config = json.loads((folder / "config.json").read_text())
     config["architectures"] = ["GPT2LMHeadModel"]
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="'GPT2LMHeadModel' is not supported .*LlamaForCausalLM.*Qwen2ForCausalLM"):
+    with pytest.raises(
+        ValueError, match="'GPT2LMHeadModel' is not supported .*LlamaForCausalLM.*Qwen2ForCausalLM"
+    ):
         LLM(str(folder), dtype="float32")
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda t: t.pop("model.layers.1.self_attn.k_proj.weight"),
-     r"missing tensors: model\.layers\.1\.self_attn\.k_proj\.weight"),
-    (lambda t: t.__setitem__("model.layers.0.mlp.extra.weight", torch.zeros(2)),
-     r"unexpected tensors \(no such parameter\): model\.layers\.0\.mlp\.extra\.weight"),
-    (lambda t: t.__setitem__("model.layers.0.mlp.up_proj.weight", torch.zeros(127, 64)),
-     r"tensor 'model\.layers\.0\.mlp\.up_proj\.weight' has shape \(127, 64\), expected \(128, 64\)"),
-    (lambda t: t.__setitem__("model.norm.weight", torch.zeros(65)),
-     r"tensor 'model\.norm\.weight' has shape \(65,\), expected \(64,\)"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda t: t.pop("model.layers.1.self_attn.k_proj.weight"),
+            r"missing tensors: model\.layers\.1\.self_attn\.k_proj\.weight",
+        ),
+        (
+            lambda t: t.__setitem__("model.layers.0.mlp.extra.weight", torch.zeros(2)),
+            r"unexpected tensors \(no such parameter\): model\.layers\.0\.mlp\.extra\.weight",
+        ),
+        (
+            lambda t: t.__setitem__("model.layers.0.mlp.up_proj.weight", torch.zeros(127, 64)),
+            r"tensor 'model\.layers\.0\.mlp\.up_proj\.weight' "
+            r"has shape \(127, 64\), expected \(128, 64\)",
+        ),
+        (
+            lambda t: t.__setitem__("model.norm.weight", torch.zeros(65)),
+            r"tensor 'model\.norm\.weight' has shape \(65,\), expected \(64,\)",
+        ),
+    ],
+)
 def test_checkpoint_mismatch_is_an_error_naming_the_tensor(checkpoint, tmp_path, edit, message):
     folder = edited_checkpoint(checkpoint, tmp_path / "broken", edit)
     with pytest.raises(ValueError, match=message):
@@ -163,28 +208,42 @@ def test_sharded_checkpoint_loads_like_one_file(llm, checkpoint, tmp_path):
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
     sharded = LLM(str(folder), dtype="float32")
-    assert tokens(sharded.generate(PROMPTS, params, use_tqdm=False)) == tokens(llm.generate(PROMPTS, params, use_tqdm=False))
+    assert tokens(sharded.generate(PROMPTS, params, use_tqdm=False)) == tokens(
+        llm.generate(PROMPTS, params, use_tqdm=False)
+    )
 
 
 def test_dummy_preset_runs_with_the_byte_tokenizer():
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    runs = [LLM("tiny-llama", load_format="dummy", seed=1).generate(["Hello", "Bonjour tout le monde"], params,
-                                                                    use_tqdm=False) for _ in range(2)]
+    runs = [
+        LLM("tiny-llama", load_format="dummy", seed=1).generate(
+            ["Hello", "Bonjour tout le monde"], params, use_tqdm=False
+        )
+        for _ in range(2)
+    ]
     assert tokens(runs[0]) == tokens(runs[1])
     assert runs[0][0].prompt_token_ids == [1] + [3 + b for b in b"Hello"]
-    assert len(set(runs[0][1].outputs[0].token_ids)) > 1, "dummy weights should not repeat one token"
+    assert len(set(runs[0][1].outputs[0].token_ids)) > 1, (
+        "dummy weights should not repeat one token"
+    )
     assert isinstance(runs[0][0].outputs[0].text, str)
 
 
 def test_linear_layers_record_their_gemm_problems(llm):
     prompts = [{"prompt_token_ids": [5] * 7}, {"prompt_token_ids": [6] * 5}]
     with recording() as recorder:
-        llm.generate(prompts, SamplingParams(temperature=0, max_tokens=3, ignore_eos=True), use_tqdm=False)
+        llm.generate(
+            prompts, SamplingParams(temperature=0, max_tokens=3, ignore_eos=True), use_tqdm=False
+        )
     rows = {(row.problem.M, row.problem.N, row.problem.K): row for row in recorder.rows()}
     # hidden 64, 4 query heads + 2 KV heads of 16, intermediate 128, vocab 300, 2 layers
     prefill, decode = 12, 2
-    for m, k, layer in [(128, 64, "model.layers.*.self_attn.qkv_proj"), (64, 64, "model.layers.*.self_attn.o_proj"),
-                        (256, 64, "model.layers.*.mlp.gate_up_proj"), (64, 128, "model.layers.*.mlp.down_proj")]:
+    for m, k, layer in [
+        (128, 64, "model.layers.*.self_attn.qkv_proj"),
+        (64, 64, "model.layers.*.self_attn.o_proj"),
+        (256, 64, "model.layers.*.mlp.gate_up_proj"),
+        (64, 128, "model.layers.*.mlp.down_proj"),
+    ]:
         assert rows[(m, prefill, k)].layers == (layer,) and rows[(m, prefill, k)].count == 2
         assert rows[(m, decode, k)].count == 2 * 2  # two decode steps, two layers
         assert rows[(m, prefill, k)].problem.dtype == torch.float32

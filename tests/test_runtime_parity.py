@@ -2,9 +2,8 @@
 identical tokens for 32 new tokens over a batch of prompts of different lengths, and
 log-probabilities close at every step; also with prefix caching, with prefill chunked small,
 and with a KV cache so small that sequences are preempted and recomputed."""
-from __future__ import annotations
 
-from pathlib import Path
+from __future__ import annotations
 
 import pytest
 import torch
@@ -26,8 +25,14 @@ MODES = {
     "prefix_caching": {"enable_prefix_caching": True, "block_size": 4},
     "chunked_prefill": {"max_num_batched_tokens": 6, "max_num_seqs": 3},
     "preemption": {"num_gpu_blocks_override": 30, "block_size": 4, "max_model_len": 100},
-    "all_at_once": {"enable_prefix_caching": True, "max_num_batched_tokens": 7, "max_num_seqs": 4,
-                    "num_gpu_blocks_override": 26, "block_size": 4, "max_model_len": 100},
+    "all_at_once": {
+        "enable_prefix_caching": True,
+        "max_num_batched_tokens": 7,
+        "max_num_seqs": 4,
+        "num_gpu_blocks_override": 26,
+        "block_size": 4,
+        "max_model_len": 100,
+    },
 }
 
 
@@ -51,14 +56,24 @@ def reference(request, tmp_path_factory, one_thread):
     expected = []
     for prompt in PROMPTS:
         ids = tokenizer(prompt, return_tensors="pt").input_ids
-        out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None,
-                             pad_token_id=tokenizer.pad_token_id, output_logits=True,
-                             return_dict_in_generate=True)
+        out = model.generate(
+            ids,
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=tokenizer.pad_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
         logits = torch.stack(out.logits)[:, 0]
         top2 = logits.topk(2).values
         margin = (top2[:, 0] - top2[:, 1]).min().item()
-        assert margin > 1e-3, f"checkpoint {request.param}: top-1 margin {margin} too thin for parity"
-        expected.append((out.sequences[0, ids.shape[1]:].tolist(), torch.log_softmax(logits, dim=-1)))
+        assert margin > 1e-3, (
+            f"checkpoint {request.param}: top-1 margin {margin} too thin for parity"
+        )
+        expected.append(
+            (out.sequences[0, ids.shape[1] :].tolist(), torch.log_softmax(logits, dim=-1))
+        )
     return folder, expected
 
 
@@ -79,8 +94,9 @@ def test_greedy_matches_transformers(reference, mode):
         for step, entry in enumerate(completion.logprobs):
             ids = torch.tensor(list(entry))
             assert set(entry) >= set(logprobs[step].topk(5).indices.tolist())
-            torch.testing.assert_close(torch.tensor(list(entry.values())), logprobs[step, ids],
-                                       atol=2e-4, rtol=1e-5)
+            torch.testing.assert_close(
+                torch.tensor(list(entry.values())), logprobs[step, ids], atol=2e-4, rtol=1e-5
+            )
     scheduler = llm.llm_engine.scheduler
     if mode in ("preemption", "all_at_once"):
         assert scheduler.num_preemptions > 0

@@ -1,4 +1,5 @@
 """Gated activations of fused gate/up projections."""
+
 from __future__ import annotations
 
 import torch

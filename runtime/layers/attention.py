@@ -1,5 +1,6 @@
 """The attention layer: writes this step's keys/values to its paged cache view, then attends
 through ``runtime.attention`` (which picks the kernel for the device)."""
+
 from __future__ import annotations
 
 import torch
@@ -32,17 +33,46 @@ class Attention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         cached = self.k_cache.numel() > 0
         if cached:
-            ops.store_kvcache(k, v, self.k_cache, self.v_cache, ctx.slot_mapping,
-                              self.k_scale, self.v_scale)
+            ops.store_kvcache(
+                k, v, self.k_cache, self.v_cache, ctx.slot_mapping, self.k_scale, self.v_scale
+            )
         if cached and ctx.decode_only:
-            out = ops.decode_attention(q, self.k_cache, self.v_cache, ctx.block_tables,
-                                       ctx.context_lens, ctx.max_context_len, self.scale,
-                                       self.k_scale, self.v_scale)
+            out = ops.decode_attention(
+                q,
+                self.k_cache,
+                self.v_cache,
+                ctx.block_tables,
+                ctx.context_lens,
+                ctx.max_context_len,
+                self.scale,
+                self.k_scale,
+                self.v_scale,
+            )
         elif cached and ctx.block_tables is not None:
-            out = ops.prefill_attention(q, k, v, ctx.cu_seqlens_q, ctx.cu_seqlens_k, ctx.max_seqlen_q,
-                                        ctx.max_seqlen_k, self.scale, self.k_cache, self.v_cache,
-                                        ctx.block_tables, self.k_scale, self.v_scale)
+            out = ops.prefill_attention(
+                q,
+                k,
+                v,
+                ctx.cu_seqlens_q,
+                ctx.cu_seqlens_k,
+                ctx.max_seqlen_q,
+                ctx.max_seqlen_k,
+                self.scale,
+                self.k_cache,
+                self.v_cache,
+                ctx.block_tables,
+                self.k_scale,
+                self.v_scale,
+            )
         else:
-            out = ops.prefill_attention(q, k, v, ctx.cu_seqlens_q, ctx.cu_seqlens_k, ctx.max_seqlen_q,
-                                        ctx.max_seqlen_k, self.scale)
+            out = ops.prefill_attention(
+                q,
+                k,
+                v,
+                ctx.cu_seqlens_q,
+                ctx.cu_seqlens_k,
+                ctx.max_seqlen_q,
+                ctx.max_seqlen_k,
+                self.scale,
+            )
         return out.reshape(-1, self.num_heads * self.head_dim)

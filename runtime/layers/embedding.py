@@ -4,6 +4,7 @@ Each rank holds ``ceil(vocab / tp)`` consecutive rows of the ``[vocab, hidden]``
 rank's tail zero-padded). The embedding looks up the ids it owns and sums over ranks; the LM head
 computes its slice of the logits and gathers them.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,24 +19,28 @@ from shape_capture.recorder import active_recorder
 
 
 class VocabParallelEmbedding(nn.Module):
-    def __init__(self, num_embeddings: int, embedding_dim: int,
-                 params_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, params_dtype: torch.dtype = torch.float32
+    ) -> None:
         super().__init__()
         self.num_embeddings = num_embeddings
         self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
         self.rows_per_rank = -(-num_embeddings // self.tp_size)
         self.start = self.tp_rank * self.rows_per_rank
         self.end = min(self.start + self.rows_per_rank, num_embeddings)
-        self.weight = nn.Parameter(torch.empty(self.rows_per_rank, embedding_dim, dtype=params_dtype),
-                                   requires_grad=False)
+        self.weight = nn.Parameter(
+            torch.empty(self.rows_per_rank, embedding_dim, dtype=params_dtype), requires_grad=False
+        )
         self.weight.weight_loader = self.weight_loader
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Any = None) -> None:
+    def weight_loader(
+        self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Any = None
+    ) -> None:
         expected = (self.num_embeddings, param.shape[1])
         if tuple(loaded.shape) != expected:
             raise ValueError(f"has shape {tuple(loaded.shape)}, expected {expected}")
         rows = self.end - self.start
-        param.data[:rows].copy_(loaded[self.start:self.end])
+        param.data[:rows].copy_(loaded[self.start : self.end])
         param.data[rows:].zero_()
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -54,7 +59,14 @@ class ParallelLMHead(VocabParallelEmbedding):
         logits = F.linear(hidden, self.weight)
         recorder = active_recorder()
         if recorder is not None:
-            recorder.record(GemmProblem.for_linear(
-                self.rows_per_rank, hidden.shape[0], hidden.shape[1],
-                dtype=self.weight.dtype, outdtype=logits.dtype), "lm_head")
-        return tp_all_gather(logits, dim=-1)[:, :self.num_embeddings]
+            recorder.record(
+                GemmProblem.for_linear(
+                    self.rows_per_rank,
+                    hidden.shape[0],
+                    hidden.shape[1],
+                    dtype=self.weight.dtype,
+                    outdtype=logits.dtype,
+                ),
+                "lm_head",
+            )
+        return tp_all_gather(logits, dim=-1)[:, : self.num_embeddings]

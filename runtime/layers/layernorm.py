@@ -1,4 +1,5 @@
 """RMSNorm, optionally fused with the residual add before it."""
+
 from __future__ import annotations
 
 import torch
@@ -6,13 +7,18 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float = 1e-6, params_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, hidden_size: int, eps: float = 1e-6, params_dtype: torch.dtype = torch.float32
+    ) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.empty(hidden_size, dtype=params_dtype), requires_grad=False)
+        self.weight = nn.Parameter(
+            torch.empty(hidden_size, dtype=params_dtype), requires_grad=False
+        )
 
-    def forward(self, x: torch.Tensor,
-                residual: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``norm(x)``; with ``residual``: ``(norm(x + residual), x + residual)``."""
         if residual is not None:
             x = x + residual

@@ -10,6 +10,7 @@ the full checkpoint tensor's shape and copies this rank's slice (``shard_id`` pi
 gate/up in fused layers). A parameter's ``output_dim`` / ``input_dim`` attributes say which
 dims are sharded (None: copied whole).
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -29,8 +30,15 @@ def set_weight_attrs(param: nn.Parameter, attrs: dict[str, Any]) -> None:
         setattr(param, key, value)
 
 
-def copy_shard(param: torch.Tensor, loaded: torch.Tensor, dim: int | None, param_offset: int = 0,
-               loaded_offset: int = 0, size: int = 0, full_size: int = 0) -> None:
+def copy_shard(
+    param: torch.Tensor,
+    loaded: torch.Tensor,
+    dim: int | None,
+    param_offset: int = 0,
+    loaded_offset: int = 0,
+    size: int = 0,
+    full_size: int = 0,
+) -> None:
     """Copy ``loaded[loaded_offset : +size]`` along ``dim`` into ``param[param_offset : +size]``,
     after checking that ``loaded`` has the param's shape with ``full_size`` along ``dim``
     (``dim=None``: the whole tensor, same shape). Raises ValueError on a shape mismatch."""
@@ -55,23 +63,28 @@ class LinearMethod(ABC):
     """
 
     @abstractmethod
-    def create_weights(self, layer: nn.Module, input_size: int, output_sizes: list[int],
-                       params_dtype: torch.dtype) -> None: ...
+    def create_weights(
+        self, layer: nn.Module, input_size: int, output_sizes: list[int], params_dtype: torch.dtype
+    ) -> None: ...
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         return None
 
     @abstractmethod
-    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor: ...
+    def apply(
+        self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor: ...
 
 
 class UnquantizedLinearMethod(LinearMethod):
     """The weight in the model dtype; ``F.linear``."""
 
-    def create_weights(self, layer: nn.Module, input_size: int, output_sizes: list[int],
-                       params_dtype: torch.dtype) -> None:
-        weight = nn.Parameter(torch.empty(sum(output_sizes), input_size, dtype=params_dtype),
-                              requires_grad=False)
+    def create_weights(
+        self, layer: nn.Module, input_size: int, output_sizes: list[int], params_dtype: torch.dtype
+    ) -> None:
+        weight = nn.Parameter(
+            torch.empty(sum(output_sizes), input_size, dtype=params_dtype), requires_grad=False
+        )
         set_weight_attrs(weight, {"output_dim": 0, "input_dim": 1})
         layer.register_parameter("weight", weight)
 
@@ -80,7 +93,7 @@ class UnquantizedLinearMethod(LinearMethod):
 
 
 LinearMethodFactory = Callable[[str], LinearMethod]
-"""Gives the linear method for the layer of a given module name (``model.layers.0.mlp.down_proj``)."""
+"""Gives the linear method of the layer with a module name (``model.layers.0.mlp.down_proj``)."""
 
 
 def unquantized(prefix: str) -> LinearMethod:
@@ -91,8 +104,15 @@ class LinearBase(nn.Module, ABC):
     """A linear layer's shard: ``input_size`` in, ``output_sizes`` (logical parts, fused layers
     have several) out, all per rank. ``prefix`` is the module name recorded with its problems."""
 
-    def __init__(self, input_size: int, output_sizes: list[int], bias: bool, params_dtype: torch.dtype,
-                 linear_method: LinearMethod | None, prefix: str) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        output_sizes: list[int],
+        bias: bool,
+        params_dtype: torch.dtype,
+        linear_method: LinearMethod | None,
+        prefix: str,
+    ) -> None:
         super().__init__()
         self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
         self.input_size = input_size
@@ -102,7 +122,9 @@ class LinearBase(nn.Module, ABC):
         self.linear_method = linear_method or UnquantizedLinearMethod()
         self.linear_method.create_weights(self, input_size, output_sizes, params_dtype)
         if bias:
-            self.bias = nn.Parameter(torch.empty(self.output_size, dtype=params_dtype), requires_grad=False)
+            self.bias = nn.Parameter(
+                torch.empty(self.output_size, dtype=params_dtype), requires_grad=False
+            )
             set_weight_attrs(self.bias, {"output_dim": 0})
         else:
             self.register_parameter("bias", None)
@@ -111,7 +133,9 @@ class LinearBase(nn.Module, ABC):
                 param.weight_loader = self.weight_loader
 
     @abstractmethod
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Any = None) -> None:
+    def weight_loader(
+        self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Any = None
+    ) -> None:
         """Copy this rank's slice of the checkpoint tensor ``loaded`` into ``param``."""
 
     def gemm(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -120,9 +144,17 @@ class LinearBase(nn.Module, ABC):
         recorder = active_recorder()
         if recorder is not None:
             tokens = x.numel() // x.shape[-1]
-            recorder.record(GemmProblem.for_linear(
-                self.output_size, tokens, self.input_size, bias=bias is not None,
-                dtype=self.weight.dtype, outdtype=y.dtype), self.prefix)
+            recorder.record(
+                GemmProblem.for_linear(
+                    self.output_size,
+                    tokens,
+                    self.input_size,
+                    bias=bias is not None,
+                    dtype=self.weight.dtype,
+                    outdtype=y.dtype,
+                ),
+                self.prefix,
+            )
         return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,15 +164,24 @@ class LinearBase(nn.Module, ABC):
 class ColumnParallelLinear(LinearBase):
     """``out`` split over ranks; each rank holds rows ``rank * out/tp ...`` of W (and of b)."""
 
-    def __init__(self, input_size: int, output_size: int, bias: bool = False,
-                 params_dtype: torch.dtype = torch.float32, linear_method: LinearMethod | None = None,
-                 prefix: str = "", output_sizes: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool = False,
+        params_dtype: torch.dtype = torch.float32,
+        linear_method: LinearMethod | None = None,
+        prefix: str = "",
+        output_sizes: list[int] | None = None,
+    ) -> None:
         tp = get_tp_size()
         sizes = output_sizes or [output_size]
         per_rank = [divide(size, tp, f"{prefix} output size") for size in sizes]
         super().__init__(input_size, per_rank, bias, params_dtype, linear_method, prefix)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Any = None) -> None:
+    def weight_loader(
+        self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Any = None
+    ) -> None:
         dim = getattr(param, "output_dim", None)
         if dim is None:
             copy_shard(param, loaded, None)
@@ -151,15 +192,30 @@ class ColumnParallelLinear(LinearBase):
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
     """Several column-parallel layers with the same input fused into one (gate_up_proj):
-    checkpoint tensor ``shard_id`` (0, 1, ...) fills the ``shard_id``-th part of each rank's rows."""
+    checkpoint tensor ``shard_id`` (0, 1, ...) fills part ``shard_id`` of each rank's rows."""
 
-    def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False,
-                 params_dtype: torch.dtype = torch.float32, linear_method: LinearMethod | None = None,
-                 prefix: str = "") -> None:
-        super().__init__(input_size, sum(output_sizes), bias, params_dtype, linear_method, prefix,
-                         output_sizes=output_sizes)
+    def __init__(
+        self,
+        input_size: int,
+        output_sizes: list[int],
+        bias: bool = False,
+        params_dtype: torch.dtype = torch.float32,
+        linear_method: LinearMethod | None = None,
+        prefix: str = "",
+    ) -> None:
+        super().__init__(
+            input_size,
+            sum(output_sizes),
+            bias,
+            params_dtype,
+            linear_method,
+            prefix,
+            output_sizes=output_sizes,
+        )
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Any = None) -> None:
+    def weight_loader(
+        self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Any = None
+    ) -> None:
         dim = getattr(param, "output_dim", None)
         if shard_id is None or dim is None:
             super().weight_loader(param, loaded, shard_id)
@@ -173,9 +229,17 @@ class QKVParallelLinear(ColumnParallelLinear):
     """q, k and v projections fused, heads split over ranks. With fewer KV heads than ranks each
     KV head is replicated on ``tp / num_kv_heads`` consecutive ranks."""
 
-    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int,
-                 bias: bool = False, params_dtype: torch.dtype = torch.float32,
-                 linear_method: LinearMethod | None = None, prefix: str = "") -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        head_dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        bias: bool = False,
+        params_dtype: torch.dtype = torch.float32,
+        linear_method: LinearMethod | None = None,
+        prefix: str = "",
+    ) -> None:
         tp = get_tp_size()
         self.head_dim = head_dim
         self.num_heads = divide(num_heads, tp, f"{prefix} query heads")
@@ -184,12 +248,23 @@ class QKVParallelLinear(ColumnParallelLinear):
             self.kv_replicas = 1
         else:
             self.num_kv_heads = 1
-            self.kv_replicas = divide(tp, num_kv_heads, f"tensor-parallel size over {prefix} KV heads")
+            self.kv_replicas = divide(
+                tp, num_kv_heads, f"tensor-parallel size over {prefix} KV heads"
+            )
         q_size, kv_size = num_heads * head_dim, self.num_kv_heads * head_dim * tp
-        super().__init__(hidden_size, q_size + 2 * kv_size, bias, params_dtype, linear_method, prefix,
-                         output_sizes=[q_size, kv_size, kv_size])
+        super().__init__(
+            hidden_size,
+            q_size + 2 * kv_size,
+            bias,
+            params_dtype,
+            linear_method,
+            prefix,
+            output_sizes=[q_size, kv_size, kv_size],
+        )
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Any = None) -> None:
+    def weight_loader(
+        self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Any = None
+    ) -> None:
         dim = getattr(param, "output_dim", None)
         if shard_id is None or dim is None:
             super().weight_loader(param, loaded, shard_id)
@@ -207,13 +282,21 @@ class QKVParallelLinear(ColumnParallelLinear):
 class RowParallelLinear(LinearBase):
     """``in`` split over ranks (the input arrives split); partial outputs summed over ranks."""
 
-    def __init__(self, input_size: int, output_size: int, bias: bool = False,
-                 params_dtype: torch.dtype = torch.float32, linear_method: LinearMethod | None = None,
-                 prefix: str = "") -> None:
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool = False,
+        params_dtype: torch.dtype = torch.float32,
+        linear_method: LinearMethod | None = None,
+        prefix: str = "",
+    ) -> None:
         per_rank = divide(input_size, get_tp_size(), f"{prefix} input size")
         super().__init__(per_rank, [output_size], bias, params_dtype, linear_method, prefix)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Any = None) -> None:
+    def weight_loader(
+        self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Any = None
+    ) -> None:
         dim = getattr(param, "input_dim", None)
         if dim is None:
             copy_shard(param, loaded, None)

@@ -1,4 +1,5 @@
 """Which linear method each layer uses, from ``Config.quantization``."""
+
 from __future__ import annotations
 
 from runtime.config import Config

@@ -1,5 +1,6 @@
 """Rotary position embedding (the rotate-half layout of Hugging Face Llama), with the ``linear``
 and ``llama3`` frequency scalings. The cos/sin table is computed once, in float32."""
+
 from __future__ import annotations
 
 import math
@@ -11,9 +12,13 @@ from torch import nn
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
-def inverse_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | None) -> torch.Tensor:
+def inverse_frequencies(
+    head_dim: int, theta: float, scaling: dict[str, Any] | None
+) -> torch.Tensor:
     """``1 / theta^(2i/d)`` per rotated pair, rescaled as ``scaling["rope_type"]`` says."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim))
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim)
+    )
     rope_type = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
     if rope_type == "default":
         return inv_freq
@@ -21,12 +26,14 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | N
         return inv_freq / float(scaling["factor"])
     if rope_type == "llama3":
         return _llama3(inv_freq, scaling)
-    raise ValueError(f"rope_scaling type {rope_type!r} is not supported "
-                     f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})")
+    raise ValueError(
+        f"rope_scaling type {rope_type!r} is not supported "
+        f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
+    )
 
 
 def _llama3(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.Tensor:
-    """Llama 3.1: long wavelengths divided by ``factor``, short ones kept, a smooth blend between."""
+    """Llama 3.1: long wavelengths divided by ``factor``, short ones kept, a blend between."""
     factor = float(scaling["factor"])
     low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
     old_len = float(scaling["original_max_position_embeddings"])
@@ -39,18 +46,21 @@ def _llama3(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    def __init__(self, head_dim: int, max_position: int, theta: float,
-                 scaling: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, head_dim: int, max_position: int, theta: float, scaling: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
         self.head_dim = head_dim
         inv_freq = inverse_frequencies(head_dim, theta, scaling)
         positions = torch.arange(max_position, dtype=torch.float32, device="cpu")
         freqs = torch.outer(positions, inv_freq)
-        self.register_buffer("cos_sin_cache", torch.cat([freqs.cos(), freqs.sin()], dim=-1),
-                             persistent=False)
+        self.register_buffer(
+            "cos_sin_cache", torch.cat([freqs.cos(), freqs.sin()], dim=-1), persistent=False
+        )
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor,
-                k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate ``q`` [T, Hq*D] and ``k`` [T, Hkv*D] by their tokens' ``positions`` [T]."""
         cos, sin = self.cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)

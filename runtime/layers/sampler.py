@@ -4,6 +4,7 @@ per-request generators where a request has a seed.
 Sampling uses the exponential race (``argmax(p / E)`` with ``E ~ Exp(1)`` is a draw from ``p``),
 so it needs no host synchronisation; only the caller's final ``.tolist()`` waits for the device.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ class SamplingTensors:
     use_top_k_top_p: bool
 
 
-def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+def apply_top_k_top_p(
+    logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+) -> torch.Tensor:
     """Set to -inf every logit outside its row's top-k, then outside its smallest top-p nucleus
     (the most likely token always stays)."""
     sorted_logits, order = logits.sort(dim=-1, descending=True)

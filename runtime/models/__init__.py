@@ -1,4 +1,5 @@
 """Architecture registry: the ``architectures`` entry of config.json -> model class."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -16,5 +17,7 @@ def get_model_class(architecture: str) -> type[nn.Module]:
     try:
         return MODEL_REGISTRY[architecture]
     except KeyError:
-        raise ValueError(f"architecture {architecture!r} is not supported "
-                         f"(supported: {', '.join(MODEL_REGISTRY)})") from None
+        raise ValueError(
+            f"architecture {architecture!r} is not supported "
+            f"(supported: {', '.join(MODEL_REGISTRY)})"
+        ) from None

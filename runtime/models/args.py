@@ -3,6 +3,7 @@
 Accepts both config layouts: transformers 4 (``rope_theta`` + ``rope_scaling``) and
 transformers 5 (``rope_parameters``), and both dtype keys (``torch_dtype``, ``dtype``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

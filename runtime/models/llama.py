@@ -3,6 +3,7 @@
 Module and parameter names follow Hugging Face, with q/k/v fused into ``qkv_proj`` and gate/up
 into ``gate_up_proj`` (``packed_modules_mapping`` tells the loader how).
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,26 +14,50 @@ from runtime.layers.activation import SUPPORTED_ACTIVATIONS, SiluAndMul
 from runtime.layers.attention import Attention
 from runtime.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from runtime.layers.layernorm import RMSNorm
-from runtime.layers.linear import (LinearMethodFactory, MergedColumnParallelLinear, QKVParallelLinear,
-                                   RowParallelLinear)
+from runtime.layers.linear import (
+    LinearMethodFactory,
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
 from runtime.layers.rotary import RotaryEmbedding
 from runtime.models.args import ModelArgs
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, args: ModelArgs, rotary: RotaryEmbedding, dtype: torch.dtype,
-                 linear_method: LinearMethodFactory, prefix: str) -> None:
+    def __init__(
+        self,
+        args: ModelArgs,
+        rotary: RotaryEmbedding,
+        dtype: torch.dtype,
+        linear_method: LinearMethodFactory,
+        prefix: str,
+    ) -> None:
         super().__init__()
-        self.qkv_proj = QKVParallelLinear(args.hidden_size, args.head_dim, args.num_heads, args.num_kv_heads,
-                                          args.qkv_bias, dtype, linear_method(f"{prefix}.qkv_proj"),
-                                          f"{prefix}.qkv_proj")
-        self.o_proj = RowParallelLinear(args.num_heads * args.head_dim, args.hidden_size, args.o_proj_bias,
-                                        dtype, linear_method(f"{prefix}.o_proj"), f"{prefix}.o_proj")
+        self.qkv_proj = QKVParallelLinear(
+            args.hidden_size,
+            args.head_dim,
+            args.num_heads,
+            args.num_kv_heads,
+            args.qkv_bias,
+            dtype,
+            linear_method(f"{prefix}.qkv_proj"),
+            f"{prefix}.qkv_proj",
+        )
+        self.o_proj = RowParallelLinear(
+            args.num_heads * args.head_dim,
+            args.hidden_size,
+            args.o_proj_bias,
+            dtype,
+            linear_method(f"{prefix}.o_proj"),
+            f"{prefix}.o_proj",
+        )
         self.rotary_emb = rotary
         q_size, kv_size, _ = self.qkv_proj.output_sizes
         self.split = [q_size, kv_size, kv_size]
-        self.attn = Attention(self.qkv_proj.num_heads, args.head_dim, args.head_dim ** -0.5,
-                              self.qkv_proj.num_kv_heads)
+        self.attn = Attention(
+            self.qkv_proj.num_heads, args.head_dim, args.head_dim**-0.5, self.qkv_proj.num_kv_heads
+        )
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden).split(self.split, dim=-1)
@@ -41,18 +66,32 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, args: ModelArgs, dtype: torch.dtype, linear_method: LinearMethodFactory,
-                 prefix: str) -> None:
+    def __init__(
+        self, args: ModelArgs, dtype: torch.dtype, linear_method: LinearMethodFactory, prefix: str
+    ) -> None:
         super().__init__()
         if args.hidden_act not in SUPPORTED_ACTIVATIONS:
-            raise ValueError(f"hidden_act {args.hidden_act!r} is not supported "
-                             f"(supported: {', '.join(SUPPORTED_ACTIVATIONS)})")
+            raise ValueError(
+                f"hidden_act {args.hidden_act!r} is not supported "
+                f"(supported: {', '.join(SUPPORTED_ACTIVATIONS)})"
+            )
         inter = args.intermediate_size
-        self.gate_up_proj = MergedColumnParallelLinear(args.hidden_size, [inter, inter], args.mlp_bias, dtype,
-                                                       linear_method(f"{prefix}.gate_up_proj"),
-                                                       f"{prefix}.gate_up_proj")
-        self.down_proj = RowParallelLinear(inter, args.hidden_size, args.mlp_bias, dtype,
-                                           linear_method(f"{prefix}.down_proj"), f"{prefix}.down_proj")
+        self.gate_up_proj = MergedColumnParallelLinear(
+            args.hidden_size,
+            [inter, inter],
+            args.mlp_bias,
+            dtype,
+            linear_method(f"{prefix}.gate_up_proj"),
+            f"{prefix}.gate_up_proj",
+        )
+        self.down_proj = RowParallelLinear(
+            inter,
+            args.hidden_size,
+            args.mlp_bias,
+            dtype,
+            linear_method(f"{prefix}.down_proj"),
+            f"{prefix}.down_proj",
+        )
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,16 +99,23 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, args: ModelArgs, rotary: RotaryEmbedding, dtype: torch.dtype,
-                 linear_method: LinearMethodFactory, prefix: str) -> None:
+    def __init__(
+        self,
+        args: ModelArgs,
+        rotary: RotaryEmbedding,
+        dtype: torch.dtype,
+        linear_method: LinearMethodFactory,
+        prefix: str,
+    ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps, dtype)
         self.self_attn = LlamaAttention(args, rotary, dtype, linear_method, f"{prefix}.self_attn")
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps, dtype)
         self.mlp = LlamaMLP(args, dtype, linear_method, f"{prefix}.mlp")
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor,
-                residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
@@ -81,14 +127,20 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, args: ModelArgs, max_model_len: int, dtype: torch.dtype,
-                 linear_method: LinearMethodFactory) -> None:
+    def __init__(
+        self,
+        args: ModelArgs,
+        max_model_len: int,
+        dtype: torch.dtype,
+        linear_method: LinearMethodFactory,
+    ) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(args.vocab_size, args.hidden_size, dtype)
         rotary = RotaryEmbedding(args.head_dim, max_model_len, args.rope_theta, args.rope_scaling)
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(args, rotary, dtype, linear_method, f"model.layers.{i}")
-            for i in range(args.num_layers))
+            for i in range(args.num_layers)
+        )
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps, dtype)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -111,8 +163,13 @@ class LlamaForCausalLM(nn.Module):
         "up_proj": ("gate_up_proj", 1),
     }
 
-    def __init__(self, args: ModelArgs, max_model_len: int, dtype: torch.dtype,
-                 linear_method: LinearMethodFactory) -> None:
+    def __init__(
+        self,
+        args: ModelArgs,
+        max_model_len: int,
+        dtype: torch.dtype,
+        linear_method: LinearMethodFactory,
+    ) -> None:
         super().__init__()
         divide(args.num_heads, get_tp_size(), "num_attention_heads")
         self.args = args
