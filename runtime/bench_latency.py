@@ -1,0 +1,184 @@
+"""Latency benchmark: one batch of random prompts through the engine, greedy, EOS ignored, and
+optionally Hugging Face transformers ``generate`` on the same architecture in the same run.
+
+Decode speed is reported as gpt-fast does: decode steps per second and the weight bandwidth they
+imply (bytes of the weights one step reads × steps per second).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from runtime import attention
+from runtime.llm import LLM
+from runtime.sampling_params import SamplingParams
+from shape_capture.presets import PRESETS, load_model_config
+
+
+@dataclass
+class LatencyResult:
+    """Times in seconds. ``tokens_per_s``: generated tokens of the whole batch over the whole run;
+    ``decode_steps_per_s``: steps after the first token, per second (tokens/s per sequence);
+    ``weight_gb_per_s``: ``weight_bytes`` × decode steps/s (``weight_bytes`` is what a decode step
+    reads: every parameter but the embedding table)."""
+
+    model: str
+    device: str
+    dtype: str
+    batch_size: int
+    input_len: int
+    output_len: int
+    time_to_first_token_s: float
+    total_s: float
+    tokens_per_s: float
+    decode_steps_per_s: float
+    weight_bytes: int
+    weight_gb_per_s: float
+    attention_kernels: dict[str, int]
+    hf_total_s: float | None = None
+    hf_tokens_per_s: float | None = None
+
+    @property
+    def speedup_vs_hf(self) -> float | None:
+        return None if self.hf_tokens_per_s is None else self.tokens_per_s / self.hf_tokens_per_s
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "speedup_vs_hf": self.speedup_vs_hf}
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.model} {self.dtype} on {self.device}: batch {self.batch_size}, "
+            f"{self.input_len} in / {self.output_len} out",
+            f"  solidx: {self.tokens_per_s:.1f} tokens/s, decode {self.decode_steps_per_s:.1f} "
+            f"steps/s = {self.weight_gb_per_s:.1f} GB/s of weights, "
+            f"TTFT {1e3 * self.time_to_first_token_s:.1f} ms, total {self.total_s:.2f} s",
+            f"  attention kernels: {dict(self.attention_kernels)}",
+        ]
+        if self.hf_tokens_per_s is not None:
+            lines.append(
+                f"  transformers generate: {self.hf_tokens_per_s:.1f} tokens/s, total "
+                f"{self.hf_total_s:.2f} s; solidx is {self.speedup_vs_hf:.2f}x"
+            )
+        return "\n".join(lines)
+
+
+def bench_latency(
+    model: str = "llama-3-8b",
+    input_len: int = 128,
+    output_len: int = 256,
+    batch_size: int = 1,
+    enforce_eager: bool = True,
+    compare_hf: bool = False,
+    seed: int = 0,
+    **engine_kwargs: Any,
+) -> LatencyResult:
+    """Time one batch of ``batch_size`` random prompts of ``input_len`` tokens generating
+    ``output_len`` tokens each, after a short warm-up. ``engine_kwargs`` are ``LLM`` options;
+    a preset runs on dummy weights."""
+    if model in PRESETS and engine_kwargs.get("load_format", "auto") == "auto":
+        engine_kwargs["load_format"] = "dummy"
+    engine_kwargs.setdefault("max_model_len", input_len + output_len)
+    engine_kwargs.setdefault("max_num_seqs", batch_size)
+    llm = LLM(model, enforce_eager=enforce_eager, seed=seed, **engine_kwargs)
+    runner = llm.llm_engine.model_runner
+    vocab = runner.vocab_size
+    generator = torch.Generator().manual_seed(seed)
+    prompts = torch.randint(0, vocab, (batch_size, input_len), generator=generator)
+    requests = [{"prompt_token_ids": row.tolist()} for row in prompts]
+    params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
+
+    llm.generate(
+        requests, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False
+    )
+    kernels_before = Counter(attention.KERNEL_COUNTS)
+    _sync(runner.device)
+    start = time.perf_counter()
+    outputs = llm.generate(requests, params, use_tqdm=False)
+    _sync(runner.device)
+    total = time.perf_counter() - start
+    first = max(out.metrics.first_token_time for out in outputs) - start
+    decode = max(out.metrics.finished_time for out in outputs) - first - start
+    steps_per_s = (output_len - 1) / decode if output_len > 1 and decode > 0 else float("nan")
+    weight_bytes = sum(
+        p.numel() * p.element_size()
+        for name, p in runner.model.named_parameters()
+        if "embed_tokens" not in name or runner.model.args.tie_word_embeddings
+    )
+    result = LatencyResult(
+        model=model,
+        device=_device_name(runner.device),
+        dtype=str(llm.llm_engine.config.torch_dtype).removeprefix("torch."),
+        batch_size=batch_size,
+        input_len=input_len,
+        output_len=output_len,
+        time_to_first_token_s=first,
+        total_s=total,
+        tokens_per_s=batch_size * output_len / total,
+        decode_steps_per_s=steps_per_s,
+        weight_bytes=weight_bytes,
+        weight_gb_per_s=weight_bytes * steps_per_s / 1e9,
+        attention_kernels=dict(Counter(attention.KERNEL_COUNTS) - kernels_before),
+    )
+    if compare_hf:
+        config, device = llm.llm_engine.config, runner.device
+        del llm, runner, outputs
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        hf_total = hf_generate_seconds(model, prompts, output_len, device, config.torch_dtype)
+        result.hf_total_s = hf_total
+        result.hf_tokens_per_s = batch_size * output_len / hf_total
+    return result
+
+
+def hf_generate_seconds(
+    model: str, prompts: torch.Tensor, output_len: int, device: torch.device, dtype: torch.dtype
+) -> float:
+    """Seconds Hugging Face ``generate`` takes for ``prompts`` [B, L] → ``output_len`` greedy
+    tokens each (EOS ignored), after a warm-up; random weights for presets."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if model in PRESETS:
+        hf_dict = {k: v for k, v in load_model_config(model).items() if k != "model_type"}
+        hf_config = AutoConfig.for_model(PRESETS[model]["model_type"], **hf_dict)
+        with torch.device(device):
+            hf = AutoModelForCausalLM.from_config(hf_config, torch_dtype=dtype)
+    else:
+        hf = AutoModelForCausalLM.from_pretrained(model, torch_dtype=dtype).to(device)
+    hf = hf.to(dtype).eval()  # torch_dtype: the keyword transformers 4 and 5 both accept
+    input_ids = prompts.to(device)
+    kwargs = dict(
+        attention_mask=torch.ones_like(input_ids),
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    with torch.inference_mode():
+        hf.generate(input_ids, max_new_tokens=4, min_new_tokens=4, **kwargs)
+        _sync(device)
+        start = time.perf_counter()
+        out = hf.generate(input_ids, max_new_tokens=output_len, min_new_tokens=output_len, **kwargs)
+        _sync(device)
+        seconds = time.perf_counter() - start
+    if out.shape[1] != prompts.shape[1] + output_len:
+        raise RuntimeError(
+            f"transformers generated {out.shape[1] - prompts.shape[1]} tokens, not {output_len}"
+        )
+    return seconds
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
