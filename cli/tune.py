@@ -1,13 +1,53 @@
-"""``solidx tune``: sweep every solution of every backend for each shape."""
+"""``solidx tune``: sweep every solution of every backend for each shape (gradlib's tuner)."""
 from __future__ import annotations
 
 import click
 
-from cli.pending import not_yet
+from gradlib.dtypes import parse_dtype
+from gradlib.gemm_tuner import parse_backends, parse_gpus
+from gradlib.schema import CsvError
+from gradlib.tuner import ALL_BACKENDS, TuneOptions
+from gradlib.tuner import tune as run_tuner
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def tune(args: tuple[str, ...]) -> None:
-    """Tune GEMM shapes (not implemented yet: arrives with the tuner issue)."""
-    not_yet("solidx tune", "The tuner")
+@click.command()
+@click.option("--input-file", "--input_file", "input_file", required=True,
+              type=click.Path(dir_okay=False),
+              help="Shapes file (fp8_shapes.csv, or gradlib's M,N,K).")
+@click.option("--tuned-file", "--tuned_file", "tuned_file", required=True,
+              type=click.Path(dir_okay=False),
+              help="Tuned file to write or extend (tuned_fp8.csv).")
+@click.option("--backends", default=",".join(ALL_BACKENDS), show_default=True,
+              help="Backends tried besides default; unavailable ones are reported and skipped.")
+@click.option("--margin", type=float, default=0.03, show_default=True,
+              help="A winner must be this much faster than default, else the row keeps default.")
+@click.option("--gpus", default=None,
+              help="Shard the shapes over these GPUs, e.g. 0,1 (one process each).")
+@click.option("--max-candidates", "--max_candidates", type=click.IntRange(min=1), default=None,
+              help="At most this many candidates per backend and shape.")
+@click.option("--indtype", default="fp8", show_default=True,
+              help="Operand dtype for files without a dtype column.")
+@click.option("--outdtype", default="bf16", show_default=True,
+              help="Output dtype for files without an outdtype column.")
+@click.option("--log-file", default=None, type=click.Path(dir_okay=False),
+              help="Every candidate's timing or rejection, as JSON lines "
+                   "[TUNED_FILE.candidates.jsonl].")
+@click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+def tune(input_file: str, tuned_file: str, backends: str, margin: float, gpus: str | None,
+         max_candidates: int | None, indtype: str, outdtype: str, log_file: str | None,
+         progress: bool) -> None:
+    """Tune every GEMM of INPUT_FILE on this machine's GPU(s) and add the winners to TUNED_FILE.
+
+    Re-running skips the shapes already tuned for this device and library build."""
+    try:
+        options = TuneOptions(
+            backends=parse_backends(backends), margin=margin, gpus=parse_gpus(gpus),
+            max_candidates=max_candidates, log_file=log_file, progress=progress,
+        )
+        report = run_tuner(input_file, tuned_file, options, parse_dtype(indtype),
+                           parse_dtype(outdtype))
+    except (CsvError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(report.summary())
+    if report.failed:
+        raise click.ClickException(f"{len(report.failed)} shapes could not be tuned (see above)")

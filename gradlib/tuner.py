@@ -1,0 +1,407 @@
+"""The tuner: for every problem of a shapes file, the fastest correct solution of every backend,
+kept only where it beats the default by a margin, appended to a tuned file as each problem ends.
+
+For each problem, on one GPU (one :class:`gradlib.worker.Worker` child per GPU):
+
+1. *screen*: every candidate of every requested backend goes through the correctness gate
+   (against the fp32 reference; ``max_rel_err`` ≤ :func:`gradlib.operands.tolerance`) and a
+   cheap timing; a candidate that raises, returns garbage, hangs or kills its process is
+   rejected with the reason (in the log file) and the sweep goes on;
+2. *final*: the fastest few re-timed in turns with the default (A B A B);
+3. *margin*: the best finalist wins only if ``default_ms / ms ≥ 1 + margin``, else the row keeps
+   ``libtype=default``: a tuned file never makes a shape slower;
+4. the row is merged into the tuned file under its lock at once, so an interrupted run loses no
+   finished problem, and a re-run skips the problems already tuned for this device and these
+   library builds (:func:`gradlib.schema.select_rows`).
+
+``gpus`` shards the problems over one worker per GPU (a shared queue); all rows land in one file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from gradlib.backends.base import spec_hash
+from gradlib.dtypes import FP8, dtype_name
+from gradlib.problem import GemmProblem
+from gradlib.schema import TunedRow, add_to_tuned_file, read_shapes, read_tuned, select_rows
+from gradlib.timing import Timing, TimingConfig
+from gradlib.worker import DEFAULT_SPEC, Hello, Outcome, Setup, Worker, WorkerDied, WorkerError
+
+logger = logging.getLogger("gradlib.tuner")
+
+ALL_BACKENDS = ("cublaslt", "triton", "hipblaslt", "rocblas")
+MAX_CONSECUTIVE_DEATHS = 3
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """How to tune. ``backends`` are tried besides ``default`` (unavailable ones are reported
+    and skipped); ``max_candidates`` bounds each backend's list per problem; ``finalists`` is
+    how many screened candidates are re-timed against the default."""
+
+    backends: tuple[str, ...] = ALL_BACKENDS
+    margin: float = 0.03
+    gpus: tuple[int, ...] | None = None
+    max_candidates: int | None = None
+    finalists: int = 4
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    candidate_timeout_s: float = 120.0
+    log_file: str | None = None
+    progress: bool = True
+    backend_overrides: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.margin < 1:
+            raise ValueError(f"margin must be in [0, 1), got {self.margin}")
+        if self.max_candidates is not None and self.max_candidates < 1:
+            raise ValueError(f"max_candidates must be ≥ 1, got {self.max_candidates}")
+        if self.finalists < 1:
+            raise ValueError(f"finalists must be ≥ 1, got {self.finalists}")
+        if "default" in self.backends:
+            raise ValueError("'default' is always timed: list only the other backends")
+        if self.gpus is not None and len(set(self.gpus)) != len(self.gpus):
+            raise ValueError(f"gpus names a GPU twice: {self.gpus}")
+
+
+@dataclass
+class ShapeResult:
+    """How one problem went: its row (None when the problem failed), candidates tried and
+    rejected, and the failure if any."""
+
+    problem: GemmProblem
+    row: TunedRow | None = None
+    tried: int = 0
+    rejected: int = 0
+    spread: float = math.nan
+    error: str = ""
+    worker: str = ""
+
+
+@dataclass
+class TuneReport:
+    results: list[ShapeResult] = field(default_factory=list)
+    skipped: list[GemmProblem] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    @property
+    def rows(self) -> list[TunedRow]:
+        return [r.row for r in self.results if r.row is not None]
+
+    @property
+    def failed(self) -> list[ShapeResult]:
+        return [r for r in self.results if r.row is None]
+
+    def frame(self) -> pd.DataFrame:
+        """One line per problem tuned in this run."""
+        records = []
+        for r in self.results:
+            p, row = r.problem, r.row
+            records.append({
+                "M": p.M, "N": p.N, "K": p.K, "bias": p.bias,
+                "dtype": dtype_name(p.dtype).removeprefix("torch."),
+                "outdtype": dtype_name(p.outdtype).removeprefix("torch."),
+                "libtype": row.libtype if row else "FAILED",
+                "ms": row.soltimems if row else math.nan,
+                "default_ms": row.default_ms if row else math.nan,
+                "speedup": row.speedup if row else math.nan,
+                "TFLOP/s": row.tflops if row else math.nan,
+                "GB/s": row.gbps if row else math.nan,
+                "spread": r.spread,
+                "tried": r.tried, "rejected": r.rejected, "on": r.worker,
+                "note": r.error,
+            })
+        return pd.DataFrame.from_records(records)
+
+    def summary(self) -> str:
+        """The per-problem table and a few closing lines."""
+        lines = []
+        if self.results:
+            lines.append(self.frame().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        rows = self.rows
+        wins: dict[str, int] = {}
+        for row in rows:
+            wins[row.libtype] = wins.get(row.libtype, 0) + 1
+        speedups = [r.speedup for r in rows if r.speedup > 0]
+        geomean = math.exp(sum(map(math.log, speedups)) / len(speedups)) if speedups else math.nan
+        won = ", ".join(f"{n} {lib}" for lib, n in sorted(wins.items())) or "none"
+        lines.append(
+            f"{len(rows)} problems tuned ({won}), {len(self.skipped)} skipped as already tuned, "
+            f"{len(self.failed)} failed; geometric-mean speedup {geomean:.3f}x; "
+            f"{self.elapsed_s:.1f} s"
+        )
+        for libtype, reason in sorted(self.unavailable.items()):
+            lines.append(f"backend {libtype} skipped: {reason}")
+        return "\n".join(lines)
+
+
+def load_problems(
+    input_file: str | Path, dtype: torch.dtype = FP8, outdtype: torch.dtype = torch.bfloat16
+) -> list[GemmProblem]:
+    """The distinct problems of a shapes file in file order (``dtype``/``outdtype`` fill in files
+    without those columns)."""
+    problems = {row.problem.key(): row.problem for row in read_shapes(input_file, dtype, outdtype)}
+    return list(problems.values())
+
+
+def already_tuned(tuned_file: str | Path, hello: Hello) -> set[tuple]:
+    """Keys of the problems the tuned file holds for this device and these library builds."""
+    if not Path(tuned_file).exists():
+        return set()
+    versions = {lib: info.version for lib, info in hello.backends.items() if info.available}
+    selection = select_rows(read_tuned(tuned_file), hello.device, hello.sm_count, versions.get)
+    return {row.problem.key() for row in selection.rows}
+
+
+def _row(problem: GemmProblem, hello: Hello, spec: str, timing: Timing, default: Timing,
+         err: float) -> TunedRow:
+    libtype = spec.partition(":")[0]
+    ms = timing.median_ms
+    seconds = ms * 1e-3
+    return TunedRow(
+        problem=problem, libtype=libtype, solidx=spec_hash(spec), soltimems=ms, solution=spec,
+        default_ms=default.median_ms, speedup=default.median_ms / ms,
+        tflops=problem.flops / seconds / 1e12, gbps=problem.min_bytes / seconds / 1e9,
+        max_rel_err=err, device=hello.device, sm_count=hello.sm_count,
+        lib_version=hello.backends[libtype].version or "", torch_version=hello.torch_version,
+        tuned_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+class _Run:
+    """State shared by the threads of one tuning run: queue, file, log, progress, results."""
+
+    def __init__(self, problems: Sequence[GemmProblem], tuned_file: Path, options: TuneOptions,
+                 libtypes: Sequence[str]) -> None:
+        from tqdm import tqdm
+
+        self.options, self.tuned_file, self.libtypes = options, tuned_file, libtypes
+        self.queue: queue.Queue[GemmProblem] = queue.Queue()
+        for problem in problems:
+            self.queue.put(problem)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.results: list[ShapeResult] = []
+        self.errors: list[BaseException] = []
+        self.tried = self.rejected = 0
+        log_path = options.log_file or f"{tuned_file}.candidates.jsonl"
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        self.log = open(log_path, "a")
+        self.bar = tqdm(total=len(problems), unit="shape", desc="tune",
+                        disable=not options.progress,
+                        dynamic_ncols=True)
+
+    def record(self, worker: Worker, problem: GemmProblem, outcome: Outcome,
+               stage: str = "screen") -> None:
+        """Log one timing (``stage`` ``screen`` or ``final``); screened candidates are counted."""
+        entry = {
+            "problem": str(problem), "worker": worker.name, "stage": stage, "spec": outcome.spec,
+            "ok": outcome.ok,
+            "ms": outcome.timing.median_ms if outcome.timing else None,
+            "spread": outcome.timing.spread if outcome.timing else None,
+            "max_rel_err": None if math.isnan(outcome.max_rel_err) else outcome.max_rel_err,
+            "reason": outcome.reason,
+        }
+        counted = stage == "screen" and outcome.spec != DEFAULT_SPEC
+        with self.lock:
+            self.tried += counted
+            self.rejected += counted and not outcome.ok
+            self.log.write(json.dumps(entry) + "\n")
+            self.log.flush()
+            self.bar.set_postfix(candidates=self.tried, rejected=self.rejected, refresh=False)
+        if not outcome.ok:
+            logger.info("%s: rejected %s: %s", problem, outcome.spec, outcome.reason)
+
+    def finish(self, result: ShapeResult) -> None:
+        if result.row is not None:
+            add_to_tuned_file(self.tuned_file, [result.row])  # locked merge: safe across processes
+        with self.lock:
+            self.results.append(result)
+            self.bar.update(1)
+        if result.error:
+            logger.warning("%s: %s", result.problem, result.error)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.log.close()
+
+
+def _screen_all(run: _Run, worker: Worker, problem: GemmProblem,
+                result: ShapeResult) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    deaths = 0
+    for libtype in run.libtypes:
+        try:
+            specs = worker.candidates(libtype)
+        except (WorkerDied, WorkerError) as exc:
+            logger.warning("%s: listing %s candidates failed: %s", problem, libtype, exc)
+            continue
+        for spec in specs[: run.options.max_candidates]:
+            if run.stop.is_set():
+                return outcomes
+            try:
+                outcome = worker.screen(spec)
+                deaths = 0
+            except WorkerDied as exc:
+                outcome = Outcome.rejected(spec, str(exc))
+                deaths += 1
+                logger.warning("%s: %s", problem, exc)
+            except WorkerError as exc:
+                outcome = Outcome.rejected(spec, str(exc))
+            run.record(worker, problem, outcome)
+            outcomes.append(outcome)
+            result.tried += 1
+            result.rejected += not outcome.ok
+            if deaths >= MAX_CONSECUTIVE_DEATHS:
+                raise WorkerError(f"the worker died on {deaths} candidates in a row")
+    return outcomes
+
+
+def _final(worker: Worker, setup: Setup, finalists: list[Outcome]) -> dict[str, Timing]:
+    """The finalists and the default timed in turns; on a worker death, once more, then the
+    default's screening time alone (the row keeps default)."""
+    for _ in range(2):
+        try:
+            return worker.final([o.spec for o in finalists])
+        except (WorkerDied, WorkerError) as exc:
+            logger.warning("final timing failed: %s", exc)
+    return {DEFAULT_SPEC: setup.default}
+
+
+def choose_winner(timings: Mapping[str, Timing], margin: float) -> str:
+    """The fastest spec if it beats ``timings[DEFAULT_SPEC]`` by ``margin`` (``default_ms / ms ≥
+    1 + margin``), else the default's spec."""
+    default = timings[DEFAULT_SPEC].median_ms
+    best = min(timings, key=lambda spec: timings[spec].median_ms)
+    if best != DEFAULT_SPEC and default / timings[best].median_ms >= 1 + margin:
+        return best
+    return DEFAULT_SPEC
+
+
+def tune_one(run: _Run, worker: Worker, problem: GemmProblem) -> ShapeResult:
+    """Screen, final, margin rule; the row for one problem (or the failure)."""
+    result = ShapeResult(problem, worker=worker.name)
+    hello = worker.hello
+    try:
+        setup = worker.setup(problem)
+        run.record(worker, problem, Outcome(DEFAULT_SPEC, True, setup.default, setup.default_err))
+        outcomes = _screen_all(run, worker, problem, result)
+    except (WorkerDied, WorkerError) as exc:
+        result.error = f"not tuned: {exc}"
+        return result
+    accepted = sorted((o for o in outcomes if o.ok), key=lambda o: o.timing.median_ms)
+    finalists = [o for o in accepted if o.timing.median_ms < setup.default.median_ms]
+    timings = _final(worker, setup, finalists[: run.options.finalists])
+    errors = {o.spec: o.max_rel_err for o in accepted}
+    for spec, timing in timings.items():
+        outcome = Outcome(spec, True, timing, errors.get(spec, setup.default_err))
+        run.record(worker, problem, outcome, "final")
+    default = timings[DEFAULT_SPEC]
+    winner = choose_winner(timings, run.options.margin)
+    result.row = _row(problem, hello, winner, timings[winner], default,
+                      errors.get(winner, setup.default_err))
+    result.spread = max(default.spread, timings[winner].spread)
+    return result
+
+
+def _drive(run: _Run, worker: Worker) -> None:
+    try:
+        while not run.stop.is_set():
+            try:
+                problem = run.queue.get_nowait()
+            except queue.Empty:
+                return
+            run.finish(tune_one(run, worker, problem))
+    except BaseException as exc:  # reported by the main thread
+        run.errors.append(exc)
+        run.stop.set()
+    finally:
+        worker.close()
+
+
+def _start_workers(options: TuneOptions) -> list[Worker]:
+    gpus: Iterable[int | None] = options.gpus if options.gpus else [None]
+    workers = [
+        Worker(gpu, options.timing, options.backend_overrides, options.candidate_timeout_s)
+        for gpu in gpus
+    ]
+    try:
+        for worker in workers:
+            worker.start()
+        hellos = [worker.ready() for worker in workers]
+    except BaseException:
+        for worker in workers:
+            worker.close()
+        raise
+    first = hellos[0]
+    for worker, hello in zip(workers, hellos):
+        if (hello.device, hello.sm_count) != (first.device, first.sm_count):
+            for w in workers:
+                w.close()
+            raise ValueError(
+                f"--gpus must name identical GPUs: {workers[0].name} is {first.device} "
+                f"({first.sm_count} SMs), {worker.name} is {hello.device} ({hello.sm_count} SMs)"
+            )
+    return workers
+
+
+def tune_problems(problems: Sequence[GemmProblem], tuned_file: str | Path,
+                  options: TuneOptions = TuneOptions()) -> TuneReport:
+    """Tune ``problems`` into ``tuned_file`` (created or merged into); see the module doc."""
+    started = time.monotonic()
+    tuned_file = Path(tuned_file)
+    workers = _start_workers(options)
+    hello = workers[0].hello
+    report = TuneReport()
+    libtypes = []
+    for libtype in options.backends:
+        info = hello.backends.get(libtype)
+        if info is None:
+            report.unavailable[libtype] = "unknown libtype"
+        elif not info.available:
+            report.unavailable[libtype] = info.reason
+        else:
+            libtypes.append(libtype)
+    done = already_tuned(tuned_file, hello)
+    pending = [p for p in problems if p.key() not in done]
+    report.skipped = [p for p in problems if p.key() in done]
+    run = _Run(pending, tuned_file, options, libtypes)
+    threads = [threading.Thread(target=_drive, args=(run, w), name=f"tune-{w.name}", daemon=True)
+               for w in workers]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.5)
+    except BaseException:
+        run.stop.set()
+        for worker in workers:
+            worker.close()
+        raise
+    finally:
+        run.close()
+    if run.errors:
+        raise run.errors[0]
+    order = {p.key(): i for i, p in enumerate(pending)}
+    report.results = sorted(run.results, key=lambda r: order[r.problem.key()])
+    report.elapsed_s = time.monotonic() - started
+    return report
+
+
+def tune(input_file: str | Path, tuned_file: str | Path, options: TuneOptions = TuneOptions(),
+         dtype: torch.dtype = FP8, outdtype: torch.dtype = torch.bfloat16) -> TuneReport:
+    """Tune every problem of the shapes file ``input_file`` into ``tuned_file``."""
+    return tune_problems(load_problems(input_file, dtype, outdtype), tuned_file, options)
