@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from runtime import attention
-from runtime.llm import LLM
 from runtime.sampling_params import SamplingParams
+from runtime.workload import engine_for, random_prompts
 from shape_capture.presets import PRESETS, load_model_config
 
 
@@ -81,16 +81,16 @@ def bench_latency(
     """Time one batch of ``batch_size`` random prompts of ``input_len`` tokens generating
     ``output_len`` tokens each, after a short warm-up. ``engine_kwargs`` are ``LLM`` options;
     a preset runs on dummy weights."""
-    if model in PRESETS and engine_kwargs.get("load_format", "auto") == "auto":
-        engine_kwargs["load_format"] = "dummy"
-    engine_kwargs.setdefault("max_model_len", input_len + output_len)
-    engine_kwargs.setdefault("max_num_seqs", batch_size)
-    llm = LLM(model, enforce_eager=enforce_eager, seed=seed, **engine_kwargs)
+    llm = engine_for(
+        model,
+        batch_size,
+        input_len + output_len,
+        enforce_eager=enforce_eager,
+        seed=seed,
+        **engine_kwargs,
+    )
     runner = llm.llm_engine.model_runner
-    vocab = runner.vocab_size
-    generator = torch.Generator().manual_seed(seed)
-    prompts = torch.randint(0, vocab, (batch_size, input_len), generator=generator)
-    requests = [{"prompt_token_ids": row.tolist()} for row in prompts]
+    requests = random_prompts(runner.vocab_size, batch_size, input_len, seed)
     params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
 
     llm.generate(
@@ -131,6 +131,7 @@ def bench_latency(
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        prompts = torch.tensor([r["prompt_token_ids"] for r in requests])
         hf_total = hf_generate_seconds(model, prompts, output_len, device, config.torch_dtype)
         result.hf_total_s = hf_total
         result.hf_tokens_per_s = batch_size * output_len / hf_total

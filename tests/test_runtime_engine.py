@@ -248,3 +248,19 @@ def test_linear_layers_record_their_gemm_problems(llm):
         assert rows[(m, decode, k)].count == 2 * 2  # two decode steps, two layers
         assert rows[(m, prefill, k)].problem.dtype == torch.float32
     assert rows[(300, 2, 64)].layers == ("lm_head",)
+
+
+def test_capture_workload_writes_the_engine_problems(tmp_path):
+    from gradlib.schema import read_shapes
+    from runtime.workload import capture_workload
+
+    path = tmp_path / "shapes.csv"
+    capture_workload(
+        "tiny-llama", [1, 3], input_len=5, output_len=3, path=str(path), dtype="float32"
+    )
+    rows = read_shapes(path, dtype=torch.float32, outdtype=torch.float32)
+    qkv = {r.problem.N: r.count for r in rows if r.layers == ("model.layers.*.self_attn.qkv_proj",)}
+    # prefill of 1 x 5 and 3 x 5 tokens, then two decode steps at N = batch size; 2 layers each
+    assert qkv == {5: 2, 15: 2, 1: 4, 3: 4}
+    lm_head = {r.problem.N: r.count for r in rows if r.layers == ("lm_head",)}
+    assert lm_head == {1: 3, 3: 3}
