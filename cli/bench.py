@@ -1,9 +1,16 @@
-"""``solidx bench``: benchmarks (gemm, attention, latency, throughput)."""
+"""``solidx bench``: benchmarks that print and save figures (gemm, attention, latency)."""
 from __future__ import annotations
 
 import click
+
+from cli.bench_gemm import gemm
+from cli.bench_latency import latency
 
 
 @click.group()
 def bench() -> None:
     """Benchmarks that print and save figures (gemm, attention, latency, throughput)."""
+
+
+bench.add_command(gemm)
+bench.add_command(latency)

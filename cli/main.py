@@ -6,6 +6,7 @@ import click
 from cli.bench import bench
 from cli.capture import capture_shapes
 from cli.csv_cmd import csv_group
+from cli.csv_plot import plot
 from cli.generate import generate
 from cli.quantize import quantize
 from cli.tune import tune
@@ -23,6 +24,7 @@ main.add_command(tune)
 main.add_command(generate)
 main.add_command(bench)
 main.add_command(quantize)
+csv_group.add_command(plot)
 main.add_command(csv_group)
 
 if __name__ == "__main__":
