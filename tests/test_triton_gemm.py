@@ -30,20 +30,20 @@ def _check(problem: GemmProblem, spec: str, seed: int = 0) -> None:
 
 CASES = [
     # (M, N, K, bias, dtype, outdtype, spec): odd M, N = 1 or 3, K not a multiple of bk.
-    (40, 1, 200, True, FP8, torch.bfloat16, "triton:kernel=gemv,bn=1,bm=16,bk=64,splitk=2,warps=4"),
-    (40, 2, 256, False, FP8, torch.bfloat16, "triton:kernel=gemv,bn=2,bm=8,bk=64,splitk=1,warps=2"),
+    (40, 1, 200, True, FP8, torch.bfloat16, "triton:kernel=gemv,bn=1,bm=16,bk=64,splitk=2,progs=0,warps=4"),
+    (40, 2, 256, False, FP8, torch.bfloat16, "triton:kernel=gemv,bn=2,bm=8,bk=64,splitk=1,progs=1,warps=2"),
     (40, 3, 200, True, FP8, torch.bfloat16,
-     "triton:kernel=skinny,bn=16,bm=16,bk=32,splitk=3,warps=4,stages=2"),
+     "triton:kernel=skinny,bn=16,bm=16,bk=32,splitk=3,progs=1,warps=4,stages=2"),
     (40, 1, 256, False, FP8, torch.bfloat16,
-     "triton:kernel=skinny,bn=16,bm=32,bk=64,splitk=1,warps=4,stages=3"),
+     "triton:kernel=skinny,bn=16,bm=32,bk=64,splitk=1,progs=0,warps=4,stages=3"),
     (40, 3, 200, True, FP8, torch.bfloat16,
      "triton:kernel=tiled,bn=16,bm=32,bk=32,gm=2,splitk=3,warps=4,stages=2"),
     (24, 37, 96, True, torch.float16, torch.float16,
      "triton:kernel=tiled,bn=16,bm=16,bk=32,gm=2,splitk=1,warps=4,stages=2"),
     (24, 3, 96, True, torch.float16, torch.float16,
-     "triton:kernel=skinny,bn=16,bm=16,bk=32,splitk=2,warps=4,stages=2"),
+     "triton:kernel=skinny,bn=16,bm=16,bk=32,splitk=2,progs=0,warps=4,stages=2"),
     (24, 1, 80, True, torch.float16, torch.float16,
-     "triton:kernel=gemv,bn=1,bm=8,bk=32,splitk=2,warps=1"),
+     "triton:kernel=gemv,bn=4,bm=8,bk=32,splitk=2,progs=1,warps=1"),
 ]
 
 
@@ -56,7 +56,7 @@ def test_kernels_match_reference(case: tuple) -> None:
 def test_split_k_resets_counters_and_repeats_exactly() -> None:
     problem = GemmProblem(40, 3, 200, bias=True)
     ops = make_operands(problem, DEVICE, torch.Generator().manual_seed(1))
-    sol = backend.from_spec("triton:kernel=skinny,bn=16,bm=16,bk=32,splitk=4,warps=4,stages=2",
+    sol = backend.from_spec("triton:kernel=skinny,bn=16,bm=16,bk=32,splitk=4,progs=1,warps=4,stages=2",
                             problem)
     first, second = sol.run(ops), sol.run(ops)
     assert torch.equal(first, second)
@@ -65,7 +65,7 @@ def test_split_k_resets_counters_and_repeats_exactly() -> None:
 
 def test_runs_fewer_tokens_than_built_for() -> None:
     problem = GemmProblem(40, 3, 128)
-    sol = backend.from_spec("triton:kernel=skinny,bn=16,bm=16,bk=64,splitk=2,warps=4,stages=2",
+    sol = backend.from_spec("triton:kernel=skinny,bn=16,bm=16,bk=64,splitk=2,progs=0,warps=4,stages=2",
                             problem)
     assert sol.accepts(1) and sol.accepts(16) and not sol.accepts(17)
     small = problem.with_tokens(1)
@@ -97,19 +97,20 @@ def test_skinny_family_lists_decode_kernels_only_for_few_tokens() -> None:
 
 
 @pytest.mark.parametrize("spec", [
-    "triton:kernel=skinny,bn=16,bm=64,bk=256,splitk=2,warps=4",  # missing stages
-    "triton:kernel=skinny,bn=16,bm=64,bk=256,splitk=2,warps=4,stages=3,gm=8",  # extra field
-    "triton:kernel=warp,bn=16,bm=64,bk=256,splitk=2,warps=4,stages=3",  # unknown kernel
-    "triton:bn=16,bm=64,bk=256,splitk=2,warps=4,stages=3",  # no kernel
-    "triton:kernel=gemv,bn=1,bm=16,bk=256,splitk=two,warps=4",  # not an integer
-    "triton:kernel=gemv,bn=1,bm=16,bk=256,splitk,warps=4",  # malformed field
-    "default:kernel=gemv,bn=1,bm=16,bk=256,splitk=1,warps=4",  # other libtype
-    "triton:kernel=gemv,bn=1,bm=48,bk=256,splitk=1,warps=4",  # bm not a power of two
-    "triton:kernel=gemv,bn=1,bm=16,bk=256,splitk=0,warps=4",  # no split
-    "triton:kernel=gemv,bn=1,bm=16,bk=256,splitk=1,warps=3",  # warps
-    "triton:kernel=gemv,bn=1,bm=16,bk=256,splitk=64,warps=4",  # empty splits of K=4096
-    "triton:kernel=skinny,bn=1,bm=64,bk=256,splitk=1,warps=4,stages=3",  # dot needs bn >= 16
-    "triton:kernel=skinny,bn=16,bm=128,bk=1024,splitk=1,warps=4,stages=4",  # shared memory
+    "triton:kernel=skinny,bn=16,bm=64,bk=256,splitk=2,progs=0,warps=4",  # missing stages
+    "triton:kernel=skinny,bn=16,bm=64,bk=256,splitk=2,progs=0,warps=4,stages=3,gm=8",  # extra
+    "triton:kernel=warp,bn=16,bm=64,bk=256,splitk=2,progs=0,warps=4,stages=3",  # unknown kernel
+    "triton:bn=16,bm=64,bk=256,splitk=2,progs=0,warps=4,stages=3",  # no kernel
+    "triton:kernel=gemv,bn=1,bm=16,bk=256,splitk=two,progs=0,warps=4",  # not an integer
+    "triton:kernel=gemv,bn=1,bm=16,bk=256,splitk,progs=0,warps=4",  # malformed field
+    "default:kernel=gemv,bn=1,bm=16,bk=256,splitk=1,progs=0,warps=4",  # other libtype
+    "triton:kernel=gemv,bn=1,bm=48,bk=256,splitk=1,progs=0,warps=4",  # bm not a power of two
+    "triton:kernel=gemv,bn=1,bm=16,bk=256,splitk=0,progs=0,warps=4",  # no split
+    "triton:kernel=gemv,bn=1,bm=16,bk=256,splitk=1,progs=-1,warps=4",  # negative progs
+    "triton:kernel=gemv,bn=1,bm=16,bk=256,splitk=1,progs=0,warps=3",  # warps
+    "triton:kernel=gemv,bn=1,bm=16,bk=256,splitk=64,progs=0,warps=4",  # empty splits of K=4096
+    "triton:kernel=skinny,bn=1,bm=64,bk=256,splitk=1,progs=0,warps=4,stages=3",  # dot: bn >= 16
+    "triton:kernel=skinny,bn=16,bm=128,bk=1024,splitk=1,progs=0,warps=4,stages=4",  # smem
 ])
 def test_malformed_or_invalid_spec_raises(spec: str) -> None:
     with pytest.raises(ValueError, match="spec"):
@@ -118,7 +119,7 @@ def test_malformed_or_invalid_spec_raises(spec: str) -> None:
 
 def test_spec_that_cannot_hold_the_tokens_raises() -> None:
     with pytest.raises(ValueError, match="exceeds bn"):
-        backend.from_spec("triton:kernel=gemv,bn=2,bm=16,bk=256,splitk=1,warps=4",
+        backend.from_spec("triton:kernel=gemv,bn=2,bm=16,bk=256,splitk=1,progs=0,warps=4",
                           GemmProblem(4096, 3, 4096))
     with pytest.raises(ValueError, match="workspace"):
         backend.from_spec("triton:kernel=tiled,bn=128,bm=128,bk=64,gm=8,splitk=4,warps=8,"
@@ -155,7 +156,7 @@ def test_split_k_in_a_cuda_graph_resets_its_counters() -> None:
     problem = GemmProblem(4096, 4, 4096, bias=True)
     gen = torch.Generator().manual_seed(4)
     ops = make_operands(problem, "cuda", gen)
-    sol = backend.from_spec("triton:kernel=skinny,bn=16,bm=64,bk=256,splitk=8,warps=4,stages=4",
+    sol = backend.from_spec("triton:kernel=skinny,bn=16,bm=64,bk=256,splitk=8,progs=1,warps=4,stages=4",
                             problem)
     sol.run(ops)  # compile outside the capture
     torch.cuda.synchronize()

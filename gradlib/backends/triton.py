@@ -2,15 +2,17 @@
 
 Three kernels, each named with its whole configuration in the spec:
 
-* ``triton:kernel=gemv,bn=1,bm=16,bk=512,splitk=8,warps=4``: fp32 FMAs, no tensor cores
-  (N ≤ bn ≤ 2);
-* ``triton:kernel=skinny,bn=16,bm=64,bk=256,splitk=8,warps=4,stages=4``: swap-AB ``tl.dot``
-  for decode (N ≤ bn ≤ 32);
+* ``triton:kernel=gemv,bn=1,bm=8,bk=1024,splitk=1,progs=0,warps=4``: fp32 FMAs, no tensor
+  cores (N ≤ bn ≤ 8; listed for N ≤ 2);
+* ``triton:kernel=skinny,bn=16,bm=64,bk=256,splitk=8,progs=2,warps=4,stages=4``: swap-AB
+  ``tl.dot`` for decode (N ≤ bn ≤ 32);
 * ``triton:kernel=tiled,bn=128,bm=128,bk=128,gm=8,splitk=1,warps=8,stages=3``: tiles of
   ``bn`` tokens × ``bm`` features, any N.
 
 ``bm`` tiles the output features (M), ``bn`` the tokens (N), ``bk`` the reduction (K);
 ``splitk`` > 1 splits K over programs and reduces in the same launch (no zeroing pass).
+``progs`` > 0 launches that many programs per SM, each looping over work units (tile, split)
+with a stride of the grid, like a persistent read of the weight; 0 launches one per unit.
 Runs on CUDA, and on CPU under ``TRITON_INTERPRET=1`` (slow; for tests).
 """
 from __future__ import annotations
@@ -29,8 +31,8 @@ from gradlib.operands import GemmOperands
 from gradlib.problem import GemmProblem
 
 FIELDS: dict[str, tuple[str, ...]] = {
-    "gemv": ("bn", "bm", "bk", "splitk", "warps"),
-    "skinny": ("bn", "bm", "bk", "splitk", "warps", "stages"),
+    "gemv": ("bn", "bm", "bk", "splitk", "progs", "warps"),
+    "skinny": ("bn", "bm", "bk", "splitk", "progs", "warps", "stages"),
     "tiled": ("bn", "bm", "bk", "gm", "splitk", "warps", "stages"),
 }
 """The spec fields of each kernel, in spec order."""
@@ -38,8 +40,16 @@ FIELDS: dict[str, tuple[str, ...]] = {
 SMEM_BYTES = 227 * 1024
 """Shared memory one program may use (H100/H200); pipelined tiles beyond it cannot launch."""
 
-_SMEM_LISTED = 160 * 1024  # candidates listed by solutions() leave room for two programs/SM
 _SPLITS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+_SMS = 132  # listing heuristics assume an H100/H200-sized GPU; every config runs anywhere
+_GEMV = (  # (bm, bk, warps): 64 weight bytes per thread and step (4 vectors of 16 bytes)
+    (1, 2048, 1), (2, 1024, 1), (4, 512, 1), (2, 2048, 2), (4, 1024, 2), (8, 512, 2),
+    (4, 2048, 4), (8, 1024, 4), (16, 512, 4),
+)
+_SKINNY = (  # (bm, bk, warps, stages), measured on an H200 at decode sizes
+    (64, 128, 4, 3), (64, 128, 4, 5), (64, 128, 4, 8), (64, 256, 4, 3), (64, 256, 8, 4),
+    (128, 256, 4, 3), (128, 128, 8, 3), (256, 128, 8, 3), (32, 256, 4, 4),
+)
 _TILED = (  # (bn, bm, bk, warps, stages)
     (64, 64, 128, 4, 4), (64, 128, 128, 4, 4), (64, 256, 128, 8, 3), (128, 64, 128, 4, 4),
     (128, 128, 64, 8, 4), (128, 128, 128, 8, 3), (128, 256, 64, 8, 3), (128, 256, 128, 8, 3),
@@ -67,6 +77,7 @@ class TritonConfig:
     warps: int
     stages: int = 1
     gm: int = 1
+    progs: int = 0
 
     @property
     def spec(self) -> str:
@@ -93,6 +104,8 @@ class TritonConfig:
                 return f"{name} must be a power of two"
         if self.warps not in (1, 2, 4, 8, 16) or min(self.stages, self.gm, self.splitk) < 1:
             return "warps must be 1, 2, 4, 8 or 16; stages, gm and splitk at least 1"
+        if not 0 <= self.progs <= 64:
+            return "progs (programs per SM, 0 for one per work unit) must be 0 to 64"
         if self.bk * elt < 16 or (self.kernel != "gemv" and (self.bk < 32 or self.bm < 16)):
             return "bk too small for 16-byte loads (dot kernels: bk >= 32, bm >= 16)"
         if self.kernel == "gemv" and self.bn > 8:
@@ -135,15 +148,23 @@ def config_from_spec(spec: str) -> TritonConfig:
     return TritonConfig(kernel=kernel, **values)
 
 
-def _splits(problem: GemmProblem, tiles: int, bk: int) -> list[int]:
-    """Up to four split-K values that give two to eight programs per SM of a 132-SM GPU, else
-    the split closest to one per SM."""
+def _splits(problem: GemmProblem, tiles: int, bm: int, bk: int) -> list[int]:
+    """split-K values worth listing: the two largest that still leave fewer programs than SMs
+    (no second program on any SM), then the two smallest that fill every SM. Programs read
+    at least 8 KiB of weight each: smaller ones cost more to start than they stream."""
     k_blocks = triton.cdiv(problem.K, bk)
-    valid = [s for s in _SPLITS if (s - 1) * triton.cdiv(k_blocks, s) < k_blocks]
-    good = [s for s in valid if 2 * 132 <= tiles * s <= 8 * 132]
-    if good:
-        return good[:4]
-    return [min(valid, key=lambda s: abs(tiles * s - 132))]
+    row_bytes = bm * problem.dtype.itemsize
+    valid = [s for s in _SPLITS if (s - 1) * triton.cdiv(k_blocks, s) < k_blocks
+             and (s == 1 or row_bytes * triton.cdiv(k_blocks, s) * bk >= 8192)]
+    under = [s for s in valid if tiles * s < _SMS]
+    over = [s for s in valid if tiles * s >= _SMS]
+    return under[-2:] + over[:2]
+
+
+def _progs(units: int, resident: int) -> list[int]:
+    """Persistence options: one program per unit (0), then one program per SM and
+    ``resident`` programs per SM (all resident at once), where that is fewer than units."""
+    return [0] + [p for p in sorted({1, resident}) if units > p * _SMS]
 
 
 def candidate_configs(problem: GemmProblem) -> list[TritonConfig]:
@@ -152,26 +173,32 @@ def candidate_configs(problem: GemmProblem) -> list[TritonConfig]:
     out: list[TritonConfig] = []
     if n <= 2:
         bn = _next_pow2(n)
-        for bm, bk, warps in product((8, 16, 32), (256, 512, 1024), (4, 8)):
-            per_thread = bm * bk * elt // (32 * warps)  # weight bytes a thread loads per step
-            if 16 <= per_thread and bn * per_thread // elt <= 64:
-                for s in _splits(problem, triton.cdiv(problem.M, bm), bk):
-                    out.append(TritonConfig("gemv", bn, bm, bk, s, warps))
+        for bm, bk, warps in _GEMV:
+            bk //= elt  # the same 16-byte vectors for 16-bit weights
+            tiles = triton.cdiv(problem.M, bm)
+            for s in _splits(problem, tiles, bm, bk):
+                for progs in _progs(tiles * s, min(32, 48 // warps)):
+                    out.append(TritonConfig("gemv", bn, bm, bk, s, warps, progs=progs))
     if n <= 32:
         bn = 16 if n <= 16 else 32
-        for (bm, warps), bk in product(((64, 4), (128, 8)), (128, 256, 512)):
-            stages = [s for s in (3, 4, 5) if s * (bn + bm) * bk * elt <= _SMEM_LISTED] or [2]
-            for st, s in product(stages, _splits(problem, triton.cdiv(problem.M, bm), bk)):
-                out.append(TritonConfig("skinny", bn, bm, bk, s, warps, st))
+        for bm, bk, warps, stages in _SKINNY:
+            while stages > 2 and stages * (bn + bm) * bk * elt > SMEM_BYTES - 32 * 1024:
+                stages -= 1
+            tiles = triton.cdiv(problem.M, bm)
+            resident = max(1, SMEM_BYTES // (stages * (bn + bm) * bk * elt + 8192))
+            for s in _splits(problem, tiles, bm, bk):
+                for progs in _progs(tiles * s, resident):
+                    out.append(TritonConfig("skinny", bn, bm, bk, s, warps, stages,
+                                            progs=progs))
     else:
         for bn, bm, bk, warps, st in _TILED:
             if bn > max(64, _next_pow2(n)) or st * (bn + bm) * bk * elt > SMEM_BYTES - 32 * 1024:
                 continue
             tiles = triton.cdiv(problem.M, bm) * triton.cdiv(n, bn)
-            splits = [1] + [s for s in (2, 4) if tiles * s <= 4 * 132] if tiles < 132 else [1]
+            splits = [1] + [s for s in (2, 4) if tiles * s <= 4 * _SMS] if tiles < _SMS else [1]
             for s in splits:
                 out.append(TritonConfig("tiled", bn, bm, bk, s, warps, st, gm=8))
-    return [c for c in out if c.error(problem) is None]
+    return list(dict.fromkeys(c for c in out if c.error(problem) is None))
 
 
 def _interpreted() -> bool:
@@ -210,9 +237,9 @@ class TritonSolution(Solution):
         args = (x, w, ops.scale_x, ops.scale_w, ops.bias, out)
         with torch.cuda.device(x.device) if x.device.type == "cuda" else nullcontext():
             if c.kernel == "gemv":
-                return skinny_gemm.gemv(*args, **common)
+                return skinny_gemm.gemv(*args, **common, progs=c.progs)
             if c.kernel == "skinny":
-                return skinny_gemm.skinny(*args, **common, num_stages=c.stages)
+                return skinny_gemm.skinny(*args, **common, progs=c.progs, num_stages=c.stages)
             return tiled_gemm.tiled(*args, **common, group_m=c.gm, num_stages=c.stages)
 
 

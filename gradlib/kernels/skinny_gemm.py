@@ -3,15 +3,18 @@ every SM streams it.
 
 ``y[N, M] = (x[N, K]·sx) @ (w[M, K]·sw)ᵀ + bias`` with fp32 accumulation. Two kernels:
 
-* ``gemv`` (N ≤ 2): no tensor cores. Each program loads ``[BLOCK_M, BLOCK_K]`` weight tiles
-  with 16-byte loads along K and accumulates ``x·w`` elementwise in fp32 registers
-  (``[BLOCK_N, BLOCK_M, BLOCK_K]``); the reduction over K happens once, after the loop.
+* ``gemv`` (N ≤ 4): no tensor cores. Each program loads ``[BLOCK_M, BLOCK_K]`` weight tiles
+  as 16-byte vectors, multiplies them with every token row in fp32 registers and sums each
+  vector in-thread; the cross-thread reduction over K happens once, after the loop. Few
+  registers, so many programs per SM keep many loads in flight.
 * ``skinny`` (N ≤ 32): swap-AB ``tl.dot``. The weight tile is the MMA's M side
-  (``BLOCK_M`` ≥ 64), the tokens its N side padded to ``BLOCK_N`` (16 or 32); weight tiles
-  stream through shared memory in ``num_stages`` asynchronous copies.
+  (``BLOCK_M`` ≥ 64 for wgmma), the tokens its N side padded to ``BLOCK_N`` (16 or 32; the
+  padding rows are masked, so they cost no traffic); weight tiles stream through shared
+  memory in ``num_stages`` asynchronous copies. fp8 products are promoted to the fp32
+  accumulator every ``ACC_K`` elements of K (Hopper's fp8 MMA accumulates imprecisely).
 
-Row indices wrap (``% M``, ``% N``) so that weight and activation loads never need a row mask;
-wrapped rows are dropped at the store. Split-K goes through :func:`store_tile`.
+Weight row indices wrap (``% M``) so that weight loads never need a row mask; wrapped rows
+are dropped at the store. Split-K goes through :func:`store_tile`.
 """
 from __future__ import annotations
 
@@ -19,94 +22,104 @@ import torch
 import triton
 import triton.language as tl
 
-from gradlib.kernels.splitk import launch_args, store_tile
+from gradlib.kernels.splitk import launch_args, persistent_grid, store_tile
 
 
-@triton.jit(do_not_specialize=["N"])
+@triton.jit(do_not_specialize=["N", "splitk"])
 def gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_ptr,
-                M, N, K, stride_xn, stride_wm, stride_yn, k_per_split,
+                M, N, K, stride_xn, stride_wm, stride_yn, k_per_split, splitk,
                 BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                 EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
-                SPLIT: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+                SPLIT: tl.constexpr, VEC: tl.constexpr):
+    tiles = tl.cdiv(M, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    k_lo = pid_k * k_per_split
-    k_hi = tl.minimum(K, k_lo + k_per_split)
-    k3 = (k_lo + offs_k)[None, None, :]
-    w_ptrs = w_ptr + (offs_m % M)[None, :, None] * stride_wm + k3  # [1, BM, BK]
-    x_ptrs = x_ptr + (offs_n % N)[:, None, None] * stride_xn + k3  # [BN, 1, BK]
-    acc = tl.zeros((BLOCK_N, BLOCK_M, BLOCK_K), dtype=tl.float32)
-    for k in range(k_lo, k_hi, BLOCK_K):
-        if EVEN_K:
-            w = tl.load(w_ptrs)
-            x = tl.load(x_ptrs)
-        else:
-            in_k = (k + offs_k)[None, None, :] < K
-            w = tl.load(w_ptrs, mask=in_k, other=0.0)
-            x = tl.load(x_ptrs, mask=in_k, other=0.0)
-        acc += x.to(tl.float32) * w.to(tl.float32)
-        w_ptrs += BLOCK_K
-        x_ptrs += BLOCK_K
-    store_tile(tl.sum(acc, axis=2), offs_n[:, None], offs_m[None, :], pid_m, pid_k,
-               tl.num_programs(1), y_ptr, stride_yn, bias_ptr, sx_ptr, sw_ptr, part_ptr,
-               count_ptr, M, N, HAS_BIAS, HAS_SCALE, SPLIT)
+    # K as [BLOCK_K // VEC, VEC]: one 16-byte vector per (row, k // VEC), summed in-thread
+    offs_k = (tl.arange(0, BLOCK_K // VEC)[:, None] * VEC + tl.arange(0, VEC)[None, :])
+    for unit in range(tl.program_id(0), tiles * splitk, tl.num_programs(0)):
+        tile = unit % tiles
+        split = unit // tiles
+        offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        k_lo = split * k_per_split
+        k4 = (k_lo + offs_k)[None, None, :, :]
+        w_ptrs = w_ptr + (offs_m % M)[None, :, None, None] * stride_wm + k4  # [1, BM, BK/V, V]
+        x_ptrs = x_ptr + (offs_n % N)[:, None, None, None] * stride_xn + k4  # [BN, 1, BK/V, V]
+        acc = tl.zeros((BLOCK_N, BLOCK_M, BLOCK_K // VEC), dtype=tl.float32)
+        for k in range(k_lo, k_lo + k_per_split, BLOCK_K):
+            if EVEN_K:
+                w = tl.load(w_ptrs)
+                x = tl.load(x_ptrs)
+            else:
+                in_k = (k + offs_k)[None, None, :, :] < K
+                w = tl.load(w_ptrs, mask=in_k, other=0.0)
+                x = tl.load(x_ptrs, mask=in_k, other=0.0)
+            acc += tl.sum(x.to(tl.float32) * w.to(tl.float32), axis=3)
+            w_ptrs += BLOCK_K
+            x_ptrs += BLOCK_K
+        store_tile(tl.sum(acc, axis=2), offs_n[:, None], offs_m[None, :], tile, split, splitk,
+                   y_ptr, stride_yn, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_ptr, M, N,
+                   HAS_BIAS, HAS_SCALE, SPLIT)
 
 
-@triton.jit(do_not_specialize=["N"])
+@triton.jit(do_not_specialize=["N", "splitk"])
 def skinny_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_ptr,
-                  M, N, K, stride_xn, stride_wm, stride_yn, k_per_split,
+                  M, N, K, stride_xn, stride_wm, stride_yn, k_per_split, splitk,
                   BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                   EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
                   SPLIT: tl.constexpr, UPCAST: tl.constexpr, ACC_K: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    tiles = tl.cdiv(M, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    k_lo = pid_k * k_per_split
-    k_hi = tl.minimum(K, k_lo + k_per_split)
-    w_ptrs = w_ptr + (offs_m % M)[:, None] * stride_wm + (k_lo + offs_k)[None, :]  # [BM, BK]
-    xt_ptrs = x_ptr + (offs_n % N)[None, :] * stride_xn + (k_lo + offs_k)[:, None]  # [BK, BN]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(k_lo, k_hi, BLOCK_K):
-        if EVEN_K:
-            w = tl.load(w_ptrs)
-            xt = tl.load(xt_ptrs)
-        else:
-            in_k = (k + offs_k) < K
-            w = tl.load(w_ptrs, mask=in_k[None, :], other=0.0)
-            xt = tl.load(xt_ptrs, mask=in_k[:, None], other=0.0)
-        if UPCAST:
-            acc += tl.dot(w.to(tl.float32), xt.to(tl.float32))
-        else:
-            acc = tl.dot(w, xt, acc, max_num_imprecise_acc=ACC_K)
-        w_ptrs += BLOCK_K
-        xt_ptrs += BLOCK_K
-    store_tile(acc, offs_n[None, :], offs_m[:, None], pid_m, pid_k, tl.num_programs(1),
-               y_ptr, stride_yn, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_ptr, M, N,
-               HAS_BIAS, HAS_SCALE, SPLIT)
+    in_n = (offs_n < N)[None, :]
+    for unit in range(tl.program_id(0), tiles * splitk, tl.num_programs(0)):
+        tile = unit % tiles
+        split = unit // tiles
+        offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        k_lo = split * k_per_split
+        w_ptrs = w_ptr + (offs_m % M)[:, None] * stride_wm + (k_lo + offs_k)[None, :]  # [BM, BK]
+        xt_ptrs = x_ptr + offs_n[None, :] * stride_xn + (k_lo + offs_k)[:, None]  # [BK, BN]
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(k_lo, k_lo + k_per_split, BLOCK_K):
+            if EVEN_K:
+                w = tl.load(w_ptrs)
+                xt = tl.load(xt_ptrs, mask=in_n, other=0.0)
+            else:
+                in_k = (k + offs_k) < K
+                w = tl.load(w_ptrs, mask=in_k[None, :], other=0.0)
+                xt = tl.load(xt_ptrs, mask=in_k[:, None] & in_n, other=0.0)
+            if UPCAST:
+                acc += tl.dot(w.to(tl.float32), xt.to(tl.float32))
+            else:
+                acc = tl.dot(w, xt, acc, max_num_imprecise_acc=ACC_K)
+            w_ptrs += BLOCK_K
+            xt_ptrs += BLOCK_K
+        store_tile(acc, offs_n[None, :], offs_m[:, None], tile, split, splitk, y_ptr,
+                   stride_yn, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_ptr, M, N,
+                   HAS_BIAS, HAS_SCALE, SPLIT)
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None,
          scale_w: torch.Tensor | None, bias: torch.Tensor | None, out: torch.Tensor, *,
-         block_n: int, block_m: int, block_k: int, splitk: int, num_warps: int) -> torch.Tensor:
-    """``out[N, M] = (x·sx) @ (w·sw)ᵀ + bias`` with :func:`gemv_kernel`; needs N ≤ block_n."""
-    args, consts, grid = launch_args(x, w, scale_x, scale_w, bias, out, block_n, block_m,
-                                     block_k, splitk)
-    gemv_kernel[grid](*args, **consts, num_warps=num_warps, num_stages=1)
+         block_n: int, block_m: int, block_k: int, splitk: int, progs: int,
+         num_warps: int) -> torch.Tensor:
+    """``out[N, M] = (x·sx) @ (w·sw)ᵀ + bias`` with :func:`gemv_kernel`; needs N ≤ block_n.
+    ``progs`` programs per SM loop over the work units (0: one program per unit)."""
+    args, consts, units = launch_args(x, w, scale_x, scale_w, bias, out, block_n, block_m,
+                                      block_k, splitk)
+    grid = (persistent_grid(x.device, units, progs),)
+    gemv_kernel[grid](*args, **consts, VEC=16 // w.element_size(), num_warps=num_warps,
+                      num_stages=1)
     return out
 
 
 def skinny(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None,
            scale_w: torch.Tensor | None, bias: torch.Tensor | None, out: torch.Tensor, *,
-           block_n: int, block_m: int, block_k: int, splitk: int, num_warps: int,
+           block_n: int, block_m: int, block_k: int, splitk: int, progs: int, num_warps: int,
            num_stages: int) -> torch.Tensor:
-    """``out[N, M] = (x·sx) @ (w·sw)ᵀ + bias`` with :func:`skinny_kernel`; needs N ≤ block_n."""
-    args, consts, grid = launch_args(x, w, scale_x, scale_w, bias, out, block_n, block_m,
-                                     block_k, splitk)
+    """``out[N, M] = (x·sx) @ (w·sw)ᵀ + bias`` with :func:`skinny_kernel`; needs N ≤ block_n.
+    ``progs`` programs per SM loop over the work units (0: one program per unit)."""
+    args, consts, units = launch_args(x, w, scale_x, scale_w, bias, out, block_n, block_m,
+                                      block_k, splitk)
+    grid = (persistent_grid(x.device, units, progs),)
     skinny_kernel[grid](*args, **consts, UPCAST=x.device.type == "cpu",
-                        ACC_K=min(block_k, 128), num_warps=num_warps, num_stages=num_stages)
+                        ACC_K=min(block_k, 256), num_warps=num_warps, num_stages=num_stages)
     return out

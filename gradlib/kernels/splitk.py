@@ -21,6 +21,7 @@ MAX_TILES = 1 << 16
 """Counters in the workspace: a split-K launch may have at most this many output tiles."""
 
 _WORKSPACES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+_SM_COUNTS: dict[torch.device, int] = {}
 
 
 def partial_bytes(splitk: int, n: int, m: int) -> int:
@@ -40,19 +41,34 @@ def workspace(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 def launch_args(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None,
                 scale_w: torch.Tensor | None, bias: torch.Tensor | None, out: torch.Tensor,
                 block_n: int, block_m: int, block_k: int, splitk: int,
-                ) -> tuple[tuple, dict[str, object], tuple[int, int]]:
-    """Arguments, constexprs and grid ``(M tiles × N tiles, splitk)`` shared by every GEMM
-    kernel; the caller has checked shapes, strides and the workspace size."""
+                ) -> tuple[tuple, dict[str, object], int]:
+    """Arguments and constexprs shared by every GEMM kernel, and the number of work units
+    (output tiles × splitk); the caller has checked shapes, strides and the workspace size.
+    ``EVEN_K``: every split covers exactly ``k_per_split`` of K, so no load needs a K mask."""
     n, k = x.shape
     m = w.shape[0]
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     k_per_split = triton.cdiv(triton.cdiv(k, block_k), splitk) * block_k
     parts, counters = workspace(x.device)
     args = (x, w, out, bias, scale_x, scale_w, parts[: max(partial_bytes(splitk, n, m) // 4, 1)],
-            counters[:tiles], m, n, k, x.stride(0), w.stride(0), out.stride(0), k_per_split)
-    consts = dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_K=block_k, EVEN_K=k % block_k == 0,
-                  HAS_BIAS=bias is not None, HAS_SCALE=scale_x is not None, SPLIT=splitk > 1)
-    return args, consts, (tiles, splitk)
+            counters[:tiles], m, n, k, x.stride(0), w.stride(0), out.stride(0), k_per_split,
+            splitk)
+    consts = dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_K=block_k,
+                  EVEN_K=k_per_split * splitk == k, HAS_BIAS=bias is not None,
+                  HAS_SCALE=scale_x is not None, SPLIT=splitk > 1)
+    return args, consts, tiles * splitk
+
+
+def persistent_grid(device: torch.device, units: int, progs: int) -> int:
+    """Programs for ``units`` work units: one each (``progs == 0``), else ``progs`` per SM
+    (the interpreter stands in for a 4-SM GPU)."""
+    if progs == 0:
+        return units
+    if device.type != "cuda":
+        return min(units, 4 * progs)
+    if device not in _SM_COUNTS:
+        _SM_COUNTS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return min(units, _SM_COUNTS[device] * progs)
 
 
 @triton.jit
@@ -80,9 +96,16 @@ def store_tile(acc, offs_n, offs_m, tile, pid_k, splitk, y_ptr, stride_yn, bias_
         arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
         if arrived == splitk - 1:
             total = tl.zeros_like(acc)
-            for s in range(0, splitk):
-                total += tl.load(part_ptr + s * M * N + offs_nm, mask=mask, other=0.0,
-                                 cache_modifier=".cg")
+            for s in range(0, splitk, 4):  # four loads in flight, summed in split order
+                p_ptrs = part_ptr + s * M * N + offs_nm
+                p0 = tl.load(p_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+                p1 = tl.load(p_ptrs + M * N, mask=mask & (s + 1 < splitk), other=0.0,
+                             cache_modifier=".cg")
+                p2 = tl.load(p_ptrs + 2 * M * N, mask=mask & (s + 2 < splitk), other=0.0,
+                             cache_modifier=".cg")
+                p3 = tl.load(p_ptrs + 3 * M * N, mask=mask & (s + 3 < splitk), other=0.0,
+                             cache_modifier=".cg")
+                total = (((total + p0) + p1) + p2) + p3
             _write_y(total, offs_n, offs_m, mask, y_ptr, stride_yn, bias_ptr, sx_ptr, sw_ptr,
                      M, HAS_BIAS, HAS_SCALE)
             tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed", scope="gpu")

@@ -14,9 +14,9 @@ import triton.language as tl
 from gradlib.kernels.splitk import launch_args, store_tile
 
 
-@triton.jit(do_not_specialize=["N"])
+@triton.jit(do_not_specialize=["N", "splitk"])
 def tiled_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_ptr,
-                 M, N, K, stride_xn, stride_wm, stride_yn, k_per_split,
+                 M, N, K, stride_xn, stride_wm, stride_yn, k_per_split, splitk,
                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                  EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
                  SPLIT: tl.constexpr, UPCAST: tl.constexpr, ACC_K: tl.constexpr,
@@ -53,7 +53,7 @@ def tiled_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_
             acc = tl.dot(x, wt, acc, max_num_imprecise_acc=ACC_K)
         x_ptrs += BLOCK_K
         wt_ptrs += BLOCK_K
-    store_tile(acc, offs_n[:, None], offs_m[None, :], pid, pid_k, tl.num_programs(1),
+    store_tile(acc, offs_n[:, None], offs_m[None, :], pid, pid_k, splitk,
                y_ptr, stride_yn, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_ptr, M, N,
                HAS_BIAS, HAS_SCALE, SPLIT)
 
@@ -63,9 +63,9 @@ def tiled(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None,
           block_n: int, block_m: int, block_k: int, group_m: int, splitk: int, num_warps: int,
           num_stages: int) -> torch.Tensor:
     """``out[N, M] = (x·sx) @ (w·sw)ᵀ + bias`` with :func:`tiled_kernel`, any N."""
-    args, consts, grid = launch_args(x, w, scale_x, scale_w, bias, out, block_n, block_m,
-                                     block_k, splitk)
-    tiled_kernel[grid](*args, **consts, UPCAST=x.device.type == "cpu",
-                       ACC_K=min(block_k, 128), GROUP_M=group_m, num_warps=num_warps,
+    args, consts, units = launch_args(x, w, scale_x, scale_w, bias, out, block_n, block_m,
+                                      block_k, splitk)
+    tiled_kernel[(units // splitk, splitk)](*args, **consts, UPCAST=x.device.type == "cpu",
+                       ACC_K=min(block_k, 256), GROUP_M=group_m, num_warps=num_warps,
                        num_stages=num_stages)
     return out
