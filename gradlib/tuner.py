@@ -87,6 +87,7 @@ class ShapeResult:
     spread: float = math.nan
     error: str = ""
     worker: str = ""
+    seconds: float = 0.0
 
 
 @dataclass
@@ -120,7 +121,7 @@ class TuneReport:
                 "TFLOP/s": row.tflops if row else math.nan,
                 "GB/s": row.gbps if row else math.nan,
                 "spread": r.spread,
-                "tried": r.tried, "rejected": r.rejected, "on": r.worker,
+                "tried": r.tried, "rejected": r.rejected, "on": r.worker, "s": r.seconds,
                 "note": r.error,
             })
         return pd.DataFrame.from_records(records)
@@ -203,23 +204,27 @@ class _Run:
                         disable=not options.progress,
                         dynamic_ncols=True)
 
+    def write(self, worker: Worker, problem: GemmProblem, stage: str, entry: dict) -> None:
+        line = json.dumps({"problem": str(problem), "worker": worker.name, "stage": stage, **entry})
+        with self.lock:
+            self.log.write(line + "\n")
+            self.log.flush()
+
     def record(self, worker: Worker, problem: GemmProblem, outcome: Outcome,
-               stage: str = "screen") -> None:
-        """Log one timing (``stage`` ``screen`` or ``final``); screened candidates are counted."""
-        entry = {
-            "problem": str(problem), "worker": worker.name, "stage": stage, "spec": outcome.spec,
-            "ok": outcome.ok,
+               stage: str = "screen", seconds: float = math.nan) -> None:
+        """Log one timing (``stage`` ``screen`` or ``final``) and the wall time it took;
+        screened candidates are counted."""
+        self.write(worker, problem, stage, {
+            "spec": outcome.spec, "ok": outcome.ok,
             "ms": outcome.timing.median_ms if outcome.timing else None,
             "spread": outcome.timing.spread if outcome.timing else None,
             "max_rel_err": None if math.isnan(outcome.max_rel_err) else outcome.max_rel_err,
-            "reason": outcome.reason,
-        }
+            "reason": outcome.reason, "seconds": None if math.isnan(seconds) else seconds,
+        })
         counted = stage == "screen" and outcome.spec != DEFAULT_SPEC
         with self.lock:
             self.tried += counted
             self.rejected += counted and not outcome.ok
-            self.log.write(json.dumps(entry) + "\n")
-            self.log.flush()
             self.bar.set_postfix(candidates=self.tried, rejected=self.rejected, refresh=False)
         if not outcome.ok:
             logger.info("%s: rejected %s: %s", problem, outcome.spec, outcome.reason)
@@ -243,14 +248,19 @@ def _screen_all(run: _Run, worker: Worker, problem: GemmProblem,
     outcomes: list[Outcome] = []
     deaths = 0
     for libtype in run.libtypes:
+        started = time.monotonic()
         try:
             specs = worker.candidates(libtype)
         except (WorkerDied, WorkerError) as exc:
             logger.warning("%s: listing %s candidates failed: %s", problem, libtype, exc)
+            run.write(worker, problem, "list", {"libtype": libtype, "ok": False, "reason": str(exc)})
             continue
+        run.write(worker, problem, "list", {"libtype": libtype, "ok": True, "count": len(specs),
+                                            "seconds": time.monotonic() - started})
         for spec in specs[: run.options.max_candidates]:
             if run.stop.is_set():
                 return outcomes
+            started = time.monotonic()
             try:
                 outcome = worker.screen(spec)
                 deaths = 0
@@ -260,7 +270,7 @@ def _screen_all(run: _Run, worker: Worker, problem: GemmProblem,
                 logger.warning("%s: %s", problem, exc)
             except WorkerError as exc:
                 outcome = Outcome.rejected(spec, str(exc))
-            run.record(worker, problem, outcome)
+            run.record(worker, problem, outcome, seconds=time.monotonic() - started)
             outcomes.append(outcome)
             result.tried += 1
             result.rejected += not outcome.ok
@@ -294,12 +304,17 @@ def tune_one(run: _Run, worker: Worker, problem: GemmProblem) -> ShapeResult:
     """Screen, final, margin rule; the row for one problem (or the failure)."""
     result = ShapeResult(problem, worker=worker.name)
     hello = worker.hello
+    started = time.monotonic()
     try:
         setup = worker.setup(problem)
-        run.record(worker, problem, Outcome(DEFAULT_SPEC, True, setup.default, setup.default_err))
+        run.record(worker, problem, Outcome(DEFAULT_SPEC, True, setup.default, setup.default_err),
+                   seconds=time.monotonic() - started)
         outcomes = _screen_all(run, worker, problem, result)
     except (WorkerDied, WorkerError) as exc:
         result.error = f"not tuned: {exc}"
+        return result
+    if run.stop.is_set():
+        result.error = "interrupted: not tuned"  # a partial sweep must not be written as done
         return result
     accepted = sorted((o for o in outcomes if o.ok), key=lambda o: o.timing.median_ms)
     finalists = [o for o in accepted if o.timing.median_ms < setup.default.median_ms]
@@ -323,7 +338,10 @@ def _drive(run: _Run, worker: Worker) -> None:
                 problem = run.queue.get_nowait()
             except queue.Empty:
                 return
-            run.finish(tune_one(run, worker, problem))
+            started = time.monotonic()
+            result = tune_one(run, worker, problem)
+            result.seconds = time.monotonic() - started
+            run.finish(result)
     except BaseException as exc:  # reported by the main thread
         run.errors.append(exc)
         run.stop.set()

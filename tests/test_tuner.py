@@ -36,8 +36,10 @@ def options(triton_fake: str | None = None, **kwargs) -> TuneOptions:
     return TuneOptions(timing=FAST, progress=False, backend_overrides=overrides, **kwargs)
 
 
-def log_entries(tuned: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(f"{tuned}.candidates.jsonl").read_text().splitlines()]
+def log_entries(tuned: Path, *stages: str) -> list[dict]:
+    """The candidates log's entries of these stages (screen, final)."""
+    lines = Path(f"{tuned}.candidates.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["stage"] in (stages or ("screen", "final"))]
 
 
 def test_margin_rule() -> None:
@@ -59,7 +61,9 @@ def test_failing_candidates_are_isolated_and_a_good_one_wins(tmp_path: Path) -> 
     assert row.speedup >= 1.03 and row.default_ms > row.soltimems
     assert row.device == "cpu" and row.lib_version == "fake-1"
     assert row.torch_version == torch.__version__ and row.max_rel_err < 0.01 and row.tuned_at
-    screened = [e for e in log_entries(tuned) if e["stage"] == "screen" and e["spec"] != "default:"]
+    screened = [e for e in log_entries(tuned, "screen") if e["spec"] != "default:"]
+    listed = log_entries(tuned, "list")
+    assert [(e["libtype"], e["count"]) for e in listed] == [("triton", 8)]
     reasons = {e["spec"].removeprefix("triton:kind="): e["reason"] for e in screened}
     assert "RuntimeError: this candidate always fails" in reasons["raise"]
     assert reasons["zeros"].startswith("wrong result") and "inf" in reasons["nan"]
@@ -177,9 +181,24 @@ def test_tuner_with_triton_backend_writes_valid_file(tmp_path: Path) -> None:
         backends=("triton",), max_candidates=2, timing=FAST, progress=False))
     assert not report.failed and "triton" not in report.unavailable
     assert validate(tuned) == [] and len(read_tuned(tuned)) == 2
-    entries = [e for e in log_entries(tuned) if e["spec"] != "default:"]
+    entries = [e for e in log_entries(tuned, "screen") if e["spec"] != "default:"]
+    assert all(e["seconds"] > 0 for e in entries)
     assert entries and all(e["spec"].startswith("triton:") for e in entries)
     assert all(e["ok"] for e in entries), [e["reason"] for e in entries if not e["ok"]]
+
+
+@pytest.mark.gpu
+def test_cuda_fault_is_isolated(tmp_path: Path) -> None:
+    tuned = tmp_path / "tuned.csv"
+    problem = GemmProblem(256, 4, 256)
+    report = tune_problems([problem], tuned, TuneOptions(
+        backends=("triton",), progress=False,
+        backend_overrides={"triton": "tests.tuner_fakes:CudaFaultBackend"}))
+    assert not report.failed and len(read_tuned(tuned)) == 1
+    screened = {e["spec"]: e for e in log_entries(tuned, "screen")}
+    assert not screened["triton:kind=illegal"]["ok"]
+    assert "illegal memory access" in screened["triton:kind=illegal"]["reason"]
+    assert screened["triton:kind=good"]["ok"]  # ran in a fresh child after the fault
 
 
 @pytest.mark.gpu

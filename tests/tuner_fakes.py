@@ -7,6 +7,8 @@ Each candidate's spec is ``<libtype>:kind=<kind>``; ``kind`` says what its ``run
 * ``raise``: raises RuntimeError;
 * ``zeros``: returns zeros at once (fast and wrong); ``nan``: NaNs; ``shape``: a transposed result;
 * ``exit``: ``os._exit(7)``; ``segv``: the process kills itself with SIGSEGV;
+* ``illegal`` (CUDA): a kernel stores far outside any allocation, which leaves the CUDA context
+  unusable (illegal memory access);
 * ``sleep<µs>``: the right result after sleeping that many microseconds (a controllable time).
 """
 from __future__ import annotations
@@ -16,10 +18,17 @@ import signal
 import time
 
 import torch
+import triton
+import triton.language as tl
 
 from gradlib.backends.base import Backend, Solution, format_spec, parse_spec
 from gradlib.operands import GemmOperands, reference_gemm
 from gradlib.problem import GemmProblem
+
+
+@triton.jit
+def wild_store_kernel(ptr):
+    tl.store(ptr + (1 << 40), 1.0)
 
 
 class FakeSolution(Solution):
@@ -40,6 +49,8 @@ class FakeSolution(Solution):
             os._exit(7)
         if self.kind == "segv":
             os.kill(os.getpid(), signal.SIGSEGV)
+        if self.kind == "illegal":
+            wild_store_kernel[(1,)](ops.w.float())
         if self.kind == "zeros":
             return torch.zeros(p.N, p.M, dtype=p.outdtype)
         if self.kind == "nan":
@@ -102,6 +113,12 @@ class MarginBackend(FakeBackend):
     """A right candidate barely faster than SlowDefault (1.9 ms against 2 ms)."""
 
     KINDS = ("sleep1900",)
+
+
+class CudaFaultBackend(FakeBackend):
+    """A candidate that breaks the CUDA context, then a right one."""
+
+    KINDS = ("illegal", "good")
 
 
 class FastBackend(FakeBackend):
