@@ -46,6 +46,14 @@ KINDS: dict[str, dict[str, Any]] = {
         },
         "rope_theta": 500000.0,
     },
+    # Mistral (v0.2 and later: no sliding window)
+    "mistral": {
+        "arch": "mistral",
+        "seed": 0,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "sliding_window": None,
+    },
     # Qwen2: q/k/v bias, GQA
     "qwen2": {"arch": "qwen2", "seed": 0, "num_attention_heads": 4, "num_key_value_heads": 1},
 }
@@ -75,7 +83,7 @@ def train_tokenizer(folder: Path) -> Any:
 
 def make_checkpoint(folder: Path, kind: str, seed: int | None = None) -> Path:
     """Write the tiny checkpoint ``kind`` (a key of KINDS; its seed unless given) to ``folder``."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    import transformers
 
     spec = dict(KINDS[kind])
     arch = spec.pop("arch")
@@ -95,9 +103,9 @@ def make_checkpoint(folder: Path, kind: str, seed: int | None = None) -> Path:
         pad_token_id=tokenizer.pad_token_id,
         initializer_range=0.2,
     )
-    config_cls, model_cls = (
-        (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
-    )
+    name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}[arch]
+    config_cls = getattr(transformers, f"{name}Config")
+    model_cls = getattr(transformers, f"{name}ForCausalLM")
     config = config_cls(**common, **spec)
     torch.manual_seed(seed)
     model = model_cls(config).to(torch.float32)
