@@ -264,3 +264,15 @@ def test_capture_workload_writes_the_engine_problems(tmp_path):
     assert qkv == {5: 2, 15: 2, 1: 4, 3: 4}
     lm_head = {r.problem.N: r.count for r in rows if r.layers == ("lm_head",)}
     assert lm_head == {1: 3, 3: 3}
+
+
+def test_sliding_window_caps_the_model_length(checkpoint, tmp_path):
+    from runtime.config import Config
+
+    folder = shutil.copytree(checkpoint, tmp_path / "mistral-v01")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=64)
+    (folder / "config.json").write_text(json.dumps(config))
+    assert Config(str(folder)).max_model_len == 64
+    with pytest.raises(ValueError, match=r"max_model_len=128 must be in 1\.\.64 .*sliding_window"):
+        Config(str(folder), max_model_len=128)
