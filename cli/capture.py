@@ -30,18 +30,30 @@ def int_list(value: str) -> list[int]:
 @click.option("--dtype", "dtype", default="torch.float8_e4m3fn", show_default=True, help="Operand dtype of the linear layers.")
 @click.option("--outdtype", default="torch.bfloat16", show_default=True, help="Output dtype of the linear layers.")
 @click.option("--no-lm-head", is_flag=True, help="Leave the LM head out.")
-@click.option("--run", is_flag=True, help="Record from a real engine run instead of deriving from the config.")
+@click.option("--run", is_flag=True, help="Record from a real engine run (dummy weights for a preset) instead of deriving from the config.")
+@click.option("--input-len", default=128, show_default=True, help="With --run: prompt tokens per sequence.")
+@click.option("--output-len", default=8, show_default=True, help="With --run: generated tokens per sequence.")
+@click.option("--quantization", default=None, help="With --run: the engine's quantization (e.g. fp8).")
 @click.option("-o", "--output", default=None, help="Shapes file to merge into [default: $SOLIDX_SHAPES_FILE or /tmp/fp8_shapes.csv].")
 def capture_shapes(model: str, tp: int, batch_sizes: str, prefill_tokens: str, dtype: str,
-                   outdtype: str, no_lm_head: bool, run: bool, output: str | None) -> None:
+                   outdtype: str, no_lm_head: bool, run: bool, input_len: int, output_len: int,
+                   quantization: str | None, output: str | None) -> None:
     """Write the GEMM problems MODEL issues, per tensor-parallel shard, to a shapes file.
 
     Derived from the model's config (layers qkv_proj, o_proj, gate_up_proj, down_proj and the
-    LM head) for each decode batch size and prefill chunk. Rows merge into an existing file.
+    LM head) for each decode batch size and prefill chunk; or, with --run, recorded from the
+    engine generating OUTPUT_LEN tokens for each batch size of random prompts, so the file holds
+    exactly the problems the engine issues. Rows merge into an existing file.
     """
-    if run:
-        raise click.ClickException("--run is not implemented yet (arrives with the runtime issue)")
     output = output or envs.SOLIDX_SHAPES_FILE
+    if run:
+        from runtime.workload import capture_workload
+
+        rows = capture_workload(model, int_list(batch_sizes), input_len, output_len, output,
+                                tensor_parallel_size=tp, quantization=quantization)
+        click.echo(_shape_table(rows))
+        click.echo(f"recorded {len(rows)} problems into {output}")
+        return
     try:
         config = load_model_config(model)
         model_dtype = parse_dtype(config.get("torch_dtype") or "bfloat16")

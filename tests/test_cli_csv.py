@@ -69,3 +69,13 @@ def test_process_capture_writes_at_exit(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
     (row,) = read_shapes(path)
     assert (row.problem.M, row.problem.N, row.problem.K, row.layers) == (16, 2, 32, ("model.layers.*.o",))
+
+
+def test_capture_shapes_run_records_engine_problems(tmp_path: Path) -> None:
+    path = tmp_path / "run.csv"
+    result = invoke("capture-shapes", "--model", "tiny-llama", "--run", "--batch-sizes", "1,2",
+                    "--input-len", "5", "--output-len", "2", "-o", str(path))
+    assert result.exit_code == 0, result.output
+    got = {(r.problem.M, r.problem.N, r.problem.K) for r in read_shapes(path)}
+    # tiny-llama: hidden 64, qkv (4 + 2*2) * 16 = 128; decode steps at N = 1 and 2.
+    assert {(128, 1, 64), (128, 2, 64), (64, 2, 128), (512, 2, 64)} <= got
