@@ -32,14 +32,18 @@ def layer_pattern(name: str) -> str:
 
 
 class ShapeRecorder:
-    """Counts distinct problems and the layers that issued them; thread-safe."""
+    """Counts distinct problems and the layers that issued them; thread-safe. With ``dtypes``,
+    only problems whose operand dtype is one of them are kept (``TUNE_FP8``: fp8 GEMMs only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, dtypes: frozenset[torch.dtype] | None = None) -> None:
+        self.dtypes = dtypes
         self._lock = threading.Lock()
         self._counts: Counter[GemmProblem] = Counter()
         self._layers: dict[GemmProblem, list[str]] = {}
 
     def record(self, problem: GemmProblem, layer: str) -> None:
+        if self.dtypes is not None and problem.dtype not in self.dtypes:
+            return
         pattern = layer_pattern(layer)
         with self._lock:
             self._counts[problem] += 1
@@ -85,12 +89,12 @@ def recording(path: str | None = None) -> Iterator[ShapeRecorder]:
             recorder.flush(path)
 
 
-def start_recording(path: str) -> ShapeRecorder:
+def start_recording(path: str, dtypes: frozenset[torch.dtype] | None = None) -> ShapeRecorder:
     """Turn capture on for the rest of the process (``TUNE_FP8=1``): the rows are merged into
     ``path`` at exit. Calling it again returns the recorder already running."""
     global _active
     if _active is None:
-        recorder = ShapeRecorder()
+        recorder = ShapeRecorder(dtypes)
         _active = recorder
         atexit.register(recorder.flush, path)
     return _active

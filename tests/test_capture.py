@@ -98,3 +98,12 @@ def test_recording_flushes_and_merges(tmp_path: Path) -> None:
 def test_layer_pattern() -> None:
     assert layer_pattern("model.layers.12.self_attn.qkv_proj") == "model.layers.*.self_attn.qkv_proj"
     assert layer_pattern("lm_head") == "lm_head"
+
+
+def test_recorder_dtype_filter() -> None:
+    from shape_capture.recorder import ShapeRecorder
+
+    recorder = ShapeRecorder(frozenset({FP8}))
+    recorder.record(GemmProblem(64, 1, 32, dtype=FP8), "a")
+    recorder.record(GemmProblem(64, 1, 32, dtype=BF16), "lm_head")
+    assert [r.problem.dtype for r in recorder.rows()] == [FP8]
