@@ -24,7 +24,7 @@ PARTITION_SIZE = 256
 
 
 def default_config(device: torch.device) -> DecodeConfig:
-    return DecodeConfig(16, 1, 1) if device.type == "cpu" else DecodeConfig(64, 4, 3)
+    return DecodeConfig(16, 1, 1) if device.type == "cpu" else DecodeConfig(64, 4, 2)
 
 
 @triton.jit

@@ -31,7 +31,7 @@ class DecodeConfig:
 
 
 def default_config(device: torch.device) -> DecodeConfig:
-    return DecodeConfig(16, 1, 1) if device.type == "cpu" else DecodeConfig(64, 4, 2)
+    return DecodeConfig(16, 1, 1) if device.type == "cpu" else DecodeConfig(64, 2, 1)
 
 
 @triton.jit

@@ -34,7 +34,7 @@ def default_config(head_pad: int, device: torch.device) -> PrefillConfig:
     if head_pad <= 64:
         return PrefillConfig(128, 64, 4, 3)
     if head_pad <= 128:
-        return PrefillConfig(128, 64, 8, 3)
+        return PrefillConfig(128, 128, 8, 3)
     return PrefillConfig(64, 32, 8, 2)
 
 
@@ -46,10 +46,12 @@ def _load_keys(base, table, pos, k_start, kv_head, d, stride_b, stride_s, stride
         block = tl.load(table + pos // PAGE_SIZE).to(tl.int64)
         row = block * stride_b + (pos % PAGE_SIZE) * stride_s + kv_head * stride_h
     else:
-        row = (k_start + pos).to(tl.int64) * stride_b + kv_head * stride_h
+        row = (k_start + pos) * stride_b + kv_head * stride_h
     if TRANSPOSE:
-        return tl.load(base + row[None, :] + d[:, None], mask=mask, other=0.0)
-    return tl.load(base + row[:, None] + d[None, :], mask=mask, other=0.0)
+        x = tl.load(base + row[None, :] + d[:, None], mask=mask, other=0.0)
+    else:
+        x = tl.load(base + row[:, None] + d[None, :], mask=mask, other=0.0)
+    return x
 
 
 @triton.jit
