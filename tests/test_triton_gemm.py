@@ -38,6 +38,8 @@ CASES = [
      "triton:kernel=skinny,bn=16,bm=32,bk=64,splitk=1,progs=0,warps=4,stages=3"),
     (40, 3, 200, True, FP8, torch.bfloat16,
      "triton:kernel=tiled,bn=16,bm=32,bk=32,gm=2,splitk=3,warps=4,stages=2"),
+    (128, 40, 64, True, FP8, torch.bfloat16,  # a tile of 64 x 128: the one-at-a-time reduction
+     "triton:kernel=tiled,bn=64,bm=128,bk=32,gm=1,splitk=2,warps=4,stages=2"),
     (24, 37, 96, True, torch.float16, torch.float16,
      "triton:kernel=tiled,bn=16,bm=16,bk=32,gm=2,splitk=1,warps=4,stages=2"),
     (24, 3, 96, True, torch.float16, torch.float16,

@@ -96,16 +96,21 @@ def store_tile(acc, offs_n, offs_m, tile, pid_k, splitk, y_ptr, stride_yn, bias_
         arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
         if arrived == splitk - 1:
             total = tl.zeros_like(acc)
-            for s in range(0, splitk, 4):  # four loads in flight, summed in split order
-                p_ptrs = part_ptr + s * M * N + offs_nm
-                p0 = tl.load(p_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
-                p1 = tl.load(p_ptrs + M * N, mask=mask & (s + 1 < splitk), other=0.0,
-                             cache_modifier=".cg")
-                p2 = tl.load(p_ptrs + 2 * M * N, mask=mask & (s + 2 < splitk), other=0.0,
-                             cache_modifier=".cg")
-                p3 = tl.load(p_ptrs + 3 * M * N, mask=mask & (s + 3 < splitk), other=0.0,
-                             cache_modifier=".cg")
-                total = (((total + p0) + p1) + p2) + p3
+            if acc.numel <= 4096:  # small tiles: four partials in flight, summed in order
+                for s in range(0, splitk, 4):
+                    p_ptrs = part_ptr + s * M * N + offs_nm
+                    p0 = tl.load(p_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+                    p1 = tl.load(p_ptrs + M * N, mask=mask & (s + 1 < splitk), other=0.0,
+                                 cache_modifier=".cg")
+                    p2 = tl.load(p_ptrs + 2 * M * N, mask=mask & (s + 2 < splitk), other=0.0,
+                                 cache_modifier=".cg")
+                    p3 = tl.load(p_ptrs + 3 * M * N, mask=mask & (s + 3 < splitk), other=0.0,
+                                 cache_modifier=".cg")
+                    total = (((total + p0) + p1) + p2) + p3
+            else:  # large tiles: one at a time, or the registers spill
+                for s in range(0, splitk):
+                    total += tl.load(part_ptr + s * M * N + offs_nm, mask=mask, other=0.0,
+                                     cache_modifier=".cg")
             _write_y(total, offs_n, offs_m, mask, y_ptr, stride_yn, bias_ptr, sx_ptr, sw_ptr,
                      M, HAS_BIAS, HAS_SCALE)
             tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed", scope="gpu")
