@@ -16,6 +16,8 @@ which each problem's GB/s and TFLOP/s are reported as percentages.
 from __future__ import annotations
 
 import math
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -116,24 +118,27 @@ def _finite(value):
 # ---------------------------------------------------------------- the hardware's limits
 
 
-def _event_ms(fn: Callable[[], object], device: torch.device, repeats: int = 5) -> float:
-    """Median ms of ``fn`` after a warm-up, by CUDA events (wall clock on CPU)."""
-    fn()
+def _event_ms(fn: Callable[[], object], device: torch.device, repeats: int = 7,
+              calls: int = 5) -> float:
+    """Median ms per call of ``fn``: ``calls`` back-to-back calls per sample, after as many
+    warm-up calls (clocks up), by CUDA events (wall clock on CPU)."""
+    for _ in range(calls):
+        fn()
     samples = []
     for _ in range(repeats):
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            for _ in range(calls):
+                fn()
             end.record()
             end.synchronize()
-            samples.append(start.elapsed_time(end))
+            samples.append(start.elapsed_time(end) / calls)
         else:
-            import time
-
             t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
+            for _ in range(calls):
+                fn()
+            samples.append((time.perf_counter() - t0) * 1e3 / calls)
     return Timing.of(samples).median_ms
 
 
@@ -201,16 +206,19 @@ class _FloorCache:
 
 
 def _tunableop_timer(copies: list[GemmOperands], launches: int, config: TimingConfig) -> Timer:
-    """F.linear with TunableOp's pick: tuned for this shape first, then captured with tuning
-    off. The previous TunableOp state is restored."""
+    """F.linear with TunableOp's pick: tuned afresh for this shape (its results file goes to a
+    temporary folder, not the working directory), then captured with tuning off. The previous
+    TunableOp state is restored."""
     tunable = torch.cuda.tunable
     was_enabled, was_tuning = tunable.is_enabled(), tunable.tuning_is_enabled()
+    if not tunable.get_filename().startswith(tempfile.gettempdir()):
+        folder = Path(tempfile.mkdtemp(prefix="solidx-tunableop-"))
+        tunable.set_filename(str(folder / "results.csv"))
 
     def run(ops: GemmOperands) -> torch.Tensor:
         return F.linear(ops.x, ops.w, ops.bias)
 
     try:
-        tunable.write_file_on_exit(False)  # a benchmark leaves no results file behind
         tunable.enable(True)
         tunable.tuning_enable(True)
         run(copies[0])

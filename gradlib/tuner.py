@@ -253,7 +253,8 @@ def _screen_all(run: _Run, worker: Worker, problem: GemmProblem,
             specs = worker.candidates(libtype)
         except (WorkerDied, WorkerError) as exc:
             logger.warning("%s: listing %s candidates failed: %s", problem, libtype, exc)
-            run.write(worker, problem, "list", {"libtype": libtype, "ok": False, "reason": str(exc)})
+            entry = {"libtype": libtype, "ok": False, "reason": str(exc)}
+            run.write(worker, problem, "list", entry)
             continue
         run.write(worker, problem, "list", {"libtype": libtype, "ok": True, "count": len(specs),
                                             "seconds": time.monotonic() - started})
@@ -345,8 +346,6 @@ def _drive(run: _Run, worker: Worker) -> None:
     except BaseException as exc:  # reported by the main thread
         run.errors.append(exc)
         run.stop.set()
-    finally:
-        worker.close()
 
 
 def _start_workers(options: TuneOptions) -> list[Worker]:
@@ -377,10 +376,24 @@ def _start_workers(options: TuneOptions) -> list[Worker]:
 
 def tune_problems(problems: Sequence[GemmProblem], tuned_file: str | Path,
                   options: TuneOptions = TuneOptions()) -> TuneReport:
-    """Tune ``problems`` into ``tuned_file`` (created or merged into); see the module doc."""
+    """Tune ``problems`` into ``tuned_file`` (created or merged into); see the module doc.
+
+    Workers are spawned processes: a script that calls this needs the usual
+    ``if __name__ == "__main__":`` guard."""
+    workers = _start_workers(options)
+    try:
+        return run_workers(workers, problems, tuned_file, options)
+    finally:
+        for worker in workers:
+            worker.close()
+
+
+def run_workers(workers: Sequence[Worker], problems: Sequence[GemmProblem],
+                tuned_file: str | Path, options: TuneOptions) -> TuneReport:
+    """Tune with started workers, one thread driving each, all taking problems from one queue
+    and merging rows into one file."""
     started = time.monotonic()
     tuned_file = Path(tuned_file)
-    workers = _start_workers(options)
     hello = workers[0].hello
     report = TuneReport()
     libtypes = []
@@ -393,8 +406,9 @@ def tune_problems(problems: Sequence[GemmProblem], tuned_file: str | Path,
         else:
             libtypes.append(libtype)
     done = already_tuned(tuned_file, hello)
-    pending = [p for p in problems if p.key() not in done]
-    report.skipped = [p for p in problems if p.key() in done]
+    unique = list({p.key(): p for p in problems}.values())
+    pending = [p for p in unique if p.key() not in done]
+    report.skipped = [p for p in unique if p.key() in done]
     run = _Run(pending, tuned_file, options, libtypes)
     threads = [threading.Thread(target=_drive, args=(run, w), name=f"tune-{w.name}", daemon=True)
                for w in workers]
@@ -405,9 +419,7 @@ def tune_problems(problems: Sequence[GemmProblem], tuned_file: str | Path,
             while thread.is_alive():
                 thread.join(0.5)
     except BaseException:
-        run.stop.set()
-        for worker in workers:
-            worker.close()
+        run.stop.set()  # Ctrl-C: the threads stop after their current request
         raise
     finally:
         run.close()

@@ -322,7 +322,10 @@ class Worker:
 
     @property
     def name(self) -> str:
-        return "cpu" if self.gpu is None else f"gpu{self.gpu}"
+        """``gpuN`` for an explicit GPU, else ``gpu`` or ``cpu`` (once the child said which)."""
+        if self.gpu is not None:
+            return f"gpu{self.gpu}"
+        return "cpu" if self.hello is None or self.hello.device == "cpu" else "gpu"
 
     def start(self) -> None:
         """Spawn the child (returns at once; :meth:`ready` waits for it)."""

@@ -19,7 +19,8 @@ from gradlib.dtypes import FP8
 from gradlib.problem import GemmProblem
 from gradlib.schema import ShapeRow, read_tuned, validate, write_shapes
 from gradlib.timing import Timing, TimingConfig
-from gradlib.tuner import TuneOptions, choose_winner, tune_problems
+from gradlib.tuner import TuneOptions, choose_winner, run_workers, tune_problems
+from gradlib.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = TimingConfig(target_ms=2.0, min_launches=1, max_launches=4, warmup=1, screen_repeats=3,
@@ -96,6 +97,27 @@ def test_wrong_or_barely_faster_candidates_keep_default(tmp_path: Path) -> None:
     assert report.summary().count("default") >= 2
 
 
+def test_two_workers_share_the_queue_and_the_file(tmp_path: Path) -> None:
+    # what --gpus does with one worker per GPU, here with two CPU workers
+    tuned = tmp_path / "tuned.csv"
+    opts = options("FastBackend")
+    workers = [Worker(None, FAST, opts.backend_overrides) for _ in range(2)]
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.ready()
+        problems = [GemmProblem(16 * (i + 1), 1 + i % 3, 32) for i in range(8)]
+        report = run_workers(workers, problems + problems[:2], tuned, opts)
+    finally:
+        for worker in workers:
+            worker.close()
+    rows = read_tuned(tuned)
+    assert len(report.results) == 8 and not report.failed
+    assert sorted(r.problem.key() for r in rows) == sorted(p.key() for p in problems)
+    assert all(r.libtype == "triton" for r in rows)
+
+
 RESUME_SCRIPT = textwrap.dedent("""
     import sys, torch
     from gradlib.problem import GemmProblem
@@ -138,7 +160,7 @@ def test_fp8_gemm_tuner_command_on_gradlib_file(tmp_path: Path) -> None:
     shapes.write_text("M,N,K\n32,1,64\n48,2,32\n")
     done = subprocess.run(
         [sys.executable, "-m", "gradlib.fp8_gemm_tuner", "--input_file", str(shapes),
-         "--tuned_file", str(tuned), "--max-candidates", "1"],
+         "--tuned_file", str(tuned), "--backends", "cublaslt"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr
@@ -146,7 +168,9 @@ def test_fp8_gemm_tuner_command_on_gradlib_file(tmp_path: Path) -> None:
     rows = read_tuned(tuned)
     assert [(r.problem.M, r.problem.N, r.problem.K) for r in rows] == [(32, 1, 64), (48, 2, 32)]
     assert all(r.problem.dtype == FP8 and r.problem.outdtype == torch.float16 for r in rows)
-    assert "2 problems tuned" in done.stdout and "skipped: " in done.stdout  # cublaslt: no GPU
+    assert "2 problems tuned" in done.stdout
+    if not torch.cuda.is_available():
+        assert "backend cublaslt skipped: no CUDA device" in done.stdout
 
 
 def test_tune_cli_reads_shapes_file_and_reports(tmp_path: Path) -> None:
@@ -197,7 +221,8 @@ def test_cuda_fault_is_isolated(tmp_path: Path) -> None:
     assert not report.failed and len(read_tuned(tuned)) == 1
     screened = {e["spec"]: e for e in log_entries(tuned, "screen")}
     assert not screened["triton:kind=illegal"]["ok"]
-    assert "illegal memory access" in screened["triton:kind=illegal"]["reason"]
+    reason = screened["triton:kind=illegal"]["reason"]
+    assert "illegal" in reason or "CUDA" in reason or "died" in reason, reason
     assert screened["triton:kind=good"]["ok"]  # ran in a fresh child after the fault
 
 
