@@ -11,9 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import runtime.attention as attention
-from runtime.attention import (paged_custom, paged_v2, reference, selector, triton_prefill,
-                               triton_store)
+from runtime import attention
+from runtime.attention import (
+    paged_custom,
+    paged_v2,
+    reference,
+    selector,
+    triton_prefill,
+    triton_store,
+)
 from runtime.attention.bench import BenchConfig, run_benchmark
 from runtime.attention.paged_custom import paged_attention_custom
 from runtime.attention.paged_v2 import paged_attention_v2

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -217,7 +217,7 @@ def bench_decode(cfg: BenchConfig, context_len: int, copy_gbps: float,
             row.ms = time_ms(fn, device)
             row.gbps = inp.kv_bytes() / (row.ms * 1e-3) / 1e9
             row.pct_copy = 100 * row.gbps / copy_gbps
-        except Exception as exc:  # a failing contender is reported, not fatal
+        except Exception as exc:  # noqa: BLE001 (a failing contender is reported, not fatal)
             row.note = f"{note} failed: {type(exc).__name__}: {exc}"[:400]
         rows.append(row)
     flex = next((r.ms for r in rows if r.kernel == "flex_paged" and r.ms), None)
@@ -254,7 +254,7 @@ def bench_prefill(cfg: BenchConfig, seq_len: int, device: torch.device) -> list[
             row.max_rel_err = rel_err(fn(), ref)
             row.ms = time_ms(fn, device)
             row.tflops = flops / (row.ms * 1e-3) / 1e12
-        except Exception as exc:  # a failing contender is reported, not fatal
+        except Exception as exc:  # noqa: BLE001 (a failing contender is reported, not fatal)
             row.note = f"{note} failed: {type(exc).__name__}: {exc}"[:400]
         rows.append(row)
     base = rows[0].ms

@@ -16,8 +16,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from runtime.attention.paged_v2 import (DecodeConfig, check_decode_inputs, partition_buffers,
-                                        reduce_partitions)
+from runtime.attention.paged_v2 import (
+    DecodeConfig,
+    check_decode_inputs,
+    partition_buffers,
+    reduce_partitions,
+)
 
 LOG2E = 1.0 / math.log(2.0)
 PARTITION_SIZE = 256
