@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from cli.bench_attention import attention
 from cli.bench_gemm import gemm
 from cli.bench_latency import latency
 
@@ -13,4 +14,5 @@ def bench() -> None:
 
 
 bench.add_command(gemm)
+bench.add_command(attention)
 bench.add_command(latency)
