@@ -405,6 +405,8 @@ def run_workers(workers: Sequence[Worker], problems: Sequence[GemmProblem],
             report.unavailable[libtype] = info.reason
         else:
             libtypes.append(libtype)
+    for libtype, reason in report.unavailable.items():
+        logger.warning("backend %s skipped: %s", libtype, reason)
     done = already_tuned(tuned_file, hello)
     unique = list({p.key(): p for p in problems}.values())
     pending = [p for p in unique if p.key() not in done]

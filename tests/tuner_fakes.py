@@ -6,6 +6,7 @@ Each candidate's spec is ``<libtype>:kind=<kind>``; ``kind`` says what its ``run
 * ``good``: the right result, computed in fp32 and cast;
 * ``raise``: raises RuntimeError;
 * ``zeros``: returns zeros at once (fast and wrong); ``nan``: NaNs; ``shape``: a transposed result;
+* ``hang``: sleeps for an hour;
 * ``exit``: ``os._exit(7)``; ``segv``: the process kills itself with SIGSEGV;
 * ``illegal`` (CUDA): a kernel stores far outside any allocation, which leaves the CUDA context
   unusable (illegal memory access);
@@ -45,6 +46,8 @@ class FakeSolution(Solution):
         p = self.problem
         if self.kind == "raise":
             raise RuntimeError("this candidate always fails")
+        if self.kind == "hang":
+            time.sleep(3600)
         if self.kind == "exit":
             os._exit(7)
         if self.kind == "segv":
@@ -110,9 +113,16 @@ class WrongBackend(FakeBackend):
 
 
 class MarginBackend(FakeBackend):
-    """A right candidate barely faster than SlowDefault (1.9 ms against 2 ms)."""
+    """A right candidate faster than SlowDefault, by less than a large margin (1.5 ms against
+    2 ms)."""
 
-    KINDS = ("sleep1900",)
+    KINDS = ("sleep1500",)
+
+
+class HangingBackend(FakeBackend):
+    """A candidate that never returns, then a right one."""
+
+    KINDS = ("hang", "good")
 
 
 class CudaFaultBackend(FakeBackend):
