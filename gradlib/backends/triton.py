@@ -3,7 +3,7 @@
 Three kernels, each named with its whole configuration in the spec:
 
 * ``triton:kernel=gemv,bn=1,bm=8,bk=1024,splitk=1,progs=0,warps=4``: fp32 FMAs, no tensor
-  cores (N ≤ bn ≤ 8; listed for N ≤ 2);
+  cores (N ≤ bn ≤ 8; listed for N = 1);
 * ``triton:kernel=skinny,bn=16,bm=64,bk=256,splitk=8,progs=2,warps=4,stages=4``: swap-AB
   ``tl.dot`` for decode (N ≤ bn ≤ 32);
 * ``triton:kernel=tiled,bn=128,bm=128,bk=128,gm=8,splitk=1,warps=8,stages=3``: tiles of
@@ -13,6 +13,8 @@ Three kernels, each named with its whole configuration in the spec:
 ``splitk`` > 1 splits K over programs and reduces in the same launch (no zeroing pass).
 ``progs`` > 0 launches that many programs per SM, each looping over work units (tile, split)
 with a stride of the grid, like a persistent read of the weight; 0 launches one per unit.
+``solutions`` lists only ``progs=0``: on an H200 at decode sizes the persistent grids measured
+3–40% slower (each unit drains and refills the pipeline), and gemv lost to skinny from N=2.
 Runs on CUDA, and on CPU under ``TRITON_INTERPRET=1`` (slow; for tests).
 """
 from __future__ import annotations
@@ -160,35 +162,22 @@ def _splits(problem: GemmProblem, tiles: int, bm: int, bk: int) -> list[int]:
     return under[-2:] + over[:2]
 
 
-def _progs(units: int, resident: int) -> list[int]:
-    """Persistence options: one program per unit (0), then one program per SM and
-    ``resident`` programs per SM (all resident at once), where that is fewer than units."""
-    return [0] + [p for p in sorted({1, resident}) if units > p * _SMS]
-
-
 def candidate_configs(problem: GemmProblem) -> list[TritonConfig]:
     """The config space listed for a problem (every config valid for it)."""
     n, elt = problem.N, problem.dtype.itemsize
     out: list[TritonConfig] = []
-    if n <= 2:
-        bn = _next_pow2(n)
+    if n == 1:  # at 2 tokens and more, fp32 FMAs cost more than the skinny kernel's MMA
         for bm, bk, warps in _GEMV:
             bk //= elt  # the same 16-byte vectors for 16-bit weights
-            tiles = triton.cdiv(problem.M, bm)
-            for s in _splits(problem, tiles, bm, bk):
-                for progs in _progs(tiles * s, min(32, 48 // warps)):
-                    out.append(TritonConfig("gemv", bn, bm, bk, s, warps, progs=progs))
+            for s in _splits(problem, triton.cdiv(problem.M, bm), bm, bk):
+                out.append(TritonConfig("gemv", 1, bm, bk, s, warps))
     if n <= 32:
         bn = 16 if n <= 16 else 32
         for bm, bk, warps, stages in _SKINNY:
             while stages > 2 and stages * (bn + bm) * bk * elt > SMEM_BYTES - 32 * 1024:
                 stages -= 1
-            tiles = triton.cdiv(problem.M, bm)
-            resident = max(1, SMEM_BYTES // (stages * (bn + bm) * bk * elt + 8192))
-            for s in _splits(problem, tiles, bm, bk):
-                for progs in _progs(tiles * s, resident):
-                    out.append(TritonConfig("skinny", bn, bm, bk, s, warps, stages,
-                                            progs=progs))
+            for s in _splits(problem, triton.cdiv(problem.M, bm), bm, bk):
+                out.append(TritonConfig("skinny", bn, bm, bk, s, warps, stages))
     else:
         for bn, bm, bk, warps, st in _TILED:
             if bn > max(64, _next_pow2(n)) or st * (bn + bm) * bk * elt > SMEM_BYTES - 32 * 1024:

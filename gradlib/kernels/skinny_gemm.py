@@ -3,7 +3,7 @@ every SM streams it.
 
 ``y[N, M] = (x[N, K]·sx) @ (w[M, K]·sw)ᵀ + bias`` with fp32 accumulation. Two kernels:
 
-* ``gemv`` (N ≤ 4): no tensor cores. Each program loads ``[BLOCK_M, BLOCK_K]`` weight tiles
+* ``gemv`` (N ≤ 8, fastest at N = 1): no tensor cores. Each program loads ``[BLOCK_M, BLOCK_K]`` weight tiles
   as 16-byte vectors, multiplies them with every token row in fp32 registers and sums each
   vector in-thread; the cross-thread reduction over K happens once, after the loop. Few
   registers, so many programs per SM keep many loads in flight.
