@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from itertools import product
 
 import torch
 import triton
@@ -221,7 +220,8 @@ class TritonSolution(Solution):
         w = ops.w if ops.w.stride(-1) == 1 else ops.w.contiguous()
         out = torch.empty(n, m, dtype=self.problem.outdtype, device=x.device)
         c = self.config
-        common = dict(block_n=c.bn, block_m=c.bm, block_k=c.bk, splitk=c.splitk, num_warps=c.warps)
+        common = {"block_n": c.bn, "block_m": c.bm, "block_k": c.bk, "splitk": c.splitk,
+                  "num_warps": c.warps}
         args = (x, w, ops.scale_x, ops.scale_w, ops.bias, out)
         with torch.cuda.device(x.device) if x.device.type == "cuda" else nullcontext():
             if c.kernel == "gemv":

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 FLOOR_CONFIGS: tuple[dict[str, int], ...] = tuple(
-    dict(block=block, num_warps=warps, programs_per_sm=per_sm)
+    {"block": block, "num_warps": warps, "programs_per_sm": per_sm}
     for block, warps in ((2048, 4), (4096, 8), (8192, 8))
     for per_sm in (4, 8, 16)
 )

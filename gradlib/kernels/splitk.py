@@ -53,9 +53,9 @@ def launch_args(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None,
     args = (x, w, out, bias, scale_x, scale_w, parts[: max(partial_bytes(splitk, n, m) // 4, 1)],
             counters[:tiles], m, n, k, x.stride(0), w.stride(0), out.stride(0), k_per_split,
             splitk)
-    consts = dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_K=block_k,
-                  EVEN_K=k_per_split * splitk == k, HAS_BIAS=bias is not None,
-                  HAS_SCALE=scale_x is not None, SPLIT=splitk > 1)
+    consts = {"BLOCK_N": block_n, "BLOCK_M": block_m, "BLOCK_K": block_k,
+              "EVEN_K": k_per_split * splitk == k, "HAS_BIAS": bias is not None,
+              "HAS_SCALE": scale_x is not None, "SPLIT": splitk > 1}
     return args, consts, tiles * splitk
 
 
@@ -108,7 +108,7 @@ def store_tile(acc, offs_n, offs_m, tile, pid_k, splitk, y_ptr, stride_yn, bias_
                                  cache_modifier=".cg")
                     total = (((total + p0) + p1) + p2) + p3
             else:  # large tiles: one at a time, or the registers spill
-                for s in range(0, splitk):
+                for s in range(splitk):
                     total += tl.load(part_ptr + s * M * N + offs_nm, mask=mask, other=0.0,
                                      cache_modifier=".cg")
             _write_y(total, offs_n, offs_m, mask, y_ptr, stride_yn, bias_ptr, sx_ptr, sw_ptr,
