@@ -6,17 +6,26 @@ Attention gets the views ``[0, i]`` (keys) and ``[1, i]`` (values). Its size com
 GPU memory after a profiling forward of ``max_num_batched_tokens`` tokens (times
 ``gpu_memory_utilization``), or from ``kv_cache_memory_bytes``, or on CPU from a 4 GiB budget
 capped at what ``max_num_seqs`` sequences of ``max_model_len`` tokens can use.
+
+On a GPU (unless ``enforce_eager``), decode steps replay CUDA graphs captured right after the
+cache is allocated (``runtime.cuda_graphs``). A step's host inputs go to the device in two
+transfers from pinned memory, and the only host synchronisation of a step is reading its
+sampled tokens.
 """
 
 from __future__ import annotations
 
+import array
+import itertools
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
 
 from runtime.config import CPU_KV_CACHE_BYTES, Config
 from runtime.context import ForwardContext, forward_context
+from runtime.cuda_graphs import DecodeGraphs, capture_sizes
 from runtime.layers.attention import Attention
 from runtime.layers.sampler import Sampler, SamplingTensors
 from runtime.loader import load_model
@@ -46,6 +55,7 @@ class ModelRunner:
         self.vocab_size = self.model.args.vocab_size
         self.sampler = Sampler(torch.Generator(self.device).manual_seed(config.seed))
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
+        self.graphs: DecodeGraphs | None = None  # captured once the KV cache exists
         self.num_kv_blocks = self._num_kv_blocks()
         layer = self.attention_layers[0]
         self.kv_cache = torch.zeros(
@@ -66,6 +76,7 @@ class ModelRunner:
             self.block_size,
             self.kv_cache.numel() * self.kv_cache.element_size() / 2**30,
         )
+        self.graphs = self._capture_graphs()
 
     # -- one step -------------------------------------------------------------------------
 
@@ -82,11 +93,25 @@ class ModelRunner:
         return tokens, self._logprobs(logits, tokens, seqs)
 
     def forward(self, inputs: ModelInputs) -> torch.Tensor:
-        """The model over one step's inputs: hidden states [T, hidden]."""
-        with forward_context(inputs.context):
-            return self.model(inputs.input_ids, inputs.positions)
+        """The model over one step's inputs: hidden states [T, hidden]. A decode step whose T is
+        a captured bucket replays its CUDA graph (the result is then overwritten by the next
+        replay); every other step runs eagerly."""
+        if self.graphs is not None:
+            hidden = self.graphs.replay(inputs.input_ids, inputs.positions, inputs.context)
+            if hidden is not None:
+                return hidden
+        return self._run_model(inputs.input_ids, inputs.positions, inputs.context)
+
+    def _run_model(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, context: ForwardContext
+    ) -> torch.Tensor:
+        with forward_context(context):
+            return self.model(input_ids, positions)
 
     def prepare(self, batch: list[ScheduledSeq]) -> ModelInputs:
+        """The step's inputs. A decode-only batch that fits a CUDA-graph bucket is padded to it
+        (``runtime.cuda_graphs`` says how padded rows look); ``sample_indices`` name only the
+        rows of real sequences that sample."""
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -106,34 +131,49 @@ class ModelRunner:
             reads_cache |= start > 0
             if item.samples:
                 sample_indices.append(cu_q[-1] - 1)
+        max_context_len = max(context_lens)
         decode_only = all(item.num_tokens == 1 for item in batch)
-        block_tables = None
+        rows = len(batch)
+        bucket = self.graphs.bucket(rows) if decode_only and self.graphs is not None else None
+        if bucket is not None:
+            pad = bucket - rows
+            input_ids += [0] * pad
+            positions += [0] * pad
+            slots += [-1] * pad
+            cu_q += range(cu_q[-1] + 1, cu_q[-1] + pad + 1)
+            cu_k += [cu_k[-1]] * pad
+            context_lens += [0] * pad
+            rows = bucket
+        tables = array.array("i")
+        width = 0
         if reads_cache or decode_only:
             width = max(len(item.seq.block_table) for item in batch)
-            block_tables = self._tensor(
-                [
-                    item.seq.block_table + [-1] * (width - len(item.seq.block_table))
-                    for item in batch
-                ],
-                torch.int32,
-            )
+            for item in batch:
+                tables.fromlist(item.seq.block_table)
+                tables.fromlist([-1] * (width - len(item.seq.block_table)))
+            tables.fromlist([-1] * (width * (rows - len(batch))))
+        ints = array.array("i", itertools.chain(slots, cu_q, cu_k, context_lens))
+        slot_mapping, cu_seqlens_q, cu_seqlens_k, lens, table = self._tensors(
+            ints + tables,
+            [len(slots), len(cu_q), len(cu_k), len(context_lens), len(tables)],
+            torch.int32,
+        )
+        longs = array.array("q", itertools.chain(input_ids, positions, sample_indices))
+        ids, pos, sample = self._tensors(
+            longs, [len(input_ids), len(positions), len(sample_indices)], torch.int64
+        )
         context = ForwardContext(
-            slot_mapping=self._tensor(slots, torch.int32),
-            cu_seqlens_q=self._tensor(cu_q, torch.int32),
-            cu_seqlens_k=self._tensor(cu_k, torch.int32),
+            slot_mapping=slot_mapping,
+            cu_seqlens_q=cu_seqlens_q,
+            cu_seqlens_k=cu_seqlens_k,
             max_seqlen_q=max(item.num_tokens for item in batch),
-            max_seqlen_k=max(context_lens),
-            context_lens=self._tensor(context_lens, torch.int32),
-            max_context_len=max(context_lens),
-            block_tables=block_tables,
+            max_seqlen_k=max_context_len,
+            context_lens=lens,
+            max_context_len=max_context_len,
+            block_tables=table.view(rows, width) if width else None,
             decode_only=decode_only,
         )
-        return ModelInputs(
-            self._tensor(input_ids, torch.int64),
-            self._tensor(positions, torch.int64),
-            context,
-            self._tensor(sample_indices, torch.int64),
-        )
+        return ModelInputs(ids, pos, context, sample)
 
     def sampling_tensors(self, seqs: list[Sequence]) -> SamplingTensors:
         """Per-row sampling settings; gives each seeded request its generator on first use."""
@@ -174,10 +214,41 @@ class ModelRunner:
         return result
 
     def _tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
-        host = torch.tensor(values, dtype=dtype, device="cpu")
         if self.device.type == "cpu":
-            return host
-        return host.pin_memory().to(self.device, non_blocking=True)
+            return torch.tensor(values, dtype=dtype)
+        host = torch.tensor(values, dtype=dtype, pin_memory=True)
+        return host.to(self.device, non_blocking=True)
+
+    def _tensors(
+        self, values: array.array, sizes: list[int], dtype: torch.dtype
+    ) -> tuple[torch.Tensor, ...]:
+        """``values`` (an array of ``dtype``'s item type) on the device in one transfer, split
+        into views of ``sizes`` elements."""
+        host = torch.frombuffer(values, dtype=dtype) if len(values) else torch.empty(0, dtype=dtype)
+        if self.device.type != "cpu":
+            host = host.pin_memory().to(self.device, non_blocking=True)
+        return host.split(sizes)
+
+    # -- CUDA graphs ---------------------------------------------------------------------
+
+    def _capture_graphs(self) -> DecodeGraphs | None:
+        """Decode graphs over every bucket up to ``max_num_seqs``; None with ``enforce_eager``
+        or off CUDA."""
+        config = self.config
+        if config.enforce_eager or self.device.type != "cuda":
+            return None
+        sizes = capture_sizes(config.max_num_seqs)
+        max_blocks = -(-config.max_model_len // self.block_size)
+        graphs = DecodeGraphs(self._run_model, sizes, max_blocks, config.max_model_len, self.device)
+        start, used = time.perf_counter(), torch.cuda.memory_allocated(self.device)
+        graphs.capture()
+        logger.info(
+            "CUDA graphs: decode batch sizes %s captured in %.1f s (%.2f GiB)",
+            sizes,
+            time.perf_counter() - start,
+            (torch.cuda.memory_allocated(self.device) - used) / 2**30,
+        )
+        return graphs
 
     # -- KV cache sizing -----------------------------------------------------------------
 

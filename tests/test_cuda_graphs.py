@@ -1,0 +1,241 @@
+"""CUDA graphs for decode: buckets, padding, eager fallback (CPU); graphs against eager (GPU)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from gradlib.problem import GemmProblem
+from runtime import LLM, SamplingParams, attention
+from runtime.cuda_graphs import DecodeGraphs, _report, bucket_for, capture_sizes
+from shape_capture.recorder import ShapeRecorder, recording
+
+GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+
+# 2 layers, head size 128, GQA 2: the custom paged decode kernel's envelope (in bf16)
+HEAD128_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 128,
+    "vocab_size": 512,
+    "max_position_embeddings": 1024,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+
+@pytest.mark.parametrize(
+    "max_num_seqs, sizes",
+    [
+        (1, [1]),
+        (3, [1, 2, 4]),
+        (8, [1, 2, 4, 8]),
+        (20, [1, 2, 4, 8, 16, 24]),
+        (64, [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64]),
+        (100, [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112]),
+    ],
+)
+def test_capture_sizes(max_num_seqs, sizes):
+    assert capture_sizes(max_num_seqs) == sizes
+
+
+def test_capture_sizes_up_to_256_and_refuses_zero():
+    sizes = capture_sizes(256)
+    assert sizes[:4] == [1, 2, 4, 8] and sizes[-1] == 256
+    steps = [b - a for a, b in itertools.pairwise(sizes[3:])]
+    assert steps == [8] * 7 + [16] * 12
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        capture_sizes(0)
+
+
+def test_bucket_for_picks_the_smallest_that_holds():
+    sizes = [1, 2, 4, 8]
+    assert [bucket_for(sizes, n) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, None]
+
+
+def test_replayed_problems_report_as_the_forward_did():
+    problems = [GemmProblem.for_linear(128, 4, 64), GemmProblem.for_linear(64, 4, 128)]
+    original = ShapeRecorder()
+    for i in range(3):
+        original.record(problems[0], f"model.layers.{i}.self_attn.qkv_proj")
+        original.record(problems[1], f"model.layers.{i}.mlp.down_proj")
+    original.record(problems[1], "model.layers.0.self_attn.o_proj")
+    again = ShapeRecorder()
+    _report(again, original.rows())
+    assert again.rows() == original.rows()
+
+
+def _cpu_llm(**kwargs) -> LLM:
+    return LLM(
+        "tiny-llama",
+        load_format="dummy",
+        dtype="float32",
+        max_model_len=64,
+        max_num_seqs=8,
+        **kwargs,
+    )
+
+
+def _prompts(count: int, length: int = 5, offset: int = 0) -> list[dict]:
+    return [
+        {"prompt_token_ids": [(7 * i + 3 * j + offset) % 500 + 3 for j in range(length + i)]}
+        for i in range(count)
+    ]
+
+
+def _decode_batch(llm: LLM, count: int):
+    """The scheduled decode batch of ``count`` sequences after their prefill step."""
+    engine = llm.llm_engine
+    for prompt in _prompts(count):
+        engine.add_request(prompt["prompt_token_ids"], GREEDY)
+    engine.step()
+    batch = engine.scheduler.schedule()
+    assert [item.num_tokens for item in batch] == [1] * count
+    return batch
+
+
+@pytest.mark.parametrize("enforce_eager", [False, True])
+def test_cpu_runs_eagerly_without_padding(enforce_eager):
+    llm = _cpu_llm(enforce_eager=enforce_eager)
+    runner = llm.llm_engine.model_runner
+    assert runner.graphs is None
+    inputs = runner.prepare(_decode_batch(llm, 3))
+    assert inputs.input_ids.shape == (3,) and inputs.context.block_tables.shape[0] == 3
+
+
+def test_decode_batch_is_padded_to_its_bucket_with_harmless_rows():
+    llm = _cpu_llm()
+    runner = llm.llm_engine.model_runner
+    batch = _decode_batch(llm, 3)
+    eager = runner.prepare(batch)
+    hidden_eager = runner.forward(eager).clone()
+
+    # the buckets of a GPU runner, not captured: prepare pads, forward runs eagerly
+    runner.graphs = DecodeGraphs(runner._run_model, [1, 2, 4, 8], 4, 64, runner.device)
+    padded = runner.prepare(batch)
+    ctx = padded.context
+    assert padded.input_ids.tolist() == eager.input_ids.tolist() + [0]
+    assert padded.positions.tolist() == eager.positions.tolist() + [0]
+    assert ctx.slot_mapping.tolist() == eager.context.slot_mapping.tolist() + [-1]
+    assert ctx.context_lens.tolist() == eager.context.context_lens.tolist() + [0]
+    assert ctx.block_tables.shape == (4, eager.context.block_tables.shape[1])
+    assert ctx.block_tables[:3].tolist() == eager.context.block_tables.tolist()
+    assert set(ctx.block_tables[3].tolist()) == {-1}
+    assert ctx.cu_seqlens_q.tolist() == [0, 1, 2, 3, 4]
+    assert ctx.cu_seqlens_k.tolist() == eager.context.cu_seqlens_k.tolist() + [
+        eager.context.cu_seqlens_k[-1].item()
+    ]
+    assert padded.sample_indices.tolist() == [0, 1, 2]
+    assert ctx.decode_only and ctx.max_context_len == eager.context.max_context_len
+
+    cache_before = runner.kv_cache.clone()
+    hidden_padded = runner.forward(padded)
+    assert hidden_padded.shape[0] == 4
+    torch.testing.assert_close(hidden_padded[:3], hidden_eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(runner.kv_cache, cache_before, rtol=1e-5, atol=1e-5)
+
+
+def test_padded_generation_gives_the_eager_tokens():
+    llm = _cpu_llm()
+    prompts = _prompts(3)
+    eager = [out.outputs[0].token_ids for out in llm.generate(prompts, GREEDY, use_tqdm=False)]
+    runner = llm.llm_engine.model_runner
+    runner.graphs = DecodeGraphs(runner._run_model, [1, 2, 4, 8], 4, 64, runner.device)
+    padded = [out.outputs[0].token_ids for out in llm.generate(prompts, GREEDY, use_tqdm=False)]
+    assert padded == eager
+
+
+# -- GPU -------------------------------------------------------------------------------------
+
+
+def _gpu_llm(model: str, enforce_eager: bool, **kwargs) -> LLM:
+    return LLM(
+        model,
+        load_format="dummy",
+        dtype="bfloat16",
+        max_model_len=256,  # one decode partition, as in eager runs of these short prompts
+        max_num_seqs=8,
+        kv_cache_memory_bytes=64 << 20,
+        enforce_eager=enforce_eager,
+        **kwargs,
+    )
+
+
+@pytest.fixture(params=["tiny-llama", "head128"])
+def gpu_model(request, tmp_path) -> tuple[str, str]:
+    """(model, the decode kernel it runs): tiny-llama (head 16: PagedAttention v2) and a
+    2-layer model with head size 128 (the custom paged kernel)."""
+    if request.param == "tiny-llama":
+        return "tiny-llama", "paged_v2"
+    (tmp_path / "config.json").write_text(json.dumps(HEAD128_CONFIG))
+    return str(tmp_path), "paged_custom"
+
+
+def _tokens(llm: LLM, prompts: list[dict]) -> list[list[int]]:
+    return [out.outputs[0].token_ids for out in llm.generate(prompts, GREEDY, use_tqdm=False)]
+
+
+@pytest.mark.gpu
+def test_graphs_give_the_eager_greedy_tokens(gpu_model):
+    model, kernel = gpu_model
+    graphs = _gpu_llm(model, enforce_eager=False)
+    eager = _gpu_llm(model, enforce_eager=True)
+    assert graphs.llm_engine.model_runner.graphs.sizes == [1, 2, 4, 8]
+    assert eager.llm_engine.model_runner.graphs is None
+    for count in (1, 4):  # bucket sizes: the very same GEMM shapes eagerly
+        prompts = _prompts(count, offset=count)
+        before = Counter(attention.KERNEL_COUNTS)
+        assert _tokens(graphs, prompts) == _tokens(eager, prompts)
+        ran = Counter(attention.KERNEL_COUNTS) - before
+        assert ran[kernel] == 2 * 2 * 7  # 2 layers, 7 decode steps, graphs and eager alike
+
+    # batch 3 in bucket 4: the same as an eager run padded the same way
+    runner = eager.llm_engine.model_runner
+    runner.graphs = DecodeGraphs(runner._run_model, [1, 2, 4, 8], 16, 256, runner.device)
+    prompts = _prompts(3, offset=3)
+    assert _tokens(graphs, prompts) == _tokens(eager, prompts)
+
+
+@pytest.mark.gpu
+def test_padded_replay_matches_the_unpadded_eager_step(gpu_model):
+    model, _ = gpu_model
+    llm = _gpu_llm(model, enforce_eager=False)
+    runner = llm.llm_engine.model_runner
+    batch = _decode_batch(llm, 3)
+    with torch.inference_mode():
+        padded = runner.prepare(batch)
+        assert padded.input_ids.shape == (4,)
+        replayed = runner.forward(padded)[:3].float().clone()
+        graphs, runner.graphs = runner.graphs, None
+        eager = runner.forward(runner.prepare(batch)).float()
+        runner.graphs = graphs
+    torch.testing.assert_close(replayed, eager, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.gpu
+def test_shape_capture_sees_the_bucket_sizes_as_decode_n():
+    with recording() as recorder:
+        llm = _gpu_llm("tiny-llama", enforce_eager=False, max_num_seqs=4, max_num_batched_tokens=64)
+        params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+        llm.generate([{"prompt_token_ids": [5 + i] * 5} for i in range(3)], params, use_tqdm=False)
+    qkv = {
+        row.problem.N: row.count
+        for row in recorder.rows()
+        if "model.layers.*.self_attn.qkv_proj" in row.layers
+    }
+    # profiling run (64 tokens), prefill (3 x 5), captures of buckets 1, 2, 4; decode padded to 4
+    assert set(qkv) == {64, 15, 1, 2, 4}
+    assert qkv[4] == 2 * (1 + 2)  # 2 layers: the capture, then 2 replayed decode steps
