@@ -1,5 +1,6 @@
-"""``solidx bench latency``: one batch through the engine, decode tokens/s and weight bandwidth,
-optionally beside Hugging Face transformers ``generate``."""
+"""``solidx bench latency``: one batch through the engine (CUDA graphs unless --enforce-eager),
+decode tokens/s, weight bandwidth and its share of the copy-bandwidth bound, optionally beside
+Hugging Face transformers ``generate``."""
 
 from __future__ import annotations
 
@@ -7,9 +8,21 @@ import json
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from cli.engine_options import config_kwargs, engine_options
 from shape_capture.presets import PRESETS
+
+
+def given_config_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    """The ``Config`` keywords the user gave on the command line, so that the benchmark's own
+    sizing (``max_num_seqs``, ``max_model_len`` from the workload) applies to the rest."""
+    ctx = click.get_current_context()
+    return {
+        name: value
+        for name, value in config_kwargs(options).items()
+        if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+    }
 
 
 @click.command("latency")
@@ -43,8 +56,8 @@ def latency(
     """Time one batch of random prompts (greedy, EOS ignored); presets use dummy weights."""
     from runtime.bench_latency import bench_latency
 
-    kwargs = config_kwargs(options)
-    enforce_eager, seed = kwargs.pop("enforce_eager"), kwargs.pop("seed")
+    kwargs = given_config_kwargs(options)
+    enforce_eager, seed = kwargs.pop("enforce_eager", False), kwargs.pop("seed", 0)
     try:
         result = bench_latency(
             model,

@@ -1,8 +1,11 @@
-"""Latency benchmark: one batch of random prompts through the engine, greedy, EOS ignored, and
-optionally Hugging Face transformers ``generate`` on the same architecture in the same run.
+"""Latency benchmark: one batch of random prompts through the engine (CUDA graphs unless
+``enforce_eager``), greedy, EOS ignored, and optionally Hugging Face transformers ``generate`` on
+the same architecture in the same run.
 
 Decode speed is reported as gpt-fast does: decode steps per second and the weight bandwidth they
-imply (bytes of the weights one step reads × steps per second).
+imply (bytes of the weights one step reads × steps per second). The device's copy bandwidth,
+measured in the same run, bounds that: ``copy GB/s / weight bytes`` steps per second at most, and
+the result says what share of the bound the engine reached.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 import torch
 
 from runtime import attention
+from runtime.attention.bench import copy_bandwidth_gbps
 from runtime.sampling_params import SamplingParams
 from runtime.workload import engine_for, random_prompts
 from shape_capture.presets import PRESETS, load_model_config
@@ -26,7 +30,9 @@ class LatencyResult:
     """Times in seconds. ``tokens_per_s``: generated tokens of the whole batch over the whole run;
     ``decode_steps_per_s``: steps after the first token, per second (tokens/s per sequence);
     ``weight_gb_per_s``: ``weight_bytes`` × decode steps/s (``weight_bytes`` is what a decode step
-    reads: every parameter but the embedding table)."""
+    reads: every parameter but the embedding table); ``copy_gb_per_s``: device-to-device copy
+    bandwidth (read + write) measured in the same run; ``bound_steps_per_s``: the decode steps/s
+    that reading the weights at copy bandwidth allows."""
 
     model: str
     device: str
@@ -34,12 +40,15 @@ class LatencyResult:
     batch_size: int
     input_len: int
     output_len: int
+    cuda_graphs: bool
     time_to_first_token_s: float
     total_s: float
     tokens_per_s: float
     decode_steps_per_s: float
     weight_bytes: int
     weight_gb_per_s: float
+    copy_gb_per_s: float
+    bound_steps_per_s: float
     attention_kernels: dict[str, int]
     hf_total_s: float | None = None
     hf_tokens_per_s: float | None = None
@@ -48,16 +57,35 @@ class LatencyResult:
     def speedup_vs_hf(self) -> float | None:
         return None if self.hf_tokens_per_s is None else self.tokens_per_s / self.hf_tokens_per_s
 
+    @property
+    def percent_of_bound(self) -> float:
+        return 100 * self.decode_steps_per_s / self.bound_steps_per_s
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "speedup_vs_hf": self.speedup_vs_hf}
+        return {
+            **asdict(self),
+            "percent_of_bound": self.percent_of_bound,
+            "speedup_vs_hf": self.speedup_vs_hf,
+        }
 
     def summary(self) -> str:
         lines = [
-            f"{self.model} {self.dtype} on {self.device}: batch {self.batch_size}, "
-            f"{self.input_len} in / {self.output_len} out",
-            f"  solidx: {self.tokens_per_s:.1f} tokens/s, decode {self.decode_steps_per_s:.1f} "
-            f"steps/s = {self.weight_gb_per_s:.1f} GB/s of weights, "
-            f"TTFT {1e3 * self.time_to_first_token_s:.1f} ms, total {self.total_s:.2f} s",
+            (
+                f"{self.model} {self.dtype} on {self.device}: batch {self.batch_size}, "
+                f"{self.input_len} in / {self.output_len} out, "
+                f"CUDA graphs {'on' if self.cuda_graphs else 'off'}"
+            ),
+            (
+                f"  solidx: {self.tokens_per_s:.1f} tokens/s, "
+                f"decode {self.decode_steps_per_s:.1f} steps/s = "
+                f"{self.weight_gb_per_s:.1f} GB/s of weights, "
+                f"TTFT {1e3 * self.time_to_first_token_s:.1f} ms, total {self.total_s:.2f} s"
+            ),
+            (
+                f"  weight-bandwidth bound: copy {self.copy_gb_per_s:.0f} GB/s / "
+                f"{self.weight_bytes / 1e9:.2f} GB of weights = "
+                f"{self.bound_steps_per_s:.1f} steps/s; reached {self.percent_of_bound:.1f}%"
+            ),
             f"  attention kernels: {dict(self.attention_kernels)}",
         ]
         if self.hf_tokens_per_s is not None:
@@ -73,7 +101,7 @@ def bench_latency(
     input_len: int = 128,
     output_len: int = 256,
     batch_size: int = 1,
-    enforce_eager: bool = True,
+    enforce_eager: bool = False,
     compare_hf: bool = False,
     seed: int = 0,
     **engine_kwargs: Any,
@@ -97,10 +125,10 @@ def bench_latency(
         requests, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False
     )
     kernels_before = Counter(attention.KERNEL_COUNTS)
-    _sync(runner.device)
+    synchronize(runner.device)
     start = time.perf_counter()
     outputs = llm.generate(requests, params, use_tqdm=False)
-    _sync(runner.device)
+    synchronize(runner.device)
     total = time.perf_counter() - start
     first = max(out.metrics.first_token_time for out in outputs) - start
     decode = max(out.metrics.finished_time for out in outputs) - first - start
@@ -110,19 +138,23 @@ def bench_latency(
         for name, p in runner.model.named_parameters()
         if "embed_tokens" not in name or runner.model.args.tie_word_embeddings
     )
+    copy_gbps = copy_bandwidth_gbps(runner.device)
     result = LatencyResult(
         model=model,
-        device=_device_name(runner.device),
+        device=device_name(runner.device),
         dtype=str(llm.llm_engine.config.torch_dtype).removeprefix("torch."),
         batch_size=batch_size,
         input_len=input_len,
         output_len=output_len,
+        cuda_graphs=runner.graphs is not None,
         time_to_first_token_s=first,
         total_s=total,
         tokens_per_s=batch_size * output_len / total,
         decode_steps_per_s=steps_per_s,
         weight_bytes=weight_bytes,
         weight_gb_per_s=weight_bytes * steps_per_s / 1e9,
+        copy_gb_per_s=copy_gbps,
+        bound_steps_per_s=copy_gbps * 1e9 / weight_bytes,
         attention_kernels=dict(Counter(attention.KERNEL_COUNTS) - kernels_before),
     )
     if compare_hf:
@@ -131,18 +163,17 @@ def bench_latency(
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        prompts = torch.tensor([r["prompt_token_ids"] for r in requests])
-        hf_total = hf_generate_seconds(model, prompts, output_len, device, config.torch_dtype)
+        prompts = torch.tensor([r["prompt_token_ids"] for r in requests], device=device)
+        hf = load_hf_model(model, device, config.torch_dtype)
+        hf_total = hf_generate_seconds(hf, prompts, torch.ones_like(prompts), output_len)
         result.hf_total_s = hf_total
         result.hf_tokens_per_s = batch_size * output_len / hf_total
     return result
 
 
-def hf_generate_seconds(
-    model: str, prompts: torch.Tensor, output_len: int, device: torch.device, dtype: torch.dtype
-) -> float:
-    """Seconds Hugging Face ``generate`` takes for ``prompts`` [B, L] → ``output_len`` greedy
-    tokens each (EOS ignored), after a warm-up; random weights for presets."""
+def load_hf_model(model: str, device: torch.device, dtype: torch.dtype) -> Any:
+    """The Hugging Face transformers model of ``model`` on ``device`` in ``dtype``, in eval mode;
+    random weights for a preset."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if model in PRESETS:
@@ -152,34 +183,41 @@ def hf_generate_seconds(
             hf = AutoModelForCausalLM.from_config(hf_config, torch_dtype=dtype)
     else:
         hf = AutoModelForCausalLM.from_pretrained(model, torch_dtype=dtype).to(device)
-    hf = hf.to(dtype).eval()  # torch_dtype: the keyword transformers 4 and 5 both accept
-    input_ids = prompts.to(device)
-    kwargs = dict(
-        attention_mask=torch.ones_like(input_ids),
-        do_sample=False,
-        eos_token_id=None,
-        pad_token_id=0,
-    )
+    return hf.to(dtype).eval()  # torch_dtype: the keyword transformers 4 and 5 both accept
+
+
+def hf_generate_seconds(
+    hf: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_len: int
+) -> float:
+    """Seconds Hugging Face ``generate`` takes for ``input_ids`` [B, L] (left-padded where
+    ``attention_mask`` is 0) → ``output_len`` greedy tokens each (EOS ignored), after a warm-up."""
+    kwargs = {
+        "attention_mask": attention_mask,
+        "do_sample": False,
+        "eos_token_id": None,
+        "pad_token_id": 0,
+    }
+    device = input_ids.device
     with torch.inference_mode():
         hf.generate(input_ids, max_new_tokens=4, min_new_tokens=4, **kwargs)
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         out = hf.generate(input_ids, max_new_tokens=output_len, min_new_tokens=output_len, **kwargs)
-        _sync(device)
+        synchronize(device)
         seconds = time.perf_counter() - start
-    if out.shape[1] != prompts.shape[1] + output_len:
+    if out.shape[1] != input_ids.shape[1] + output_len:
         raise RuntimeError(
-            f"transformers generated {out.shape[1] - prompts.shape[1]} tokens, not {output_len}"
+            f"transformers generated {out.shape[1] - input_ids.shape[1]} tokens, not {output_len}"
         )
     return seconds
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return "cpu"
