@@ -17,8 +17,9 @@ from gradlib.dtypes import parse_dtype
 from shape_capture.presets import PRESETS, load_model_config
 
 LOAD_FORMATS = ("auto", "dummy")
-KV_CACHE_DTYPES = ("auto",)
-QUANTIZATION_METHODS: tuple[str | None, ...] = (None,)
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
+QUANTIZATION_METHODS: tuple[str | None, ...] = (None, "fp8")
+CHECKPOINT_QUANT_METHODS = ("quark", "fp8")  # config.json quant_method that loads as fp8
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 CPU_KV_CACHE_BYTES = 4 << 30  # vLLM's CPU default (VLLM_CPU_KVCACHE_SPACE=4)
 
@@ -41,9 +42,13 @@ class Config:
     dtype: str = _opt("auto", "Model dtype: auto (the checkpoint's), float32, float16, bfloat16.")
     seed: int = _opt(0, "Seed of dummy weights and of sampling without a per-request seed.")
     tensor_parallel_size: int = _opt(1, "Ranks sharing each layer (run under torchrun).")
-    quantization: str | None = _opt(None, "Quantization method of the linear layers.")
-    quantization_param_path: str | None = _opt(None, "Quantized weights file, in the model folder.")
-    kv_cache_dtype: str = _opt("auto", "KV cache dtype: auto (the model dtype).")
+    quantization: str | None = _opt(
+        None, "fp8, or none [default: the checkpoint's quantization_config]."
+    )
+    quantization_param_path: str | None = _opt(
+        None, "fp8 weights and scales file (Quark or AMMO), relative to the model folder."
+    )
+    kv_cache_dtype: str = _opt("auto", "KV cache dtype: auto (the model dtype) or fp8 (e4m3).")
     max_model_len: int | None = _opt(
         None, "Longest sequence, prompt + output [default: the model's]."
     )
@@ -62,7 +67,11 @@ class Config:
         "auto", "auto (the folder's safetensors) or dummy (seeded random weights)."
     )
     enable_prefix_caching: bool = _opt(False, "Reuse the KV blocks of a common prompt prefix.")
-    tuned_gemm: str | None = _opt(None, "Tuned GEMM file (tuned_fp8.csv) for the fp8 layers.")
+    tuned_gemm: str | None = _opt(
+        None,
+        "Tuned GEMM file for the fp8 layers [default: $SOLIDX_TUNED_GEMM, else "
+        "/tmp/tuned_fp8_16.csv if it exists].",
+    )
     device: str = _opt("auto", "auto (cuda when available), cuda, cuda:N or cpu.")
 
     hf_config: dict[str, Any] = field(init=False, repr=False, compare=False)
@@ -75,6 +84,7 @@ class Config:
         derived["torch_device"] = _resolve_device(self.device)
         derived["torch_dtype"] = _resolve_dtype(self.dtype, hf_config)
         derived["max_model_len"] = _resolve_max_model_len(self.max_model_len, hf_config)
+        derived["quantization"] = _resolve_quantization(self.quantization, hf_config)
         batched = self.max_num_batched_tokens or max(
             DEFAULT_MAX_NUM_BATCHED_TOKENS, self.max_num_seqs
         )
@@ -86,6 +96,11 @@ class Config:
     @property
     def is_preset(self) -> bool:
         return self.model in PRESETS
+
+    @property
+    def kv_cache_torch_dtype(self) -> torch.dtype:
+        """The KV cache's element type: the model dtype, or e4m3 for ``kv_cache_dtype="fp8"``."""
+        return self.torch_dtype if self.kv_cache_dtype == "auto" else torch.float8_e4m3fn
 
     def _validate(self) -> None:
         _choice("load_format", self.load_format, LOAD_FORMATS)
@@ -108,6 +123,8 @@ class Config:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
             )
+        if self.quantization_param_path and self.quantization != "fp8":
+            raise ValueError("quantization_param_path holds fp8 weights: pass quantization='fp8'")
         if self.is_preset and self.load_format != "dummy":
             raise ValueError(
                 f"preset {self.model!r} has no weights: pass load_format='dummy' "
@@ -151,6 +168,19 @@ def _resolve_dtype(dtype: str, hf_config: dict[str, Any]) -> torch.dtype:
     if resolved not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype {dtype!r} is not a model dtype (use float32, float16 or bfloat16)")
     return resolved
+
+
+def _resolve_quantization(requested: str | None, hf_config: dict[str, Any]) -> str | None:
+    """The requested method, else the checkpoint's (``quantization_config.quant_method``)."""
+    method = (hf_config.get("quantization_config") or {}).get("quant_method")
+    if method is None or requested is not None:
+        return requested
+    if method not in CHECKPOINT_QUANT_METHODS:
+        raise ValueError(
+            f"the checkpoint is quantized with quant_method={method!r}, which is not supported "
+            f"(supported: {', '.join(CHECKPOINT_QUANT_METHODS)}, loaded as quantization='fp8')"
+        )
+    return "fp8"
 
 
 def _sliding_window(hf_config: dict[str, Any]) -> int | None:
