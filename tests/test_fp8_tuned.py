@@ -136,3 +136,22 @@ def test_tune_fp8_records_exactly_the_fp8_problems(base: Path, tmp_path: Path) -
         for r in read_shapes(shapes)
     }
     assert got == expected
+
+
+def test_benchmarks_report_tuned_hits_and_misses(tmp_path: Path) -> None:
+    from runtime.bench_latency import bench_latency
+    from runtime.bench_throughput import bench_throughput
+
+    path = tmp_path / "tuned.csv"  # tiny-llama's o_proj at N=1 (decode) runs a "tuned" default
+    write_tuned(path, [row(decode_problem(64, 64), "default:")])
+    assert bench_latency("tiny-llama", input_len=4, output_len=3, dtype="float32").tuned_gemm is None
+    latency = bench_latency("tiny-llama", input_len=4, output_len=3, dtype="float32",
+                            quantization="fp8", tuned_gemm=str(path))
+    assert latency.tuned_gemm["tuned_file"].startswith(f"{path}: 1 rows loaded, 0 skipped")
+    assert latency.tuned_gemm["problems_tuned"] == 0  # a default row is no tuned solution
+    assert latency.tuned_gemm["problems_default"] > 0
+    assert "tuned GEMMs (" in latency.summary() and "(misses)" in latency.summary()
+    throughput = bench_throughput("tiny-llama", num_prompts=2, input_len=4, output_len=3,
+                                  ignore_eos=True, dtype="float32", quantization="fp8")
+    assert throughput.tuned_gemm["tuned_file"] == "no tuned file"
+    assert "tuned GEMMs (no tuned file)" in throughput.summary()
