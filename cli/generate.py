@@ -72,8 +72,10 @@ def generate(
     **options: Any,
 ) -> None:
     """Generate text for each prompt with MODEL and print it, then the throughput and the time to
-    first token. Without prompts, a few examples run."""
+    first token. Without prompts, a few examples run. With --tensor-parallel-size N, run it under
+    torchrun --nproc-per-node=N (rank 0 prints), or add --worker-use-ray."""
     from runtime import LLM, SamplingParams
+    from runtime.distributed import get_tp_rank
 
     inputs: list[Any] = list(prompts) + (read_prompts(prompts_file) if prompts_file else [])
     inputs = inputs or list(EXAMPLE_PROMPTS)
@@ -92,6 +94,8 @@ def generate(
     start = time.perf_counter()
     outputs = llm.generate(inputs, params)
     elapsed = time.perf_counter() - start
+    if get_tp_rank() != 0:  # under torchrun every rank has the outputs; rank 0 prints them
+        return
     for out in outputs:
         prompt = (
             out.prompt if out.prompt is not None else f"<{len(out.prompt_token_ids)} token ids>"

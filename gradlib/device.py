@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 
 
-class DeviceIdentity(NamedTuple):
+@dataclass(frozen=True)
+class DeviceIdentity:
     """``name`` as ``torch.cuda.get_device_name`` gives it (``'cpu'`` on the CPU) and ``sm_count``
     (multiprocessors; logical cores on the CPU)."""
 

@@ -11,15 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from gradlib.dtypes import parse_dtype
+from runtime.distributed import launch_world_size, local_rank, torchrun_command
 from shape_capture.presets import PRESETS, load_model_config
 
 LOAD_FORMATS = ("auto", "dummy")
-KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
-QUANTIZATION_METHODS: tuple[str | None, ...] = (None, "fp8")
-CHECKPOINT_QUANT_METHODS = ("quark", "fp8")  # config.json quant_method that loads as fp8
+KV_CACHE_DTYPES = ("auto",)
+QUANTIZATION_METHODS: tuple[str | None, ...] = (None,)
+EXECUTOR_BACKENDS: tuple[str | None, ...] = (None, "torchrun", "ray")
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 CPU_KV_CACHE_BYTES = 4 << 30  # vLLM's CPU default (VLLM_CPU_KVCACHE_SPACE=4)
 
@@ -42,13 +42,13 @@ class Config:
     dtype: str = _opt("auto", "Model dtype: auto (the checkpoint's), float32, float16, bfloat16.")
     seed: int = _opt(0, "Seed of dummy weights and of sampling without a per-request seed.")
     tensor_parallel_size: int = _opt(1, "Ranks sharing each layer (run under torchrun).")
-    quantization: str | None = _opt(
-        None, "fp8, or none [default: the checkpoint's quantization_config]."
+    distributed_executor_backend: str | None = _opt(
+        None, "How the ranks start: torchrun (the default: run under torchrun) or ray."
     )
-    quantization_param_path: str | None = _opt(
-        None, "fp8 weights and scales file (Quark or AMMO), relative to the model folder."
-    )
-    kv_cache_dtype: str = _opt("auto", "KV cache dtype: auto (the model dtype) or fp8 (e4m3).")
+    worker_use_ray: bool = _opt(False, "Start the ranks as Ray actors (backend ray).")
+    quantization: str | None = _opt(None, "Quantization method of the linear layers.")
+    quantization_param_path: str | None = _opt(None, "Quantized weights file, in the model folder.")
+    kv_cache_dtype: str = _opt("auto", "KV cache dtype: auto (the model dtype).")
     max_model_len: int | None = _opt(
         None, "Longest sequence, prompt + output [default: the model's]."
     )
@@ -67,11 +67,7 @@ class Config:
         "auto", "auto (the folder's safetensors) or dummy (seeded random weights)."
     )
     enable_prefix_caching: bool = _opt(False, "Reuse the KV blocks of a common prompt prefix.")
-    tuned_gemm: str | None = _opt(
-        None,
-        "Tuned GEMM file for the fp8 layers [default: $SOLIDX_TUNED_GEMM, else "
-        "/tmp/tuned_fp8_16.csv if it exists].",
-    )
+    tuned_gemm: str | None = _opt(None, "Tuned GEMM file (tuned_fp8.csv) for the fp8 layers.")
     device: str = _opt("auto", "auto (cuda when available), cuda, cuda:N or cpu.")
 
     hf_config: dict[str, Any] = field(init=False, repr=False, compare=False)
@@ -84,7 +80,9 @@ class Config:
         derived["torch_device"] = _resolve_device(self.device)
         derived["torch_dtype"] = _resolve_dtype(self.dtype, hf_config)
         derived["max_model_len"] = _resolve_max_model_len(self.max_model_len, hf_config)
-        derived["quantization"] = _resolve_quantization(self.quantization, hf_config)
+        derived["distributed_executor_backend"] = _resolve_backend(
+            self.distributed_executor_backend, self.worker_use_ray
+        )
         batched = self.max_num_batched_tokens or max(
             DEFAULT_MAX_NUM_BATCHED_TOKENS, self.max_num_seqs
         )
@@ -97,15 +95,13 @@ class Config:
     def is_preset(self) -> bool:
         return self.model in PRESETS
 
-    @property
-    def kv_cache_torch_dtype(self) -> torch.dtype:
-        """The KV cache's element type: the model dtype, or e4m3 for ``kv_cache_dtype="fp8"``."""
-        return self.torch_dtype if self.kv_cache_dtype == "auto" else torch.float8_e4m3fn
-
     def _validate(self) -> None:
         _choice("load_format", self.load_format, LOAD_FORMATS)
         _choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPES)
         _choice("quantization", self.quantization, QUANTIZATION_METHODS)
+        _choice(
+            "distributed_executor_backend", self.distributed_executor_backend, EXECUTOR_BACKENDS
+        )
         for name in (
             "max_num_seqs",
             "max_num_batched_tokens",
@@ -123,21 +119,19 @@ class Config:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
             )
-        if self.quantization_param_path and self.quantization != "fp8":
-            raise ValueError("quantization_param_path holds fp8 weights: pass quantization='fp8'")
         if self.is_preset and self.load_format != "dummy":
             raise ValueError(
                 f"preset {self.model!r} has no weights: pass load_format='dummy' "
                 "(--load-format dummy) or a checkpoint folder"
             )
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        if self.tensor_parallel_size != world:
+        world = launch_world_size()
+        if self.distributed_executor_backend != "ray" and world != self.tensor_parallel_size:
             raise ValueError(
-                f"tensor_parallel_size={self.tensor_parallel_size} but this process group has "
-                f"{world} "
-                f"rank(s); run one process per rank: torchrun --standalone --nnodes=1 "
-                f"--nproc-per-node={self.tensor_parallel_size} $(which solidx) generate --model "
-                f"{self.model} --tensor-parallel-size {self.tensor_parallel_size} ..."
+                f"tensor_parallel_size={self.tensor_parallel_size} but this launch has {world} "
+                f"rank(s); run one process per rank: "
+                f"{torchrun_command(self.tensor_parallel_size, self.model)} ... (your own script: "
+                f"torchrun --nproc-per-node={self.tensor_parallel_size} script.py), or start the "
+                "ranks as Ray actors with distributed_executor_backend='ray' (--worker-use-ray)"
             )
 
 
@@ -149,8 +143,11 @@ def _choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
 
 
 def _resolve_device(device: str) -> torch.device:
+    """``auto``: this rank's GPU (cuda:LOCAL_RANK) when CUDA is available, else the CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return (
+            torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+        )
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available")
@@ -170,17 +167,13 @@ def _resolve_dtype(dtype: str, hf_config: dict[str, Any]) -> torch.dtype:
     return resolved
 
 
-def _resolve_quantization(requested: str | None, hf_config: dict[str, Any]) -> str | None:
-    """The requested method, else the checkpoint's (``quantization_config.quant_method``)."""
-    method = (hf_config.get("quantization_config") or {}).get("quant_method")
-    if method is None or requested is not None:
-        return requested
-    if method not in CHECKPOINT_QUANT_METHODS:
-        raise ValueError(
-            f"the checkpoint is quantized with quant_method={method!r}, which is not supported "
-            f"(supported: {', '.join(CHECKPOINT_QUANT_METHODS)}, loaded as quantization='fp8')"
-        )
-    return "fp8"
+def _resolve_backend(backend: str | None, worker_use_ray: bool) -> str | None:
+    """``worker_use_ray`` is ``distributed_executor_backend="ray"`` (vLLM's older flag)."""
+    if not worker_use_ray:
+        return backend
+    if backend not in (None, "ray"):
+        raise ValueError(f"worker_use_ray contradicts distributed_executor_backend={backend!r}")
+    return "ray"
 
 
 def _sliding_window(hf_config: dict[str, Any]) -> int | None:

@@ -1,13 +1,46 @@
-"""Tensor-parallel state and collectives.
+"""Tensor-parallel state, start-up, collectives and fault handling.
 
-The tensor-parallel group is the default torch.distributed group when one is initialized
-(torchrun), else a group of one, where every collective returns its input unchanged.
+The tensor-parallel group is the default torch.distributed group when one is initialized, else a
+group of one where every collective returns its input unchanged. Each rank is a process started
+by torchrun (or a Ray actor given the same variables: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT); ``init_distributed`` joins the group over NCCL on CUDA (device cuda:LOCAL_RANK) or
+gloo on CPU. Every rank then runs the same deterministic engine: no rank sends work to another.
+
+Faults end every rank instead of hanging one: the ranks check at start that they were given the
+same settings (``check_same_settings``); collectives time out after ``COLLECTIVE_TIMEOUT``; and a
+watchdog thread per rank heartbeats through the rendezvous store: while a rank is inside a
+section every rank must run (``peers_needed``: a generate call), a peer that stops heartbeating
+or exits ends it within ``PEER_TIMEOUT_S`` with a message naming that peer. (NCCL would wait
+for a dead peer until the timeout.) Outside such sections a peer's exit is only remembered, so
+ranks may finish their own work and exit at their own pace.
 """
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
 import torch
 import torch.distributed as dist
+
+from runtime import envs
+
+if TYPE_CHECKING:
+    from runtime.config import Config
+
+COLLECTIVE_TIMEOUT = timedelta(minutes=5)
+HEARTBEAT_S = 1.0
+PEER_TIMEOUT_S = 10.0
+# Settings that may differ between ranks: each rank names its own device.
+PER_RANK_SETTINGS = ("device", "SOLIDX_LOG_LEVEL")
 
 
 def _initialized() -> bool:
@@ -22,11 +55,45 @@ def get_tp_size() -> int:
     return dist.get_world_size() if _initialized() else 1
 
 
+def launch_world_size() -> int:
+    """Ranks of this launch: the process group's size, else torchrun's ``WORLD_SIZE``, else 1."""
+    if _initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_rank() -> int:
+    """This rank's index on its node (torchrun's ``LOCAL_RANK``): the GPU it uses."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def torchrun_command(tensor_parallel_size: int, model: str) -> str:
+    """The command that runs ``solidx generate`` on ``tensor_parallel_size`` ranks."""
+    return (
+        f"torchrun --standalone --nnodes=1 --nproc-per-node={tensor_parallel_size} "
+        f"$(which solidx) generate --model {model} --tensor-parallel-size {tensor_parallel_size}"
+    )
+
+
+# -- collectives ----------------------------------------------------------------------------
+
+
+def _collective_failed(op: str, exc: Exception) -> RuntimeError:
+    known = f" ({_watchdog.problem})" if _watchdog is not None and _watchdog.problem else ""
+    return RuntimeError(
+        f"tensor-parallel {op} failed on rank {get_tp_rank()}: another rank has probably exited"
+        f"{known}; its own error is in its log. ({exc})"
+    )
+
+
 def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
     """Sum ``x`` over the tensor-parallel ranks (in place where there are several)."""
     if get_tp_size() == 1:
         return x
-    dist.all_reduce(x)
+    try:
+        dist.all_reduce(x)
+    except RuntimeError as exc:
+        raise _collective_failed("all_reduce", exc) from exc
     return x
 
 
@@ -36,8 +103,28 @@ def tp_all_gather(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     if world == 1:
         return x
     parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.contiguous())
+    try:
+        dist.all_gather(parts, x.contiguous())
+    except RuntimeError as exc:
+        raise _collective_failed("all_gather", exc) from exc
     return torch.cat(parts, dim=dim)
+
+
+def tp_min(value: int) -> int:
+    """The smallest ``value`` over the tensor-parallel ranks."""
+    if get_tp_size() == 1:
+        return value
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    try:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    except RuntimeError as exc:
+        raise _collective_failed("all_reduce(MIN)", exc) from exc
+    return int(tensor.item())
 
 
 def divide(total: int, parts: int, what: str) -> int:
@@ -45,3 +132,154 @@ def divide(total: int, parts: int, what: str) -> int:
     if total % parts:
         raise ValueError(f"{what} ({total}) is not divisible by the tensor-parallel size {parts}")
     return total // parts
+
+
+# -- start-up -------------------------------------------------------------------------------
+
+
+def init_distributed(config: Config) -> None:
+    """Join the launch's process group when ``config.tensor_parallel_size`` > 1 (torchrun's
+    variables say where; NCCL on CUDA, gloo on CPU), check that every rank has the same settings
+    and start the watchdog. Nothing to do at size 1 outside a group. Safe to call again."""
+    device = config.torch_device
+    if not _initialized():
+        if config.tensor_parallel_size == 1:
+            return
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", timeout=COLLECTIVE_TIMEOUT, device_id=device)
+        else:
+            dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
+    elif device.type == "cuda":
+        torch.cuda.set_device(device)
+    check_same_settings(settings_of(config))
+    _start_watchdog()
+
+
+def settings_of(config: Config) -> dict[str, str]:
+    """What must be equal on every rank: the config's fields and the environment variables
+    solidx reads (``$NAME``), as text; per-rank ones (``PER_RANK_SETTINGS``) left out."""
+    settings = {
+        f.name: repr(getattr(config, f.name))
+        for f in dataclasses.fields(config)
+        if f.init and f.name not in PER_RANK_SETTINGS
+    }
+    for name in envs.VARIABLES:
+        if name not in PER_RANK_SETTINGS:
+            settings[f"${name}"] = repr(os.environ.get(name))
+    return settings
+
+
+def check_same_settings(settings: dict[str, str]) -> None:
+    """Raise ValueError on every rank, naming each differing setting and its value per rank,
+    unless all ranks passed equal ``settings``."""
+    world = get_tp_size()
+    if world == 1:
+        return
+    gathered: list[dict[str, str] | None] = [None] * world
+    dist.all_gather_object(gathered, settings)
+    names = sorted(set().union(*(s or {} for s in gathered)))
+    differing = []
+    for name in names:
+        values = [(s or {}).get(name, "<unset>") for s in gathered]
+        if len(set(values)) > 1:
+            per_rank = ", ".join(f"rank {r} = {v}" for r, v in enumerate(values))
+            differing.append(f"{name}: {per_rank}")
+    if differing:
+        raise ValueError(
+            "the tensor-parallel ranks were started with different settings (every rank must "
+            "get the same arguments and environment): " + "; ".join(differing)
+        )
+
+
+# -- fault handling -------------------------------------------------------------------------
+
+
+class _Watchdog(threading.Thread):
+    """Heartbeats through the store and watches the peers' heartbeats (see the module doc)."""
+
+    def __init__(self, store: dist.Store, rank: int, world: int) -> None:
+        super().__init__(name="solidx-tp-watchdog", daemon=True)
+        self.store, self.rank = store, rank
+        self.peers = [r for r in range(world) if r != rank]
+        self.problem: str | None = None
+        self.busy = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        now = time.monotonic()
+        seen = {peer: (-1, now) for peer in self.peers}
+        while not self.stopped.wait(HEARTBEAT_S):
+            if self.problem is None:
+                self.problem = self._check(seen)
+            if self.problem is not None and self.busy:
+                self._end_process()
+
+    def _check(self, seen: dict[int, tuple[int, float]]) -> str | None:
+        try:
+            self.store.add(f"heartbeat/{self.rank}", 1)
+            for peer in self.peers:
+                if self.store.check([f"left/{peer}"]):
+                    return f"rank {peer} has exited"
+                count = self.store.add(f"heartbeat/{peer}", 0)
+                last, since = seen[peer]
+                now = time.monotonic()
+                if count != last:
+                    seen[peer] = (count, now)
+                elif now - since > PEER_TIMEOUT_S:
+                    return f"rank {peer} stopped responding (no heartbeat for {now - since:.0f} s)"
+        except RuntimeError as exc:  # the store is gone with the process that hosted it
+            return f"lost the rendezvous store: its host (torchrun or rank 0) has exited ({exc})"
+        return None
+
+    def _end_process(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.write(
+            f"solidx: tensor-parallel rank {self.rank}: {self.problem} while this rank needs it; "
+            "ending this rank too (rather than waiting forever for its collectives)\n"
+        )
+        sys.stderr.flush()
+        os._exit(1)
+
+    def leave(self) -> None:
+        """Tell the peers this rank exits on purpose; stop watching."""
+        self.stopped.set()
+        with suppress(RuntimeError):  # the store's host has exited already: nobody to tell
+            self.store.set(f"left/{self.rank}", "1")
+
+
+_watchdog: _Watchdog | None = None
+
+
+def _start_watchdog() -> None:
+    global _watchdog
+    if _watchdog is not None:
+        return
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if addr and port:  # a client of its own, never queued behind the main thread's store calls
+        store = dist.TCPStore(addr, int(port), is_master=False, timeout=timedelta(seconds=30))
+    else:
+        store = dist.distributed_c10d._get_default_store()
+    _watchdog = _Watchdog(dist.PrefixStore("solidx/watchdog", store), get_tp_rank(), get_tp_size())
+    _watchdog.start()
+    atexit.register(_watchdog.leave)
+
+
+@contextmanager
+def peers_needed() -> Iterator[None]:
+    """A section every rank must run in step (a generate call): a peer that stops during it
+    ends this process (see the module doc); one that stopped before raises RuntimeError here."""
+    watchdog = _watchdog
+    if watchdog is None:
+        yield
+        return
+    if watchdog.problem is not None:
+        raise RuntimeError(
+            f"tensor-parallel rank {watchdog.rank} cannot run: {watchdog.problem} (every rank "
+            "must make the same generate calls)"
+        )
+    watchdog.busy += 1
+    try:
+        yield
+    finally:
+        watchdog.busy -= 1

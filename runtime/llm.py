@@ -7,21 +7,41 @@ from typing import Any, Union
 from tqdm import tqdm
 
 from runtime.config import Config
+from runtime.distributed import get_tp_rank, init_distributed, peers_needed
 from runtime.engine import LLMEngine
 from runtime.outputs import RequestOutput
 from runtime.sampling_params import SamplingParams
+from runtime.tunableop import configure_tunableop
 
 Prompt = Union[str, dict[str, Any]]
 
 
 class LLM:
     """``LLM(model, **config)``: ``model`` is a Hugging Face checkpoint folder or a preset name
-    (with ``load_format="dummy"``); the keywords are the fields of ``runtime.config.Config``."""
+    (with ``load_format="dummy"``); the keywords are the fields of ``runtime.config.Config``.
+
+    With ``tensor_parallel_size=N`` every one of the N ranks (torchrun processes) makes the same
+    calls and builds the same engine; each rank's ``generate`` returns the same outputs, as in
+    vLLM under torchrun (print them on rank 0 only: ``int(os.environ.get("RANK", 0)) == 0``).
+    With ``distributed_executor_backend="ray"`` the ranks are Ray actors and this process holds
+    no engine (``llm_engine`` is None): ``generate`` hands the prompts to them.
+    """
 
     def __init__(self, model: str, **kwargs: Any) -> None:
-        self.llm_engine = LLMEngine(Config(model=model, **kwargs))
+        config = Config(model=model, **kwargs)
+        self.llm_engine: LLMEngine | None = None
+        if config.distributed_executor_backend == "ray":
+            from runtime.executor import RayExecutor
+
+            self.ray_executor = RayExecutor(config)
+            return
+        init_distributed(config)
+        configure_tunableop(config.torch_device)
+        self.llm_engine = LLMEngine(config)
 
     def get_tokenizer(self) -> Any:
+        if self.llm_engine is None:
+            return self.ray_executor.tokenizer
         return self.llm_engine.tokenizer
 
     def generate(
@@ -46,12 +66,16 @@ class LLM:
         if len(params) != len(prompts):
             raise ValueError(f"{len(params)} sampling params for {len(prompts)} prompts")
         engine = self.llm_engine
-        seqs = [engine.add_request(_prompt_input(p), sp) for p, sp in zip(prompts, params)]
-        with tqdm(
-            total=len(seqs), desc="generate", unit="req", disable=not use_tqdm or len(seqs) < 2
-        ) as bar:
-            while engine.has_unfinished_requests():
-                bar.update(len(engine.step()))
+        if engine is None:
+            for prompt in prompts:  # a bad prompt is the caller's error, not a rank's failure
+                _prompt_input(prompt)
+            return self.ray_executor.generate(prompts, params, use_tqdm)
+        with peers_needed():
+            seqs = [engine.add_request(_prompt_input(p), sp) for p, sp in zip(prompts, params)]
+            show = use_tqdm and len(seqs) > 1 and get_tp_rank() == 0
+            with tqdm(total=len(seqs), desc="generate", unit="req", disable=not show) as bar:
+                while engine.has_unfinished_requests():
+                    bar.update(len(engine.step()))
         return [RequestOutput.from_seq(seq) for seq in seqs]
 
 

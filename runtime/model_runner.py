@@ -26,6 +26,7 @@ import torch
 from runtime.config import CPU_KV_CACHE_BYTES, Config
 from runtime.context import ForwardContext, forward_context
 from runtime.cuda_graphs import DecodeGraphs, capture_sizes
+from runtime.distributed import tp_min
 from runtime.layers.attention import Attention
 from runtime.layers.sampler import Sampler, SamplingTensors
 from runtime.loader import load_model
@@ -65,7 +66,7 @@ class ModelRunner:
             self.block_size,
             layer.num_kv_heads,
             layer.head_dim,
-            dtype=config.kv_cache_torch_dtype,
+            dtype=config.torch_dtype,
             device=self.device,
         )
         for i, attention in enumerate(self.attention_layers):
@@ -254,7 +255,7 @@ class ModelRunner:
 
     def block_bytes(self) -> int:
         layer = self.attention_layers[0]
-        element = torch.empty((), dtype=self.config.kv_cache_torch_dtype).element_size()
+        element = torch.empty((), dtype=self.config.torch_dtype).element_size()
         return (
             2
             * len(self.attention_layers)
@@ -284,6 +285,9 @@ class ModelRunner:
                 CPU_KV_CACHE_BYTES // self.block_bytes(), config.max_num_seqs * per_seq
             )
             source = f"the CPU budget of {CPU_KV_CACHE_BYTES / 2**30:.0f} GiB"
+        fewest = tp_min(num_blocks)  # every rank holds the same blocks: the smallest cache
+        if fewest < num_blocks:
+            num_blocks, source = fewest, f"another tensor-parallel rank ({source} here)"
         if num_blocks < per_seq:
             raise ValueError(
                 f"KV cache too small: {num_blocks} blocks of {self.block_size} tokens "

@@ -1,0 +1,106 @@
+"""One tensor-parallel rank for tests/test_tp_torchrun.py, started by torchrun (gloo on CPU).
+
+``tp_worker.py parity OUT CHECKPOINT...``: tokens of each checkpoint and of the tiny-llama
+preset, a shape capture into OUT/shapes.csv and ``solidx generate``'s output, as OUT/rankR.json.
+``tp_worker.py fault MODE``: rank 1 exits in the middle of a generate call, during a collective
+(``collective``) or while rank 0 is blocked as in a NCCL wait (``hang``).
+``tp_worker.py mismatch``: the ranks are given different max_model_len.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import runtime.distributed
+from runtime import LLM, SamplingParams
+
+PROMPTS = ["The quick brown fox", "Greedy decoding picks", "A paged KV cache stores keys"]
+GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+SAMPLED = [
+    SamplingParams(temperature=0.8, top_p=0.9, max_tokens=8, ignore_eos=True),
+    SamplingParams(temperature=1.0, top_k=20, max_tokens=8, ignore_eos=True, seed=7),
+    SamplingParams(temperature=1.2, max_tokens=8, ignore_eos=True),
+]
+CLI_ARGS = ["--model", "tiny-llama", "--load-format", "dummy", "--dtype", "float32"]
+CLI_ARGS += ["--max-model-len", "64", "--prompt", "Hello", "--max-tokens", "6", "--ignore-eos"]
+RANK = int(os.environ.get("RANK", "0"))
+
+
+def tokens(outputs: list[Any]) -> list[list[int]]:
+    return [out.outputs[0].token_ids for out in outputs]
+
+
+def parity(out: Path, checkpoints: list[str]) -> None:
+    from cli.main import main
+    from runtime.workload import capture_workload
+
+    result: dict[str, Any] = {"greedy": {}, "sampled": {}}
+    for model in checkpoints:
+        llm = LLM(model, dtype="float32", tensor_parallel_size=2, max_model_len=64)
+        result["greedy"][model] = tokens(llm.generate(PROMPTS, GREEDY, use_tqdm=False))
+        result["sampled"][model] = tokens(llm.generate(PROMPTS, SAMPLED, use_tqdm=False))
+    llm = LLM(
+        "tiny-llama", load_format="dummy", dtype="float32", tensor_parallel_size=2, max_model_len=64
+    )
+    result["greedy"]["tiny-llama"] = tokens(llm.generate(PROMPTS, GREEDY, use_tqdm=False))
+    result["num_kv_blocks"] = llm.llm_engine.model_runner.num_kv_blocks
+    capture_workload(
+        "tiny-llama",
+        [1, 3],
+        input_len=5,
+        output_len=3,
+        path=str(out / "shapes.csv"),
+        dtype="float32",
+        tensor_parallel_size=2,
+    )
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        main(["generate", *CLI_ARGS, "--tensor-parallel-size", "2"], standalone_mode=False)
+    result["cli"] = stdout.getvalue()
+    (out / f"rank{RANK}.json").write_text(json.dumps(result))
+
+
+def fault(mode: str) -> None:
+    runtime.distributed.PEER_TIMEOUT_S = 3.0
+    llm = LLM("tiny-llama", load_format="dummy", tensor_parallel_size=2, max_model_len=64)
+    engine = llm.llm_engine
+    step, calls = engine.step, [0]
+
+    def failing_step() -> list[Any]:
+        calls[0] += 1
+        if calls[0] == 3 and RANK == 1:
+            os._exit(0)  # no error of its own: the launcher sees nothing wrong
+        if calls[0] == 3 and mode == "hang":
+            time.sleep(600)  # as a NCCL wait for a dead peer does
+        return step()
+
+    engine.step = failing_step
+    start = time.monotonic()
+    try:
+        llm.generate(PROMPTS, GREEDY, use_tqdm=False)
+    finally:
+        print(f"rank {RANK} stopped after {time.monotonic() - start:.1f} s", file=sys.stderr)
+
+
+def mismatch() -> None:
+    LLM("tiny-llama", load_format="dummy", tensor_parallel_size=2, max_model_len=32 + 32 * RANK)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    task, args = sys.argv[1], sys.argv[2:]
+    if task == "parity":
+        parity(Path(args[0]), args[1:])
+    elif task == "fault":
+        fault(args[0])
+    else:
+        mismatch()
