@@ -1,13 +1,33 @@
-"""``solidx quantize``: write a Quark-format fp8 checkpoint."""
+"""``solidx quantize``: write a Quark-format fp8 checkpoint (static scales from calibration)."""
 from __future__ import annotations
 
 import click
 
-from cli.pending import not_yet
+from cli.generate import read_prompts
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def quantize(args: tuple[str, ...]) -> None:
-    """Quantize a checkpoint to fp8 (not implemented yet: arrives with the fp8 issue)."""
-    not_yet("solidx quantize", "fp8 end to end")
+@click.command()
+@click.option("--model", required=True, type=click.Path(exists=True, file_okay=False),
+              help="bf16/fp16/fp32 checkpoint folder.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Folder to write (new or empty).")
+@click.option("--calib-prompts", type=click.Path(exists=True, dir_okay=False),
+              help='Calibration prompts: text lines or JSONL with "prompt" [default: a few '
+                   "built-in ones].")
+@click.option("--device", default="auto", show_default=True, help="Where calibration runs.")
+@click.option("--max-model-len", type=int, default=None,
+              help="Longest calibration prompt [default: the model's].")
+def quantize(model: str, output: str, calib_prompts: str | None, device: str,
+             max_model_len: int | None) -> None:
+    """Quantize MODEL to fp8 (e4m3, per-tensor scales) in Quark's layout: weights and static
+    activation and KV-cache scales measured on calibration prompts. Load the result with
+    `solidx generate --model OUTPUT` (its config.json says fp8)."""
+    from runtime.quantization.calibrate import quantize_checkpoint
+
+    prompts = read_prompts(calib_prompts) if calib_prompts else None
+    try:
+        path = quantize_checkpoint(model, output, prompts, device=device,
+                                   max_model_len=max_model_len)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote the fp8 checkpoint {path}")

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from gradlib.backends import LIBTYPES, get_backend, solution_from_spec
+from gradlib.device import device_identity
 from gradlib.dtypes import FP8, dtype_name
 from gradlib.operands import GemmOperands, make_operands, max_rel_err, reference_gemm
 from gradlib.problem import GemmProblem
@@ -36,7 +37,6 @@ from gradlib.timing import (
     Timing,
     TimingConfig,
     calibrate,
-    device_identity,
     interleave,
     make_timer,
     measure,

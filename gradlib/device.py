@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 
-@dataclass(frozen=True)
-class DeviceIdentity:
+class DeviceIdentity(NamedTuple):
     """``name`` as ``torch.cuda.get_device_name`` gives it (``'cpu'`` on the CPU) and ``sm_count``
     (multiprocessors; logical cores on the CPU)."""
 

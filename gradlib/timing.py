@@ -81,15 +81,6 @@ class Timing:
         return (self.max_ms - self.min_ms) / self.median_ms if self.median_ms > 0 else math.nan
 
 
-def device_identity(device: torch.device) -> tuple[str, int]:
-    """``(name, SM count)`` written in a tuned row: the CUDA device's name and multiprocessor
-    count, or ``("cpu", 0)``."""
-    if device.type != "cuda":
-        return "cpu", 0
-    props = torch.cuda.get_device_properties(device)
-    return props.name, props.multi_processor_count
-
-
 def l2_bytes(device: torch.device) -> int:
     """The device's L2 cache size (0 on CPU)."""
     if device.type != "cuda":

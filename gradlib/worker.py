@@ -33,6 +33,7 @@ import torch
 
 from gradlib.backends import LIBTYPES, get_backend
 from gradlib.backends.base import Backend, Solution, parse_spec
+from gradlib.device import device_identity
 from gradlib.operands import make_operands, max_rel_err, reference_gemm, tolerance
 from gradlib.problem import GemmProblem
 from gradlib.timing import (
@@ -40,7 +41,6 @@ from gradlib.timing import (
     Timing,
     TimingConfig,
     calibrate,
-    device_identity,
     interleave,
     make_timer,
     measure,

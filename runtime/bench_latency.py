@@ -20,6 +20,7 @@ import torch
 
 from runtime import attention
 from runtime.attention.bench import copy_bandwidth_gbps
+from runtime.quantization.fp8 import tuned_gemm_report
 from runtime.sampling_params import SamplingParams
 from runtime.workload import engine_for, random_prompts
 from shape_capture.presets import PRESETS, load_model_config
@@ -32,7 +33,9 @@ class LatencyResult:
     ``weight_gb_per_s``: ``weight_bytes`` × decode steps/s (``weight_bytes`` is what a decode step
     reads: every parameter but the embedding table); ``copy_gb_per_s``: device-to-device copy
     bandwidth (read + write) measured in the same run; ``bound_steps_per_s``: the decode steps/s
-    that reading the weights at copy bandwidth allows."""
+    that reading the weights at copy bandwidth allows; ``tuned_gemm``: for an fp8 model, the tuned
+    file's summary and how many GEMM problems ran with a tuned solution (hits) or the default
+    (misses)."""
 
     model: str
     device: str
@@ -50,6 +53,7 @@ class LatencyResult:
     copy_gb_per_s: float
     bound_steps_per_s: float
     attention_kernels: dict[str, int]
+    tuned_gemm: dict[str, Any] | None = None
     hf_total_s: float | None = None
     hf_tokens_per_s: float | None = None
 
@@ -88,12 +92,22 @@ class LatencyResult:
             ),
             f"  attention kernels: {dict(self.attention_kernels)}",
         ]
+        if self.tuned_gemm is not None:
+            lines.append(tuned_gemm_line(self.tuned_gemm))
         if self.hf_tokens_per_s is not None:
             lines.append(
                 f"  transformers generate: {self.hf_tokens_per_s:.1f} tokens/s, total "
                 f"{self.hf_total_s:.2f} s; solidx is {self.speedup_vs_hf:.2f}x"
             )
         return "\n".join(lines)
+
+
+def tuned_gemm_line(report: dict[str, Any]) -> str:
+    """One summary line of ``runtime.quantization.fp8.tuned_gemm_report``."""
+    return (
+        f"  tuned GEMMs ({report['tuned_file']}): {report['problems_tuned']} problems tuned "
+        f"(hits), {report['problems_default']} with the default solution (misses)"
+    )
 
 
 def bench_latency(
@@ -156,6 +170,7 @@ def bench_latency(
         copy_gb_per_s=copy_gbps,
         bound_steps_per_s=copy_gbps * 1e9 / weight_bytes,
         attention_kernels=dict(Counter(attention.KERNEL_COUNTS) - kernels_before),
+        tuned_gemm=tuned_gemm_report(runner.model),
     )
     if compare_hf:
         config, device = llm.llm_engine.config, runner.device

@@ -22,8 +22,15 @@ from typing import Any
 import torch
 
 from runtime import attention
-from runtime.bench_latency import device_name, hf_generate_seconds, load_hf_model, synchronize
+from runtime.bench_latency import (
+    device_name,
+    hf_generate_seconds,
+    load_hf_model,
+    synchronize,
+    tuned_gemm_line,
+)
 from runtime.config import Config
+from runtime.quantization.fp8 import tuned_gemm_report
 from runtime.sampling_params import SamplingParams
 from runtime.tokenizer import get_tokenizer
 from runtime.workload import engine_for
@@ -98,7 +105,7 @@ class HfRun:
 @dataclass
 class ThroughputResult:
     """Token counts are sums over the requests; rates are over ``elapsed_s``, the wall time of
-    the whole workload through the engine."""
+    the whole workload through the engine. ``tuned_gemm``: as in ``LatencyResult``."""
 
     model: str
     device: str
@@ -111,6 +118,7 @@ class ThroughputResult:
     elapsed_s: float
     num_preemptions: int
     attention_kernels: dict[str, int]
+    tuned_gemm: dict[str, Any] | None = None
     hf_runs: list[HfRun] = field(default_factory=list)
 
     @property
@@ -163,6 +171,8 @@ class ThroughputResult:
             ),
             f"  attention kernels: {dict(self.attention_kernels)}",
         ]
+        if self.tuned_gemm is not None:
+            lines.append(tuned_gemm_line(self.tuned_gemm))
         if self.hf_runs:
             lines.append(
                 "  transformers generate, greedy, EOS ignored, one left-padded batch of the first "
@@ -246,6 +256,7 @@ def bench_throughput(
         elapsed_s=elapsed,
         num_preemptions=engine.scheduler.num_preemptions - preemptions_before,
         attention_kernels=dict(Counter(attention.KERNEL_COUNTS) - kernels_before),
+        tuned_gemm=tuned_gemm_report(engine.model_runner.model),
     )
     if compare_hf:
         dtype = engine.config.torch_dtype

@@ -21,30 +21,40 @@ from torch import nn
 
 from gradlib.dtypes import is_fp8
 from runtime.config import Config
-from runtime.layers.linear import LinearBase, copy_shard
-from runtime.layers.quantization import linear_method_factory
+from runtime.layers.linear import LinearBase, copy_shard, unquantized
+from runtime.layers.quantization import get_quantization
 from runtime.models import get_model_class
 from runtime.models.args import ModelArgs
+from runtime.quantization.kv_cache import set_kv_cache_scales
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 CheckpointTensor = tuple[str, torch.Tensor, str]  # name, tensor, where it came from
 
 
 def load_model(config: Config) -> nn.Module:
-    """The model of ``config`` on its device with every weight loaded, in inference mode."""
+    """The model of ``config`` on its device with every weight loaded, in inference mode.
+    A quantized model's checkpoint tensors pass through its quantization's adapter (names,
+    scales, a separate quantized-weights file); the KV-cache scales are set last."""
     cls = get_model_class((config.hf_config.get("architectures") or ["LlamaForCausalLM"])[0])
     args = ModelArgs.from_hf(config.hf_config)
+    quant = get_quantization(config)
     with torch.device("meta"):
-        model = cls(args, config.max_model_len, config.torch_dtype, linear_method_factory(config))
+        model = cls(
+            args,
+            config.max_model_len,
+            config.torch_dtype,
+            quant.linear_method if quant else unquantized,
+        )
     materialize(model, config.torch_device)
     if config.load_format == "dummy":
         tensors = dummy_tensors(cls.checkpoint_shapes(args), config.seed, config.torch_device)
     else:
         tensors = checkpoint_tensors(Path(config.model))
-    load_weights(model, tensors)
+    load_weights(model, quant.checkpoint_tensors(tensors) if quant else tensors)
     for module in model.modules():
         if isinstance(module, LinearBase):
             module.linear_method.process_weights_after_loading(module)
+    set_kv_cache_scales(model, config, quant.kv_scales if quant else {})
     return model.eval()
 
 

@@ -12,17 +12,19 @@ from click.testing import CliRunner
 from gradlib.backends import get_backend
 from gradlib.backends.base import spec_hash
 from gradlib.bench_gemm import bench_gemm
+from gradlib.device import device_identity
 from gradlib.operands import tolerance
 from gradlib.problem import GemmProblem
 from gradlib.schema import ShapeRow, TunedRow, write_shapes, write_tuned
 from gradlib.timing import TimingConfig
 
+CPU = device_identity("cpu").name
 FAST = TimingConfig(target_ms=1.0, min_launches=1, max_launches=2, warmup=1, final_rounds=3)
 
 
-def row(problem: GemmProblem, spec: str, device: str = "cpu", speedup: float = 1.0) -> TunedRow:
+def row(problem: GemmProblem, spec: str, device: str = CPU, speedup: float = 1.0) -> TunedRow:
     libtype = spec.partition(":")[0]
-    version = get_backend(libtype).version() if device == "cpu" else "other"
+    version = get_backend(libtype).version() if device == CPU else "other"
     return TunedRow(problem, libtype, spec_hash(spec), 0.01, spec, default_ms=0.01 * speedup,
                     speedup=speedup, device=device, sm_count=0, lib_version=version)
 
@@ -35,7 +37,7 @@ def test_bench_retimes_rows_of_this_device(tmp_path: Path) -> None:
     write_tuned(tuned, [row(fp8, triton_spec), row(half, "default:"),
                         row(GemmProblem(64, 1, 64), "default:", device="NVIDIA H200")])
     report = bench_gemm(tuned, config=FAST, measure_peaks=False)
-    assert report.device == "cpu" and "1 skipped" in report.selection
+    assert report.device == CPU and "1 skipped" in report.selection
     by_n = {r.N: r for r in report.results}
     assert set(by_n) == {2, 3}
     assert by_n[2].libtype == "triton" and by_n[2].solution == triton_spec
@@ -59,7 +61,7 @@ def test_bench_cli_with_shapes_file_writes_json(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "geometric-mean speedup" in result.output and "untuned" in result.output
     data = json.loads(out.read_text())
-    assert data["device"] == "cpu" and data["copy_gbps"] > 0 and data["peak_tflops"]["bf16"] > 0
+    assert data["device"] == CPU and data["copy_gbps"] > 0 and data["peak_tflops"]["bf16"] > 0
     assert [(r["M"], r["libtype"]) for r in data["results"]] == [(32, "default"), (48, "untuned")]
     assert data["results"][0]["floor_ms"] is None  # NaN written as null
 
@@ -69,7 +71,7 @@ def test_csv_plot_writes_a_png(tmp_path: Path) -> None:
     from cli.csv_plot import plot
 
     tuned, png = tmp_path / "tuned.csv", tmp_path / "speedup.png"
-    grid = [(m, dev, n, s) for m, dev in ((32, "cpu"), (64, "NVIDIA H200"))
+    grid = [(m, dev, n, s) for m, dev in ((32, CPU), (64, "NVIDIA H200"))
             for n, s in ((1, 1.2), (16, 1.0), (512, 0.97))]
     rows = [row(GemmProblem(m, n, 64), "default:", device=dev, speedup=s) for m, dev, n, s in grid]
     write_tuned(tuned, rows)

@@ -56,11 +56,6 @@ def test_show_bad_file_names_the_line(tmp_path: Path) -> None:
     assert result.exit_code == 1 and f"{bad}:2: column K" in result.output
 
 
-def test_pending_commands_say_so() -> None:
-    result = CliRunner().invoke(main, ["quantize"])
-    assert result.exit_code != 0 and "not implemented yet" in result.output
-
-
 def test_process_capture_writes_at_exit(tmp_path: Path) -> None:
     path = tmp_path / "fp8_shapes.csv"
     code = ("from gradlib import GemmProblem; from shape_capture import start_recording, active_recorder;"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from collections import Counter
@@ -158,20 +159,52 @@ def test_padded_generation_gives_the_eager_tokens():
     assert padded == eager
 
 
+class _StandInGraph:
+    """Records nothing and replays nothing: lets the capture bookkeeping run on a CPU."""
+
+    def replay(self) -> None:
+        return None
+
+
+def test_capture_and_replays_report_kernels_and_problems_once_each(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _StandInGraph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph, pool=None: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    llm = _cpu_llm()
+    runner = llm.llm_engine.model_runner
+    graphs = DecodeGraphs(runner._run_model, [1, 2, 4], 4, 64, runner.device)
+    with recording() as recorder:
+        before_capture = Counter(attention.KERNEL_COUNTS)
+        graphs.capture()
+        warm_ups = Counter(attention.KERNEL_COUNTS) - before_capture
+        runner.graphs = graphs
+        before = Counter(attention.KERNEL_COUNTS)
+        params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+        llm.generate([{"prompt_token_ids": [5 + i] * 5} for i in range(3)], params, use_tqdm=False)
+    assert warm_ups == Counter(decode_reference=3 * 2, store_reference=3 * 2)  # captures: none
+    ran = Counter(attention.KERNEL_COUNTS) - before
+    assert ran["decode_reference"] == 2 * 2  # 2 replayed decode steps, 2 layers
+    assert ran["store_reference"] == 2 + 2 * 2  # the prefill, then the replays
+    qkv = {
+        row.problem.N: row.count
+        for row in recorder.rows()
+        if "model.layers.*.self_attn.qkv_proj" in row.layers
+    }
+    assert qkv == {1: 2, 2: 2, 4: 2 * (1 + 2), 15: 2}  # captures once, replays, the prefill
+
+
 # -- GPU -------------------------------------------------------------------------------------
 
 
 def _gpu_llm(model: str, enforce_eager: bool, **kwargs) -> LLM:
-    return LLM(
-        model,
-        load_format="dummy",
-        dtype="bfloat16",
-        max_model_len=256,  # one decode partition, as in eager runs of these short prompts
-        max_num_seqs=8,
-        kv_cache_memory_bytes=64 << 20,
-        enforce_eager=enforce_eager,
+    options = {
+        "max_model_len": 256,  # one decode partition, as in eager runs of these short prompts
+        "max_num_seqs": 8,
+        "kv_cache_memory_bytes": 64 << 20,  # two engines fit at once; no profiling run
         **kwargs,
-    )
+    }
+    return LLM(model, load_format="dummy", dtype="bfloat16", enforce_eager=enforce_eager, **options)
 
 
 @pytest.fixture(params=["tiny-llama", "head128"])
@@ -228,7 +261,7 @@ def test_padded_replay_matches_the_unpadded_eager_step(gpu_model):
 @pytest.mark.gpu
 def test_shape_capture_sees_the_bucket_sizes_as_decode_n():
     with recording() as recorder:
-        llm = _gpu_llm("tiny-llama", enforce_eager=False, max_num_seqs=4, max_num_batched_tokens=64)
+        llm = _gpu_llm("tiny-llama", enforce_eager=False, max_num_seqs=4)
         params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
         llm.generate([{"prompt_token_ids": [5 + i] * 5} for i in range(3)], params, use_tqdm=False)
     qkv = {
@@ -236,6 +269,6 @@ def test_shape_capture_sees_the_bucket_sizes_as_decode_n():
         for row in recorder.rows()
         if "model.layers.*.self_attn.qkv_proj" in row.layers
     }
-    # profiling run (64 tokens), prefill (3 x 5), captures of buckets 1, 2, 4; decode padded to 4
-    assert set(qkv) == {64, 15, 1, 2, 4}
+    # prefill (3 x 5 tokens), captures of buckets 1, 2, 4; decode of 3 padded to 4 (never N=3)
+    assert set(qkv) == {15, 1, 2, 4}
     assert qkv[4] == 2 * (1 + 2)  # 2 layers: the capture, then 2 replayed decode steps

@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import torch
 from click.testing import CliRunner
 
 from cli.bench_latency import latency
 from runtime.bench_latency import bench_latency
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_bench_latency_reports_engine_and_transformers():

@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import torch
 from click.testing import CliRunner
 
 from cli.generate import generate
 from tests.checkpoints import make_checkpoint
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(*args: str):

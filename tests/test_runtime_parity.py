@@ -36,17 +36,8 @@ MODES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread is fastest, and robust on a busy 2-core CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=list(KINDS))
-def reference(request, tmp_path_factory, one_thread):
+def reference(request, tmp_path_factory):
     """(checkpoint folder, per prompt: HF greedy tokens and HF log-probabilities per step)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

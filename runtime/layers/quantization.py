@@ -1,13 +1,27 @@
-"""Which linear method each layer uses, from ``Config.quantization``."""
+"""Which quantization method an engine uses, from ``Config.quantization``."""
 
 from __future__ import annotations
 
+import logging
+
+from runtime import envs
 from runtime.config import Config
-from runtime.layers.linear import LinearMethodFactory, unquantized
+from runtime.quantization.fp8 import Fp8Config
+
+logger = logging.getLogger(__name__)
 
 
-def linear_method_factory(config: Config) -> LinearMethodFactory:
-    """The factory the model asks for each linear layer's method (by module name)."""
-    if config.quantization is None:
-        return unquantized
-    raise ValueError(f"quantization={config.quantization!r} is not supported")
+def get_quantization(config: Config) -> Fp8Config | None:
+    """The engine's quantization state (it gives each linear layer its method, adapts the
+    checkpoint's tensors and holds the KV-cache scales), or None for unquantized models."""
+    if config.quantization == "fp8":
+        return Fp8Config(config)
+    if config.quantization is not None:
+        raise ValueError(f"quantization={config.quantization!r} is not supported")
+    if config.tuned_gemm:
+        logger.warning("tuned_gemm=%r is unused: tuned GEMMs run in fp8 layers "
+                       "(pass quantization='fp8')", config.tuned_gemm)
+    if envs.TUNE_FP8:
+        logger.warning("TUNE_FP8=1 records fp8 GEMMs, and this model has none "
+                       "(pass quantization='fp8')")
+    return None

@@ -1,0 +1,70 @@
+"""The fused input-quantization kernels against fp8_math.quantize.
+
+Under the Triton interpreter (CPU) the inputs are exact e4m3 values times a power of two, so no
+rounding happens (the interpreter's float-to-e4m3 rounding differs from the GPU's); on a GPU
+``quantize_input`` is compared bit for bit on random inputs of every path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import runtime.quantization.input_quant as iq
+from runtime.quantization.fp8_math import FP8_DTYPE, FP8_MAX, quantize
+
+
+def exact_input(numel: int, scale: float) -> torch.Tensor:
+    """Values on the e4m3 grid times ``scale``, with max |x| = 448 * scale."""
+    grid = torch.randn(numel, generator=torch.Generator().manual_seed(numel)) * 60
+    grid = grid.clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE).float()
+    grid[numel // 2] = -FP8_MAX
+    return grid * scale
+
+
+@pytest.mark.parametrize("numel", [1, 1000, 2 * iq.BLOCK + 5])
+def test_kernels_match_the_torch_quantization(numel: int) -> None:
+    x = exact_input(numel, 2.0**-3)
+    q_ref, s_ref = quantize(x)
+    q, scale = torch.empty(numel, dtype=FP8_DTYPE), torch.empty((), dtype=torch.float32)
+    block = 1 << (numel - 1).bit_length()
+    iq._quantize_one_program[(1,)](x, q, scale, numel, FP8_MAX, iq.MIN_SCALE, block)
+    assert float(scale) == float(s_ref) == 2.0**-3
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+
+    grid = (-(-numel // iq.BLOCK),)
+    q, scale = torch.empty(numel, dtype=FP8_DTYPE), torch.empty((), dtype=torch.float32)
+    amax = x.abs().amax()
+    iq._quantize_blocks[grid](x, q, amax, scale, numel, True, FP8_MAX, iq.MIN_SCALE, iq.BLOCK)
+    assert float(scale) == 2.0**-3
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+
+    static = torch.tensor(2.0**-4)  # a static scale of half the range: large values saturate
+    q = torch.empty(numel, dtype=FP8_DTYPE)
+    iq._quantize_blocks[grid](x, q, static, static, numel, False, FP8_MAX, iq.MIN_SCALE, iq.BLOCK)
+    assert torch.equal(q.view(torch.uint8), quantize(x, static)[0].view(torch.uint8))
+
+
+def test_cpu_tensors_take_the_torch_path() -> None:
+    x = torch.randn(3, 40)
+    q, scale = iq.quantize_input(x)
+    q_ref, s_ref = quantize(x)
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8)) and scale == s_ref
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(1, 4096), (1, 14336), (32, 4096), (512, 14336)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("static", [False, True])
+def test_quantize_input_on_gpu_is_bitwise_torch(shape, dtype, static) -> None:
+    x = (torch.randn(shape, device="cuda") * 3).to(dtype)
+    scale = torch.tensor(0.02, device="cuda") if static else None
+    q, s = iq.quantize_input(x, scale)
+    q_ref, s_ref = quantize(x, scale)
+    assert q.shape == x.shape and s.shape == () and s.dtype == torch.float32
+    assert float(s) == float(s_ref)
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+    graph = torch.cuda.CUDAGraph()  # capturable: replays write the same values
+    with torch.cuda.graph(graph):
+        q_graph, _ = iq.quantize_input(x, scale)
+    graph.replay()
+    assert torch.equal(q_graph.view(torch.uint8), q_ref.view(torch.uint8))
