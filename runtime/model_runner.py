@@ -66,7 +66,7 @@ class ModelRunner:
             self.block_size,
             layer.num_kv_heads,
             layer.head_dim,
-            dtype=config.torch_dtype,
+            dtype=config.kv_cache_torch_dtype,
             device=self.device,
         )
         for i, attention in enumerate(self.attention_layers):
@@ -255,7 +255,7 @@ class ModelRunner:
 
     def block_bytes(self) -> int:
         layer = self.attention_layers[0]
-        element = torch.empty((), dtype=self.config.torch_dtype).element_size()
+        element = torch.empty((), dtype=self.config.kv_cache_torch_dtype).element_size()
         return (
             2
             * len(self.attention_layers)
