@@ -370,3 +370,16 @@ def test_kv_scales_of_only_some_layers_are_refused(quark: Path, tmp_path: Path) 
     folder = derived(quark, tmp_path / "partial-kv", tensors, config)
     with pytest.raises(ValueError, match=r"not 'model\.layers\.1\.self_attn\.v_scale'"):
         LLM(str(folder), kv_cache_dtype="fp8")
+
+
+@pytest.mark.gpu
+def test_quark_checkpoint_on_the_gpu(base: Path, quark: Path) -> None:
+    """Static scales, requantized fused parts and the fp8 KV cache through the GPU kernels."""
+    kwargs = {"device": "cuda", "dtype": "bfloat16", "kv_cache_memory_bytes": 1 << 26}
+    reference = first_logprobs(LLM(str(base), **kwargs))
+    for extra in ({}, {"kv_cache_dtype": "fp8", **CHUNKED}):
+        llm = LLM(str(quark), **kwargs, **extra)
+        assert_close_to_reference(reference, first_logprobs(llm))
+        params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+        outputs = llm.generate(PROMPTS, params, use_tqdm=False)
+        assert all(len(out.outputs[0].token_ids) == 16 for out in outputs)

@@ -26,7 +26,8 @@ def test_kernels_match_the_torch_quantization(numel: int) -> None:
     x = exact_input(numel, 2.0**-3)
     q_ref, s_ref = quantize(x)
     q, scale = torch.empty(numel, dtype=FP8_DTYPE), torch.empty((), dtype=torch.float32)
-    iq._quantize_one_program[(1,)](x, q, scale, numel, FP8_MAX, iq.MIN_SCALE, iq.BLOCK)
+    block = 1 << (numel - 1).bit_length()
+    iq._quantize_one_program[(1,)](x, q, scale, numel, FP8_MAX, iq.MIN_SCALE, block)
     assert float(scale) == float(s_ref) == 2.0**-3
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
 

@@ -15,27 +15,22 @@ import triton.language as tl
 from runtime.quantization.fp8_math import FP8_DTYPE, FP8_MAX, quantize
 
 MIN_SCALE = 1e-12  # as fp8_math.scale_for: an all-zero input gets a tiny scale, not 0
-ONE_PROGRAM_MAX = 32768  # inputs up to this many elements: max and quantize in one program
+ONE_PROGRAM_MAX = 16384  # dynamic inputs up to this many elements: one program (decode)
 BLOCK = 1024
 
 
 @triton.jit
 def _quantize_one_program(x_ptr, q_ptr, scale_ptr, numel, FP8_MAX: tl.constexpr,
                           MIN_SCALE: tl.constexpr, BLOCK: tl.constexpr):
-    """Dynamic scale for a small input: one program reads ``x`` twice (max, then quantize)."""
-    amax = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, numel, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        x = tl.load(x_ptr + offs, mask=offs < numel, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.abs(x))
-    scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), FP8_MAX), MIN_SCALE)
+    """Dynamic scale for a small input (``numel <= BLOCK``): one program loads ``x`` once,
+    takes its max, stores the scale and the quantized values."""
+    offs = tl.arange(0, BLOCK)
+    mask = offs < numel
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), axis=0), FP8_MAX), MIN_SCALE)
     tl.store(scale_ptr, scale)
-    for start in range(0, numel, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        mask = offs < numel
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        q = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -FP8_MAX), FP8_MAX)
-        tl.store(q_ptr + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+    q = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -FP8_MAX), FP8_MAX)
+    tl.store(q_ptr + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -71,7 +66,9 @@ def quantize_input(
     with torch.cuda.device(x.device):
         if scale is None and numel <= ONE_PROGRAM_MAX:
             scale = torch.empty((), dtype=torch.float32, device=x.device)
-            _quantize_one_program[(1,)](x, q, scale, numel, FP8_MAX, MIN_SCALE, BLOCK)
+            block = triton.next_power_of_2(numel)
+            _quantize_one_program[(1,)](x, q, scale, numel, FP8_MAX, MIN_SCALE, block,
+                                        num_warps=max(4, min(16, block // 1024)))
             return q, scale
         grid = (triton.cdiv(numel, BLOCK),)
         if scale is None:
