@@ -6,6 +6,7 @@ import click
 from cli.bench_attention import attention
 from cli.bench_gemm import gemm
 from cli.bench_latency import latency
+from cli.bench_throughput import throughput
 
 
 @click.group()
@@ -16,3 +17,4 @@ def bench() -> None:
 bench.add_command(gemm)
 bench.add_command(attention)
 bench.add_command(latency)
+bench.add_command(throughput)
