@@ -1,6 +1,8 @@
 """The ``solidx`` command: capture-shapes → tune → generate / bench, plus csv and quantize."""
 from __future__ import annotations
 
+import logging
+
 import click
 
 from cli.bench import bench
@@ -10,6 +12,7 @@ from cli.csv_plot import plot
 from cli.generate import generate
 from cli.quantize import quantize
 from cli.tune import tune
+from runtime import envs
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,6 +20,10 @@ from cli.tune import tune
 def main() -> None:
     """solidx: capture the GEMM shapes a model runs, tune them offline over every backend,
     and run inference with the tuned solutions."""
+    name = str(envs.SOLIDX_LOG_LEVEL).upper()
+    if not isinstance(logging.getLevelName(name), int):
+        raise click.UsageError(f"SOLIDX_LOG_LEVEL={name!r} is not a log level (DEBUG, INFO, WARNING, ERROR)")
+    logging.basicConfig(level=name, format="%(levelname)s %(name)s: %(message)s")
 
 
 main.add_command(capture_shapes)
