@@ -24,12 +24,12 @@ class LLM:
     calls and builds the same engine; each rank's ``generate`` returns the same outputs, as in
     vLLM under torchrun (print them on rank 0 only: ``int(os.environ.get("RANK", 0)) == 0``).
     With ``distributed_executor_backend="ray"`` the ranks are Ray actors and this process holds
-    no engine (``llm_engine`` is None): ``generate`` hands the prompts to them.
+    no engine (no ``llm_engine``): ``generate`` hands the prompts to them.
     """
 
     def __init__(self, model: str, **kwargs: Any) -> None:
         config = Config(model=model, **kwargs)
-        self.llm_engine: LLMEngine | None = None
+        self._engine: LLMEngine | None = None
         if config.distributed_executor_backend == "ray":
             from runtime.executor import RayExecutor
 
@@ -37,12 +37,21 @@ class LLM:
             return
         init_distributed(config)
         configure_tunableop(config.torch_device)
-        self.llm_engine = LLMEngine(config)
+        self._engine = LLMEngine(config)
+
+    @property
+    def llm_engine(self) -> LLMEngine:
+        if self._engine is None:
+            raise RuntimeError(
+                "with distributed_executor_backend='ray' the engines live in the Ray actors and "
+                "only generate() reaches them; run under torchrun to use the engine directly"
+            )
+        return self._engine
 
     def get_tokenizer(self) -> Any:
-        if self.llm_engine is None:
+        if self._engine is None:
             return self.ray_executor.tokenizer
-        return self.llm_engine.tokenizer
+        return self._engine.tokenizer
 
     def generate(
         self,
@@ -65,7 +74,7 @@ class LLM:
         )
         if len(params) != len(prompts):
             raise ValueError(f"{len(params)} sampling params for {len(prompts)} prompts")
-        engine = self.llm_engine
+        engine = self._engine
         if engine is None:
             for prompt in prompts:  # a bad prompt is the caller's error, not a rank's failure
                 _prompt_input(prompt)

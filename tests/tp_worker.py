@@ -5,6 +5,9 @@ preset, a shape capture into OUT/shapes.csv and ``solidx generate``'s output, as
 ``tp_worker.py fault MODE``: rank 1 exits in the middle of a generate call, during a collective
 (``collective``) or while rank 0 is blocked as in a NCCL wait (``hang``).
 ``tp_worker.py mismatch``: the ranks are given different max_model_len.
+``tp_worker.py tokens OUT MODEL [NAME=VALUE...]``: greedy tokens with their top-2 logprobs and
+the KV blocks of an engine of WORLD_SIZE ranks (LLM keywords as NAME=VALUE), as OUT/rankR.json;
+with HOG_GIB=G rank 1 first takes G GiB of its GPU, so the ranks' free memory differs.
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ SAMPLED = [
     SamplingParams(temperature=0.8, top_p=0.9, max_tokens=8, ignore_eos=True),
     SamplingParams(temperature=1.0, top_k=20, max_tokens=8, ignore_eos=True, seed=7),
     SamplingParams(temperature=1.2, max_tokens=8, ignore_eos=True),
+]
+LONG_PROMPTS = PROMPTS + [
+    "Tensor parallelism splits the weights of each layer",
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a land far away,",
+    "1, 2, 3, 4, 5,",
 ]
 CLI_ARGS = ["--model", "tiny-llama", "--load-format", "dummy", "--dtype", "float32"]
 CLI_ARGS += ["--max-model-len", "64", "--prompt", "Hello", "--max-tokens", "6", "--ignore-eos"]
@@ -91,6 +101,29 @@ def fault(mode: str) -> None:
         print(f"rank {RANK} stopped after {time.monotonic() - start:.1f} s", file=sys.stderr)
 
 
+def generate_tokens(out: Path, model: str, options: list[str]) -> None:
+    kwargs: dict[str, Any] = {}
+    for name, value in (option.split("=", 1) for option in options):
+        kwargs[name] = int(value) if value.isdigit() else value
+    hog = float(os.environ.get("HOG_GIB", "0"))
+    held = (
+        torch.empty(int(hog * 2**30), dtype=torch.uint8, device="cuda")
+        if RANK == 1 and hog
+        else None
+    )
+    world = int(os.environ["WORLD_SIZE"])
+    llm = LLM(model, load_format="dummy", tensor_parallel_size=world, max_num_seqs=8, **kwargs)
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=2)
+    outputs = llm.generate(LONG_PROMPTS, params, use_tqdm=False)
+    result = {
+        "tokens": tokens(outputs),
+        "logprobs": [out.outputs[0].logprobs for out in outputs],
+        "num_kv_blocks": llm.llm_engine.model_runner.num_kv_blocks,
+    }
+    (out / f"rank{RANK}.json").write_text(json.dumps(result))
+    del held
+
+
 def mismatch() -> None:
     LLM("tiny-llama", load_format="dummy", tensor_parallel_size=2, max_model_len=32 + 32 * RANK)
 
@@ -102,5 +135,7 @@ if __name__ == "__main__":
         parity(Path(args[0]), args[1:])
     elif task == "fault":
         fault(args[0])
+    elif task == "tokens":
+        generate_tokens(Path(args[0]), args[1], args[2:])
     else:
         mismatch()
