@@ -325,7 +325,8 @@ class Worker:
         """``gpuN`` for an explicit GPU, else ``gpu`` or ``cpu`` (once the child said which)."""
         if self.gpu is not None:
             return f"gpu{self.gpu}"
-        return "cpu" if self.hello is None or self.hello.device == "cpu" else "gpu"
+        on_cpu = self.hello is None or self.hello.device == device_identity("cpu").name
+        return "cpu" if on_cpu else "gpu"
 
     def start(self) -> None:
         """Spawn the child (returns at once; :meth:`ready` waits for it)."""
