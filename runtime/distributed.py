@@ -36,7 +36,7 @@ from runtime import envs
 if TYPE_CHECKING:
     from runtime.config import Config
 
-COLLECTIVE_TIMEOUT = timedelta(minutes=5)
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # the last resort: the watchdog sees dead ranks
 HEARTBEAT_S = 1.0
 PEER_TIMEOUT_S = 10.0
 # Settings that may differ between ranks: each rank names its own device.

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,25 +46,30 @@ def need_gpus(n: int) -> None:
         pytest.skip(f"needs {n} GPUs, this machine has {torch.cuda.device_count()}")
 
 
-def run_tokens(tmp: Path, nproc: int, kind: str, hog_gib: float = 0) -> list[dict]:
+def run_tokens(out: Path, nproc: int, kind: str, hog_gib: float = 0) -> list[dict]:
     """Each rank's results of MODEL at TP ``nproc`` in ``kind`` (bfloat16 or fp8)."""
-    out = tmp / f"{kind}-tp{nproc}"
     out.mkdir()
     options = ["dtype=bfloat16", "max_model_len=512"]
     options += ["quantization=fp8"] if kind == "fp8" else []
     result = torchrun(nproc, "tokens", str(out), MODEL, *options, env={"HOG_GIB": str(hog_gib)})
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
-    for rank in ranks[1:]:
-        assert rank["tokens"] == ranks[0]["tokens"]
+    for rank in ranks[1:]:  # every rank draws the same samples too
+        assert rank["tokens"] == ranks[0]["tokens"] and rank["sampled"] == ranks[0]["sampled"]
     return ranks
 
 
 @pytest.fixture(scope="module")
-def tp1(tmp_path_factory) -> dict[str, dict]:
-    need_gpus(2)
-    tmp = tmp_path_factory.mktemp("tp1")
-    return {kind: run_tokens(tmp, 1, kind)[0] for kind in NEAR_TIE}
+def runs(tmp_path_factory) -> Callable[[int, str], list[dict]]:
+    """``runs(size, kind)``: each rank's results at that TP size, run once per module."""
+    done: dict[tuple[int, str], list[dict]] = {}
+
+    def run(size: int, kind: str) -> list[dict]:
+        if (size, kind) not in done:
+            done[size, kind] = run_tokens(tmp_path_factory.mktemp(f"{kind}-tp{size}"), size, kind)
+        return done[size, kind]
+
+    return run
 
 
 def assert_same_greedy(reference: dict, other: dict, tie: float) -> None:
@@ -86,17 +92,15 @@ def assert_same_greedy(reference: dict, other: dict, tie: float) -> None:
 
 @pytest.mark.parametrize("kind", list(NEAR_TIE))
 @pytest.mark.parametrize("size", [2, 4])
-def test_tp_gives_the_greedy_tokens_of_tp1(tp1, tmp_path, size, kind):
+def test_tp_gives_the_greedy_tokens_of_tp1(runs, size, kind):
     need_gpus(size)
-    ranks = run_tokens(tmp_path, size, kind)
-    assert_same_greedy(tp1[kind], ranks[0], NEAR_TIE[kind])
+    assert_same_greedy(runs(1, kind)[0], runs(size, kind)[0], NEAR_TIE[kind])
 
 
-def test_kv_cache_is_sized_by_the_rank_with_least_free_memory(tmp_path):
+def test_kv_cache_is_sized_by_the_rank_with_least_free_memory(runs, tmp_path):
     need_gpus(2)
-    (tmp_path / "plain").mkdir()
-    plain = run_tokens(tmp_path / "plain", 2, "bfloat16")
-    hogged = run_tokens(tmp_path, 2, "bfloat16", hog_gib=8)  # rank 1 has 8 GiB less free
+    plain = runs(2, "bfloat16")
+    hogged = run_tokens(tmp_path / "hog", 2, "bfloat16", hog_gib=8)  # 8 GiB less on rank 1
     assert hogged[0]["num_kv_blocks"] == hogged[1]["num_kv_blocks"]
     assert hogged[0]["num_kv_blocks"] < plain[0]["num_kv_blocks"] == plain[1]["num_kv_blocks"]
 

@@ -5,8 +5,9 @@ preset, a shape capture into OUT/shapes.csv and ``solidx generate``'s output, as
 ``tp_worker.py fault MODE``: rank 1 exits in the middle of a generate call, during a collective
 (``collective``) or while rank 0 is blocked as in a NCCL wait (``hang``).
 ``tp_worker.py mismatch``: the ranks are given different max_model_len.
-``tp_worker.py tokens OUT MODEL [NAME=VALUE...]``: greedy tokens with their top-2 logprobs and
-the KV blocks of an engine of WORLD_SIZE ranks (LLM keywords as NAME=VALUE), as OUT/rankR.json;
+``tp_worker.py tokens OUT MODEL [NAME=VALUE...]``: greedy tokens with their top-2 logprobs,
+sampled tokens and the KV blocks of an engine of WORLD_SIZE ranks (LLM keywords as NAME=VALUE),
+as OUT/rankR.json;
 with HOG_GIB=G rank 1 first takes G GiB of its GPU, so the ranks' free memory differs.
 """
 
@@ -118,6 +119,7 @@ def generate_tokens(out: Path, model: str, options: list[str]) -> None:
     result = {
         "tokens": tokens(outputs),
         "logprobs": [out.outputs[0].logprobs for out in outputs],
+        "sampled": tokens(llm.generate(PROMPTS, SAMPLED, use_tqdm=False)),
         "num_kv_blocks": llm.llm_engine.model_runner.num_kv_blocks,
     }
     (out / f"rank{RANK}.json").write_text(json.dumps(result))
