@@ -1,9 +1,12 @@
-"""RMSNorm, optionally fused with the residual add before it."""
+"""RMSNorm, optionally fused with the residual add before it (one Triton kernel on CUDA)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from runtime.layers.fused import use_triton
+from runtime.layers.fused.rms_norm import rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -20,6 +23,14 @@ class RMSNorm(nn.Module):
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``norm(x)``; with ``residual``: ``(norm(x + residual), x + residual)``."""
+        if use_triton(x):
+            return rms_norm(x, self.weight, self.eps, residual)
+        return self.forward_native(x, residual)
+
+    def forward_native(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The torch code: the reference of the fused kernel."""
         if residual is not None:
             x = x + residual
             residual = x

@@ -1,5 +1,6 @@
 """Rotary position embedding (the rotate-half layout of Hugging Face Llama), with the ``linear``
-and ``llama3`` frequency scalings. The cos/sin table is computed once, in float32."""
+and ``llama3`` frequency scalings. The cos/sin table is computed once, in float32. On CUDA one
+Triton kernel rotates the queries and keys in place."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from runtime.layers.fused import use_triton
+from runtime.layers.fused.rotary import rotary_embedding
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -61,7 +65,16 @@ class RotaryEmbedding(nn.Module):
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotate ``q`` [T, Hq*D] and ``k`` [T, Hkv*D] by their tokens' ``positions`` [T]."""
+        """Rotate ``q`` [T, Hq*D] and ``k`` [T, Hkv*D] by their tokens' ``positions`` [T]. On CUDA
+        ``q`` and ``k`` are rotated in place; use the returned tensors either way."""
+        if use_triton(q):
+            return rotary_embedding(positions, q, k, self.cos_sin_cache, self.head_dim)
+        return self.forward_native(positions, q, k)
+
+    def forward_native(
+        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The torch code: the reference of the fused kernel (returns new tensors)."""
         cos, sin = self.cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
