@@ -210,8 +210,8 @@ class _Watchdog(threading.Thread):
         now = time.monotonic()
         seen = {peer: (-1, now) for peer in self.peers}
         while not self.stopped.wait(HEARTBEAT_S):
-            if self.problem is None:
-                self.problem = self._check(seen)
+            problem = self._check(seen)  # heartbeats even after a problem: peers may be fine
+            self.problem = self.problem or problem
             if self.problem is not None and self.busy:
                 self._end_process()
 
