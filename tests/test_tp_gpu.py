@@ -108,7 +108,7 @@ def test_kv_cache_is_sized_by_the_rank_with_least_free_memory(runs, tmp_path):
 def test_a_dead_rank_ends_its_peer_out_of_a_nccl_wait():
     need_gpus(2)
     start = time.monotonic()
-    result = torchrun(2, "fault", "collective", timeout=300)
+    result = torchrun(2, "fault", "collective", "cuda", timeout=300)
     assert result.returncode != 0
     assert "rank 0: rank 1 stopped responding" in result.stderr, result.stderr[-3000:]
     assert time.monotonic() - start < 120  # start-up plus seconds, not the collective timeout

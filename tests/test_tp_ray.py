@@ -10,7 +10,7 @@ import pytest
 from runtime import LLM
 from runtime.config import Config
 from tests.checkpoints import make_checkpoint
-from tests.tp_worker import GREEDY, PROMPTS, SAMPLED
+from tests.tp_worker import CPU, GREEDY, PROMPTS, SAMPLED
 
 
 def tokens(outputs) -> list[list[int]]:
@@ -38,11 +38,11 @@ def test_without_ray_the_error_names_the_install_command(monkeypatch):
 def test_ray_ranks_give_the_tokens_of_one_process(tmp_path):
     ray = pytest.importorskip("ray")
     checkpoint = str(make_checkpoint(tmp_path / "qwen2", "qwen2"))
-    expected = LLM(checkpoint, dtype="float32", max_model_len=64)
+    expected = LLM(checkpoint, max_model_len=64, **CPU)
     llm = LLM(
         checkpoint,
-        dtype="float32",
         max_model_len=64,
+        **CPU,
         tensor_parallel_size=2,
         distributed_executor_backend="ray",
     )

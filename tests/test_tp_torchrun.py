@@ -21,7 +21,7 @@ from gradlib.schema import read_shapes
 from runtime import LLM
 from runtime.workload import capture_workload
 from tests.checkpoints import make_checkpoint
-from tests.tp_worker import CLI_ARGS, GREEDY, PROMPTS
+from tests.tp_worker import CLI_ARGS, CPU, GREEDY, PROMPTS
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("tp_worker.py")
@@ -63,10 +63,10 @@ def ranks(checkpoints, tmp_path_factory) -> tuple[list[dict], Path]:
 def test_tp2_greedy_tokens_equal_tp1(ranks, checkpoints):
     results, _ = ranks
     for model in checkpoints:
-        llm = LLM(model, dtype="float32", max_model_len=64)
+        llm = LLM(model, max_model_len=64, **CPU)
         expected = tokens(llm.generate(PROMPTS, GREEDY, use_tqdm=False))
         assert results[0]["greedy"][model] == results[1]["greedy"][model] == expected
-    llm = LLM("tiny-llama", load_format="dummy", dtype="float32", max_model_len=64)
+    llm = LLM("tiny-llama", load_format="dummy", max_model_len=64, **CPU)
     expected = tokens(llm.generate(PROMPTS, GREEDY, use_tqdm=False))
     assert results[0]["greedy"]["tiny-llama"] == results[1]["greedy"]["tiny-llama"] == expected
 
@@ -87,9 +87,7 @@ def test_tp2_kv_cache_has_the_same_blocks_on_every_rank(ranks):
 def test_tp2_capture_merges_both_ranks_shard_problems(ranks, tmp_path):
     _, out = ranks
     one = tmp_path / "tp1.csv"
-    capture_workload(
-        "tiny-llama", [1, 3], input_len=5, output_len=3, path=str(one), dtype="float32"
-    )
+    capture_workload("tiny-llama", [1, 3], input_len=5, output_len=3, path=str(one), **CPU)
     expected: Counter = Counter()
     layers: dict[tuple[int, int, int], set[str]] = {}
     for row in read_shapes(one, dtype=torch.float32, outdtype=torch.float32):
@@ -118,7 +116,7 @@ def test_tp2_generate_command_prints_on_rank_0_only(ranks):
 @pytest.mark.parametrize("mode", ["collective", "hang"])
 def test_a_rank_exiting_ends_the_other_quickly(mode):
     start = time.monotonic()
-    result = torchrun("fault", mode, timeout=90)
+    result = torchrun("fault", mode, "cpu", timeout=90)
     elapsed = time.monotonic() - start
     assert result.returncode != 0
     if mode == "collective":  # gloo sees the closed connection at once

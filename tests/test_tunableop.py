@@ -21,11 +21,12 @@ PARAMS = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
 
 def test_cpu_engine_is_unchanged_with_tunableop_enabled(monkeypatch):
     prompts = ["Hello", "TunableOp"]
-    plain = LLM("tiny-llama", load_format="dummy", max_model_len=32).generate(prompts, PARAMS)
+    options = {"load_format": "dummy", "max_model_len": 32, "device": "cpu"}
+    plain = LLM("tiny-llama", **options).generate(prompts, PARAMS)
     monkeypatch.setenv("PYTORCH_TUNABLEOP_ENABLED", "1")
     monkeypatch.setenv("PYTORCH_TUNABLEOP_TUNING", "0")
     assert configure_tunableop(torch.device("cpu")) is None
-    tuned = LLM("tiny-llama", load_format="dummy", max_model_len=32).generate(prompts, PARAMS)
+    tuned = LLM("tiny-llama", **options).generate(prompts, PARAMS)
     assert [o.outputs[0].token_ids for o in tuned] == [o.outputs[0].token_ids for o in plain]
 
 
@@ -72,7 +73,8 @@ def test_settings_go_to_the_ranks_gpu(monkeypatch, tuning, with_write_file):
 SCRIPT = """
 import sys
 from runtime import LLM, SamplingParams
-llm = LLM("tiny-llama", load_format="dummy", dtype="bfloat16", max_model_len=64)
+llm = LLM("tiny-llama", load_format="dummy", dtype="bfloat16", max_model_len=64,
+          kv_cache_memory_bytes=16 << 20)
 params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
 batch = int(sys.argv[1])
 out = llm.generate(["TunableOp picks GEMMs"] * batch, params, use_tqdm=False)

@@ -2,8 +2,8 @@
 
 ``tp_worker.py parity OUT CHECKPOINT...``: tokens of each checkpoint and of the tiny-llama
 preset, a shape capture into OUT/shapes.csv and ``solidx generate``'s output, as OUT/rankR.json.
-``tp_worker.py fault MODE``: rank 1 exits in the middle of a generate call, during a collective
-(``collective``) or while rank 0 is blocked as in a NCCL wait (``hang``).
+``tp_worker.py fault MODE DEVICE``: rank 1 exits in the middle of a generate call, during a
+collective (``collective``) or while rank 0 is blocked as in a NCCL wait (``hang``).
 ``tp_worker.py mismatch``: the ranks are given different max_model_len.
 ``tp_worker.py tokens OUT MODEL [NAME=VALUE...]``: greedy tokens with their top-2 logprobs,
 sampled tokens and the KV blocks of an engine of WORLD_SIZE ranks (LLM keywords as NAME=VALUE),
@@ -41,7 +41,9 @@ LONG_PROMPTS = PROMPTS + [
     "Once upon a time, in a land far away,",
     "1, 2, 3, 4, 5,",
 ]
-CLI_ARGS = ["--model", "tiny-llama", "--load-format", "dummy", "--dtype", "float32"]
+CPU = {"device": "cpu", "dtype": "float32"}  # gloo, and the same figures on any machine
+CLI_ARGS = ["--model", "tiny-llama", "--load-format", "dummy", "--device", "cpu"]
+CLI_ARGS += ["--dtype", "float32"]
 CLI_ARGS += ["--max-model-len", "64", "--prompt", "Hello", "--max-tokens", "6", "--ignore-eos"]
 RANK = int(os.environ.get("RANK", "0"))
 
@@ -56,12 +58,10 @@ def parity(out: Path, checkpoints: list[str]) -> None:
 
     result: dict[str, Any] = {"greedy": {}, "sampled": {}}
     for model in checkpoints:
-        llm = LLM(model, dtype="float32", tensor_parallel_size=2, max_model_len=64)
+        llm = LLM(model, tensor_parallel_size=2, max_model_len=64, **CPU)
         result["greedy"][model] = tokens(llm.generate(PROMPTS, GREEDY, use_tqdm=False))
         result["sampled"][model] = tokens(llm.generate(PROMPTS, SAMPLED, use_tqdm=False))
-    llm = LLM(
-        "tiny-llama", load_format="dummy", dtype="float32", tensor_parallel_size=2, max_model_len=64
-    )
+    llm = LLM("tiny-llama", load_format="dummy", tensor_parallel_size=2, max_model_len=64, **CPU)
     result["greedy"]["tiny-llama"] = tokens(llm.generate(PROMPTS, GREEDY, use_tqdm=False))
     result["num_kv_blocks"] = llm.llm_engine.model_runner.num_kv_blocks
     capture_workload(
@@ -70,8 +70,8 @@ def parity(out: Path, checkpoints: list[str]) -> None:
         input_len=5,
         output_len=3,
         path=str(out / "shapes.csv"),
-        dtype="float32",
         tensor_parallel_size=2,
+        **CPU,
     )
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
@@ -80,9 +80,16 @@ def parity(out: Path, checkpoints: list[str]) -> None:
     (out / f"rank{RANK}.json").write_text(json.dumps(result))
 
 
-def fault(mode: str) -> None:
+def fault(mode: str, device: str) -> None:
     runtime.distributed.PEER_TIMEOUT_S = 3.0
-    llm = LLM("tiny-llama", load_format="dummy", tensor_parallel_size=2, max_model_len=64)
+    llm = LLM(
+        "tiny-llama",
+        load_format="dummy",
+        tensor_parallel_size=2,
+        max_model_len=64,
+        kv_cache_memory_bytes=16 << 20,
+        device=device,
+    )
     engine = llm.llm_engine
     step, calls = engine.step, [0]
 
@@ -127,7 +134,13 @@ def generate_tokens(out: Path, model: str, options: list[str]) -> None:
 
 
 def mismatch() -> None:
-    LLM("tiny-llama", load_format="dummy", tensor_parallel_size=2, max_model_len=32 + 32 * RANK)
+    LLM(
+        "tiny-llama",
+        load_format="dummy",
+        tensor_parallel_size=2,
+        max_model_len=32 + 32 * RANK,
+        device="cpu",
+    )
 
 
 if __name__ == "__main__":
@@ -136,7 +149,7 @@ if __name__ == "__main__":
     if task == "parity":
         parity(Path(args[0]), args[1:])
     elif task == "fault":
-        fault(args[0])
+        fault(args[0], args[1])
     elif task == "tokens":
         generate_tokens(Path(args[0]), args[1], args[2:])
     else:
