@@ -87,6 +87,7 @@ def fault(mode: str, device: str) -> None:
         load_format="dummy",
         tensor_parallel_size=2,
         max_model_len=64,
+        max_num_seqs=8,
         kv_cache_memory_bytes=16 << 20,
         device=device,
     )
@@ -115,7 +116,7 @@ def generate_tokens(out: Path, model: str, options: list[str]) -> None:
         kwargs[name] = int(value) if value.isdigit() else value
     hog = float(os.environ.get("HOG_GIB", "0"))
     held = (
-        torch.empty(int(hog * 2**30), dtype=torch.uint8, device="cuda")
+        torch.empty(int(hog * 2**30), dtype=torch.uint8, device=f"cuda:{RANK}")
         if RANK == 1 and hog
         else None
     )
