@@ -59,9 +59,12 @@ def test_quantize_input_on_gpu_is_bitwise_torch(shape, dtype, static) -> None:
     x = (torch.randn(shape, device="cuda") * 3).to(dtype)
     scale = torch.tensor(0.02, device="cuda") if static else None
     q, s = iq.quantize_input(x, scale)
-    q_ref, s_ref = quantize(x, scale)
+    _, s_ref = quantize(x, scale)
     assert q.shape == x.shape and s.shape == () and s.dtype == torch.float32
-    assert float(s) == float(s_ref)
+    # torch divides by a Python scalar as a multiply by its reciprocal, the kernel divides
+    # correctly rounded: the dynamic scale may differ in the last bit.
+    assert abs(float(s) - float(s_ref)) <= 2 * torch.finfo(torch.float32).eps * float(s_ref)
+    q_ref, _ = quantize(x, s)
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
     graph = torch.cuda.CUDAGraph()  # capturable: replays write the same values
     with torch.cuda.graph(graph):
