@@ -71,6 +71,10 @@ def latency(
         )
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
+    from runtime.distributed import get_tp_rank
+
+    if get_tp_rank() != 0:  # under torchrun every rank measures; rank 0 reports
+        return
     click.echo(result.summary())
     if output_json:
         with open(output_json, "w") as f:

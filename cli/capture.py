@@ -49,8 +49,12 @@ def capture_shapes(model: str, tp: int, batch_sizes: str, prefill_tokens: str, d
     if run:
         from runtime.workload import capture_workload
 
+        from runtime.distributed import get_tp_rank
+
         rows = capture_workload(model, int_list(batch_sizes), input_len, output_len, output,
                                 tensor_parallel_size=tp, quantization=quantization)
+        if get_tp_rank() != 0:  # every rank merged its shard problems into the file
+            return
         click.echo(_shape_table(rows))
         click.echo(f"recorded {len(rows)} problems into {output}")
         return
