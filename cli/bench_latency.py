@@ -4,25 +4,12 @@ Hugging Face transformers ``generate``."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
-from cli.engine_options import config_kwargs, engine_options
+from cli.engine_options import engine_options, given_config_kwargs, report
 from shape_capture.presets import PRESETS
-
-
-def given_config_kwargs(options: dict[str, Any]) -> dict[str, Any]:
-    """The ``Config`` keywords the user gave on the command line, so that the benchmark's own
-    sizing (``max_num_seqs``, ``max_model_len`` from the workload) applies to the rest."""
-    ctx = click.get_current_context()
-    return {
-        name: value
-        for name, value in config_kwargs(options).items()
-        if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
-    }
 
 
 @click.command("latency")
@@ -71,11 +58,4 @@ def latency(
         )
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
-    from runtime.distributed import get_tp_rank
-
-    if get_tp_rank() != 0:  # under torchrun every rank measures; rank 0 reports
-        return
-    click.echo(result.summary())
-    if output_json:
-        with open(output_json, "w") as f:
-            json.dump(result.as_dict(), f, indent=2)
+    report(result, output_json)

@@ -3,14 +3,12 @@ beside Hugging Face transformers ``generate`` at its best batch size."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
-from cli.bench_latency import given_config_kwargs
 from cli.capture import int_list
-from cli.engine_options import engine_options
+from cli.engine_options import engine_options, given_config_kwargs, report
 from cli.generate import read_prompts
 from shape_capture.presets import PRESETS
 
@@ -101,11 +99,4 @@ def throughput(
         )
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
-    from runtime.distributed import get_tp_rank
-
-    if get_tp_rank() != 0:  # under torchrun every rank measures; rank 0 reports
-        return
-    click.echo(result.summary())
-    if output_json:
-        with open(output_json, "w") as f:
-            json.dump(result.as_dict(), f, indent=2)
+    report(result, output_json)

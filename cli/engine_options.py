@@ -4,10 +4,12 @@ commands that build an engine (generate, bench latency) never fall behind it."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import click
+from click.core import ParameterSource
 
 from runtime.config import Config
 
@@ -44,3 +46,33 @@ def config_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     """The ``Config`` keywords among a command's parameters."""
     names = {f.name for f in dataclasses.fields(Config) if f.init and f.name != "model"}
     return {name: value for name, value in params.items() if name in names}
+
+
+def given_config_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    """The ``Config`` keywords the user gave on the command line, so that the benchmark's own
+    sizing (``max_num_seqs``, ``max_model_len`` from the workload) applies to the rest."""
+    ctx = click.get_current_context()
+    return {
+        name: value
+        for name, value in config_kwargs(options).items()
+        if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+    }
+
+
+class BenchResult(Protocol):
+    def summary(self) -> str: ...
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+def report(result: BenchResult, output_json: str | None) -> None:
+    """Print a benchmark's summary and save it as JSON, on rank 0 only: under torchrun every
+    rank measures and rank 0 reports."""
+    from runtime.distributed import get_tp_rank
+
+    if get_tp_rank() != 0:
+        return
+    click.echo(result.summary())
+    if output_json:
+        with open(output_json, "w") as f:
+            json.dump(result.as_dict(), f, indent=2)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli.bench_latency import given_config_kwargs
+from cli.engine_options import given_config_kwargs
 from cli.bench_throughput import throughput
 from cli.engine_options import engine_options
 from runtime.bench_latency import bench_latency
