@@ -138,6 +138,16 @@ class LinearBase(nn.Module, ABC):
     ) -> None:
         """Copy this rank's slice of the checkpoint tensor ``loaded`` into ``param``."""
 
+    def _load_rank_slice(self, param: nn.Parameter, loaded: torch.Tensor, dim_attr: str) -> None:
+        """Copy this rank's equal slice along the dim ``param`` names in ``dim_attr``
+        (``output_dim`` or ``input_dim``); a param without it is copied whole."""
+        dim = getattr(param, dim_attr, None)
+        if dim is None:
+            copy_shard(param, loaded, None)
+            return
+        size = param.shape[dim]
+        copy_shard(param, loaded, dim, 0, self.tp_rank * size, size, size * self.tp_size)
+
     def gemm(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """Run the linear method and report the problem to the shape recorder when one is active."""
         y = self.linear_method.apply(self, x, bias)
@@ -182,12 +192,7 @@ class ColumnParallelLinear(LinearBase):
     def weight_loader(
         self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Any = None
     ) -> None:
-        dim = getattr(param, "output_dim", None)
-        if dim is None:
-            copy_shard(param, loaded, None)
-            return
-        size = param.shape[dim]
-        copy_shard(param, loaded, dim, 0, self.tp_rank * size, size, size * self.tp_size)
+        self._load_rank_slice(param, loaded, "output_dim")
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -297,12 +302,7 @@ class RowParallelLinear(LinearBase):
     def weight_loader(
         self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Any = None
     ) -> None:
-        dim = getattr(param, "input_dim", None)
-        if dim is None:
-            copy_shard(param, loaded, None)
-            return
-        size = param.shape[dim]
-        copy_shard(param, loaded, dim, 0, self.tp_rank * size, size, size * self.tp_size)
+        self._load_rank_slice(param, loaded, "input_dim")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
