@@ -31,7 +31,7 @@ class LatencyResult:
     """Times in seconds. ``tokens_per_s``: generated tokens of the whole batch over the whole run;
     ``decode_steps_per_s``: steps after the first token, per second (tokens/s per sequence);
     ``weight_gb_per_s``: ``weight_bytes`` × decode steps/s (``weight_bytes`` is what a decode step
-    reads: every parameter but the embedding table); ``copy_gb_per_s``: device-to-device copy
+    reads on one GPU: every parameter of its shard but the embedding table); ``copy_gb_per_s``: device-to-device copy
     bandwidth (read + write) measured in the same run; ``bound_steps_per_s``: the decode steps/s
     that reading the weights at copy bandwidth allows; ``tuned_gemm``: for an fp8 model, the tuned
     file's summary and how many GEMM problems ran with a tuned solution (hits) or the default
@@ -40,6 +40,7 @@ class LatencyResult:
     model: str
     device: str
     dtype: str
+    tensor_parallel_size: int
     batch_size: int
     input_len: int
     output_len: int
@@ -73,16 +74,19 @@ class LatencyResult:
         }
 
     def summary(self) -> str:
+        tp = self.tensor_parallel_size
+        devices = f"{tp} × {self.device}, TP {tp}" if tp > 1 else self.device
+        per_gpu = " per GPU" if tp > 1 else ""
         lines = [
             (
-                f"{self.model} {self.dtype} on {self.device}: batch {self.batch_size}, "
+                f"{self.model} {self.dtype} on {devices}: batch {self.batch_size}, "
                 f"{self.input_len} in / {self.output_len} out, "
                 f"CUDA graphs {'on' if self.cuda_graphs else 'off'}"
             ),
             (
                 f"  solidx: {self.tokens_per_s:.1f} tokens/s, "
                 f"decode {self.decode_steps_per_s:.1f} steps/s = "
-                f"{self.weight_gb_per_s:.1f} GB/s of weights, "
+                f"{self.weight_gb_per_s:.1f} GB/s of weights{per_gpu}, "
                 f"TTFT {1e3 * self.time_to_first_token_s:.1f} ms, total {self.total_s:.2f} s"
             ),
             (
@@ -157,6 +161,7 @@ def bench_latency(
         model=model,
         device=device_name(runner.device),
         dtype=str(llm.llm_engine.config.torch_dtype).removeprefix("torch."),
+        tensor_parallel_size=llm.llm_engine.config.tensor_parallel_size,
         batch_size=batch_size,
         input_len=input_len,
         output_len=output_len,
