@@ -40,6 +40,7 @@ class LatencyResult:
     model: str
     device: str
     dtype: str
+    quantization: str | None
     tensor_parallel_size: int
     batch_size: int
     input_len: int
@@ -79,7 +80,8 @@ class LatencyResult:
         per_gpu = " per GPU" if tp > 1 else ""
         lines = [
             (
-                f"{self.model} {self.dtype} on {devices}: batch {self.batch_size}, "
+                f"{self.model} {self.dtype}{f' {self.quantization}' if self.quantization else ''} "
+                f"on {devices}: batch {self.batch_size}, "
                 f"{self.input_len} in / {self.output_len} out, "
                 f"CUDA graphs {'on' if self.cuda_graphs else 'off'}"
             ),
@@ -161,6 +163,7 @@ def bench_latency(
         model=model,
         device=device_name(runner.device),
         dtype=str(llm.llm_engine.config.torch_dtype).removeprefix("torch."),
+        quantization=llm.llm_engine.config.quantization,
         tensor_parallel_size=llm.llm_engine.config.tensor_parallel_size,
         batch_size=batch_size,
         input_len=input_len,

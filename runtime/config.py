@@ -43,6 +43,9 @@ class Config:
     dtype: str = _opt("auto", "Model dtype: auto (the checkpoint's), float32, float16, bfloat16.")
     seed: int = _opt(0, "Seed of dummy weights and of sampling without a per-request seed.")
     tensor_parallel_size: int = _opt(1, "Ranks sharing each layer (run under torchrun).")
+    disable_custom_all_reduce: bool = _opt(
+        False, "All-reduce through NCCL alone, not the one-shot NVLink kernel (GPUs, TP > 1)."
+    )
     distributed_executor_backend: str | None = _opt(
         None, "How the ranks start: torchrun (the default: run under torchrun) or ray."
     )

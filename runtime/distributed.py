@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from runtime import envs
+from runtime.custom_all_reduce import CustomAllReduce
 
 if TYPE_CHECKING:
     from runtime.config import Config
@@ -87,9 +88,12 @@ def _collective_failed(op: str, exc: Exception) -> RuntimeError:
 
 
 def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
-    """Sum ``x`` over the tensor-parallel ranks (in place where there are several)."""
+    """Sum ``x`` over the tensor-parallel ranks: the custom all-reduce's new tensor for small
+    GPU tensors, else ``x`` summed in place by the process group."""
     if get_tp_size() == 1:
         return x
+    if _custom_all_reduce is not None and _custom_all_reduce_on and _custom_all_reduce.eligible(x):
+        return _custom_all_reduce(x)
     try:
         dist.all_reduce(x)
     except RuntimeError as exc:
@@ -136,11 +140,14 @@ def divide(total: int, parts: int, what: str) -> int:
 
 # -- start-up -------------------------------------------------------------------------------
 
+_custom_all_reduce: CustomAllReduce | None = None
+_custom_all_reduce_on = False  # the current engine's choice (``disable_custom_all_reduce``)
+
 
 def init_distributed(config: Config) -> None:
     """Join the launch's process group when ``config.tensor_parallel_size`` > 1 (torchrun's
-    variables say where; NCCL on CUDA, gloo on CPU), check that every rank has the same settings
-    and start the watchdog. Nothing to do at size 1 outside a group. Safe to call again."""
+    variables say where; NCCL on CUDA, gloo on CPU), check that every rank has the same settings,
+    start the watchdog and, on GPUs, set up the custom all-reduce. Nothing to do at size 1 outside a group. Safe to call again."""
     device = config.torch_device
     if not _initialized():
         if config.tensor_parallel_size == 1:
@@ -154,6 +161,10 @@ def init_distributed(config: Config) -> None:
         torch.cuda.set_device(device)
     check_same_settings(settings_of(config))
     _start_watchdog()
+    global _custom_all_reduce, _custom_all_reduce_on
+    _custom_all_reduce_on = device.type == "cuda" and not config.disable_custom_all_reduce
+    if _custom_all_reduce_on and _custom_all_reduce is None:
+        _custom_all_reduce = CustomAllReduce.create(dist.group.WORLD, device, config.torch_dtype)
 
 
 def settings_of(config: Config) -> dict[str, str]:

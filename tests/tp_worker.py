@@ -5,6 +5,8 @@ preset, a shape capture into OUT/shapes.csv and ``solidx generate``'s output, as
 ``tp_worker.py fault MODE DEVICE``: rank 1 exits in the middle of a generate call, during a
 collective (``collective``) or while rank 0 is blocked as in a NCCL wait (``hang``).
 ``tp_worker.py mismatch``: the ranks are given different max_model_len.
+``tp_worker.py allreduce OUT``: the custom all-reduce (eager and replayed in a CUDA graph) and
+NCCL beside the exact sum of every rank's input, as OUT/rankR.json (GPUs).
 ``tp_worker.py tokens OUT MODEL [NAME=VALUE...]``: greedy tokens with their top-2 logprobs,
 sampled tokens and the KV blocks of an engine of WORLD_SIZE ranks (LLM keywords as NAME=VALUE),
 as OUT/rankR.json;
@@ -134,6 +136,45 @@ def generate_tokens(out: Path, model: str, options: list[str]) -> None:
     del held
 
 
+def all_reduce_errors(out: Path) -> None:
+    from runtime.custom_all_reduce import MAX_BYTES, CustomAllReduce
+
+    device = torch.device("cuda", RANK)
+    torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl", device_id=device)
+    world = torch.distributed.get_world_size()
+    custom = CustomAllReduce.create(torch.distributed.group.WORLD, device, torch.bfloat16)
+    assert custom is not None, "no custom all-reduce on this machine"
+    result: dict[str, Any] = {}
+    for rows in (1, 3, 64, MAX_BYTES // 8192, MAX_BYTES // 8192 + 1):
+        inputs = [
+            torch.randn(rows, 4096, generator=torch.Generator().manual_seed(r)) for r in range(world)
+        ]
+        exact = torch.stack(inputs).sum(0).to(device)
+        x = inputs[RANK].to(device, torch.bfloat16)
+        nccl = x.clone()
+        torch.distributed.all_reduce(nccl)
+        got = custom(x) if custom.eligible(x) else None
+        graph_x = torch.zeros_like(x)
+        graph = torch.cuda.CUDAGraph()
+        if got is not None:
+            custom(graph_x)  # warm-up outside the capture
+            with torch.cuda.graph(graph):
+                graph_out = custom(graph_x)
+            graph_x.copy_(x)
+            graph.replay()
+            torch.cuda.synchronize()
+        result[str(rows)] = {
+            "eligible": got is not None,
+            "input_unchanged": bool(torch.equal(x, inputs[RANK].to(device, torch.bfloat16))),
+            "nccl": (nccl.float() - exact).abs().max().item(),
+            "custom": None if got is None else (got.float() - exact).abs().max().item(),
+            "graph": None if got is None else (graph_out.float() - exact).abs().max().item(),
+            "scale": exact.abs().max().item(),
+        }
+    (out / f"rank{RANK}.json").write_text(json.dumps(result))
+
+
 def mismatch() -> None:
     LLM(
         "tiny-llama",
@@ -153,5 +194,7 @@ if __name__ == "__main__":
         fault(args[0], args[1])
     elif task == "tokens":
         generate_tokens(Path(args[0]), args[1], args[2:])
+    elif task == "allreduce":
+        all_reduce_errors(Path(args[0]))
     else:
         mismatch()
