@@ -163,14 +163,15 @@ def _choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
 
 
 def _resolve_device(device: str) -> torch.device:
-    """``auto``: this rank's GPU (cuda:LOCAL_RANK) when CUDA is available, else the CPU."""
+    """``auto``: this rank's GPU when CUDA is available, else the CPU; ``cuda`` without an index:
+    this rank's GPU (cuda:LOCAL_RANK, so every rank of a launch may be given ``cuda``)."""
     if device == "auto":
-        return (
-            torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
-        )
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available")
+    if resolved.type == "cuda" and resolved.index is None:
+        return torch.device("cuda", local_rank())
     return resolved
 
 

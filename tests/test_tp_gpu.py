@@ -3,10 +3,12 @@
 TP 4 against TP 1, bf16 and fp8; the KV cache sized by the rank with the least free memory; a
 dead rank ending its peer out of a NCCL wait.
 
-Greedy tokens of different TP sizes agree exactly until a step whose top two tokens are within
-rounding of each other (the partial sums are added in another order; fp8 also scales each shard
-and each rank's slice of the inputs by its own amax): there the runs may pick either, and the
-comparison of that prompt ends. Every rank of one run gives exactly the same tokens.
+Greedy tokens of different TP sizes agree exactly until a step whose top tokens are within
+rounding of each other (the partial sums are rounded to bf16 and added in another order; fp8 also
+scales each shard and each rank's slice of the inputs by its own amax, about 5% noise per GEMM):
+there the runs may pick either, and the comparison of that prompt ends. Dummy weights make the
+logits of 128k tokens nearly normal with unit spread, so the top tokens are often ~0.2 nats apart.
+Every rank of one run gives exactly the same tokens.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("tp_worker.py")
 MODEL = "llama-3-8b"
-NEAR_TIE = {"bfloat16": 0.15, "fp8": 0.6}  # nats between the top two tokens (see the doc)
+NEAR_TIE = {"bfloat16": 0.25, "fp8": 1.0}  # nats: rounding differences between TP sizes (doc)
 
 pytestmark = pytest.mark.gpu
 
@@ -74,18 +76,27 @@ def runs(tmp_path_factory) -> Callable[[int, str], list[dict]]:
 
 def assert_same_greedy(reference: dict, other: dict, tie: float) -> None:
     """``other``'s tokens equal ``reference``'s up to the first step where they differ, which
-    must be a near-tie of ``reference`` (top two within ``tie`` nats); the chosen tokens'
-    logprobs agree within ``tie`` before it; a quarter of the steps at least get compared."""
+    must be a near-tie (the two tokens within ``tie`` nats in either run's top 5); the chosen
+    tokens' logprobs agree within ``tie`` before it; a quarter of the steps at least get
+    compared."""
     compared = total = 0
+    worst = 0.0  # the largest logprob difference of a chosen token, for the messages
     for i, (ref, got) in enumerate(zip(reference["tokens"], other["tokens"])):
         total += len(ref)
         for step, (a, b) in enumerate(zip(ref, got)):
             ref_lp, got_lp = reference["logprobs"][i][step], other["logprobs"][i][step]
             if a != b:
-                gap = ref_lp[str(a)] - ref_lp.get(str(b), -math.inf)
-                assert gap < tie, f"prompt {i} step {step}: {b} instead of {a} ({gap:.3f} nats)"
+                gap = min(
+                    ref_lp[str(a)] - ref_lp.get(str(b), -math.inf),
+                    got_lp[str(b)] - got_lp.get(str(a), -math.inf),
+                )
+                assert gap < tie, (
+                    f"prompt {i} step {step}: {b} instead of {a} ({gap:.3f} nats apart; chosen "
+                    f"tokens' logprobs differed by up to {worst:.3f} before)"
+                )
                 break
-            assert abs(ref_lp[str(a)] - got_lp[str(a)]) < tie, f"prompt {i} step {step}"
+            worst = max(worst, abs(ref_lp[str(a)] - got_lp[str(a)]))
+            assert worst < tie, f"prompt {i} step {step}: logprob of {a} differs by {worst:.3f}"
             compared += 1
     assert compared >= total / 4, f"only {compared} of {total} steps compared"
 

@@ -7,7 +7,7 @@ collective (``collective``) or while rank 0 is blocked as in a NCCL wait (``hang
 ``tp_worker.py mismatch``: the ranks are given different max_model_len.
 ``tp_worker.py allreduce OUT``: the custom all-reduce (eager and replayed in a CUDA graph) and
 NCCL beside the exact sum of every rank's input, as OUT/rankR.json (GPUs).
-``tp_worker.py tokens OUT MODEL [NAME=VALUE...]``: greedy tokens with their top-2 logprobs,
+``tp_worker.py tokens OUT MODEL [NAME=VALUE...]``: greedy tokens with their top-5 logprobs,
 sampled tokens and the KV blocks of an engine of WORLD_SIZE ranks (LLM keywords as NAME=VALUE),
 as OUT/rankR.json;
 with HOG_GIB=G rank 1 first takes G GiB of its GPU, so the ranks' free memory differs.
@@ -124,7 +124,7 @@ def generate_tokens(out: Path, model: str, options: list[str]) -> None:
     )
     world = int(os.environ["WORLD_SIZE"])
     llm = LLM(model, load_format="dummy", tensor_parallel_size=world, max_num_seqs=8, **kwargs)
-    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=2)
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=5)
     outputs = llm.generate(LONG_PROMPTS, params, use_tqdm=False)
     result = {
         "tokens": tokens(outputs),
