@@ -7,7 +7,7 @@ collective (``collective``) or while rank 0 is blocked as in a NCCL wait (``hang
 ``tp_worker.py mismatch``: the ranks are given different max_model_len.
 ``tp_worker.py allreduce OUT``: the custom all-reduce (eager and replayed in a CUDA graph) and
 NCCL beside the exact sum of every rank's input, as OUT/rankR.json (GPUs).
-``tp_worker.py tokens OUT MODEL [NAME=VALUE...]``: greedy tokens with their top-5 logprobs,
+``tp_worker.py tokens OUT MODEL [NAME=VALUE...]``: greedy tokens with their top-20 logprobs,
 sampled tokens and the KV blocks of an engine of WORLD_SIZE ranks (LLM keywords as NAME=VALUE),
 as OUT/rankR.json;
 with HOG_GIB=G rank 1 first takes G GiB of its GPU, so the ranks' free memory differs.
@@ -42,6 +42,14 @@ LONG_PROMPTS = PROMPTS + [
     "def fibonacci(n):",
     "Once upon a time, in a land far away,",
     "1, 2, 3, 4, 5,",
+    "The mitochondria is the powerhouse",
+    "SELECT name FROM users WHERE",
+    "In 1969, the first humans",
+    "import numpy as np",
+    "Roses are red, violets are",
+    "The GEMM kernel reads the weights",
+    "Dear hiring manager, I am writing",
+    "The sum of the angles of a triangle",
 ]
 CPU = {"device": "cpu", "dtype": "float32"}  # gloo, and the same figures on any machine
 CLI_ARGS = ["--model", "tiny-llama", "--load-format", "dummy", "--device", "cpu"]
@@ -124,7 +132,7 @@ def generate_tokens(out: Path, model: str, options: list[str]) -> None:
     )
     world = int(os.environ["WORLD_SIZE"])
     llm = LLM(model, load_format="dummy", tensor_parallel_size=world, max_num_seqs=8, **kwargs)
-    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=5)
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=20)
     outputs = llm.generate(LONG_PROMPTS, params, use_tqdm=False)
     result = {
         "tokens": tokens(outputs),
