@@ -7,7 +7,10 @@ Greedy tokens of different TP sizes agree exactly until a step whose top tokens 
 rounding of each other (the partial sums are rounded to bf16 and added in another order; fp8 also
 scales each shard and each rank's slice of the inputs by its own amax, about 5% noise per GEMM):
 there the runs may pick either, and the comparison of that prompt ends. Dummy weights make the
-logits of 128k tokens nearly normal with unit spread, so the top tokens are often ~0.2 nats apart.
+logits of 128k tokens nearly normal with unit spread: the top 20 lie within ~0.75 nats, so ties are
+frequent, and fp8 (whose own noise against bf16 is ~0.1 nats on average, ~0.4 at most, H200)
+ends most prompts within a few steps, at TP 1 against bf16 as at TP 2 or 4 against TP 1. A wrong
+shard or scale picks tokens outside the reference's top 20 (infinitely far apart here).
 Every rank of one run gives exactly the same tokens.
 """
 
@@ -29,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("tp_worker.py")
 MODEL = "llama-3-8b"
 NEAR_TIE = {"bfloat16": 0.25, "fp8": 1.0}  # nats: rounding differences between TP sizes (doc)
+MIN_COMPARED = {"bfloat16": 1 / 4, "fp8": 1 / 10}  # share of the steps before the first tie
 
 pytestmark = pytest.mark.gpu
 
@@ -74,11 +78,11 @@ def runs(tmp_path_factory) -> Callable[[int, str], list[dict]]:
     return run
 
 
-def assert_same_greedy(reference: dict, other: dict, tie: float) -> None:
+def assert_same_greedy(reference: dict, other: dict, tie: float, min_compared: float) -> None:
     """``other``'s tokens equal ``reference``'s up to the first step where they differ, which
-    must be a near-tie (the two tokens within ``tie`` nats in either run's top 5); the chosen
-    tokens' logprobs agree within ``tie`` before it; a quarter of the steps at least get
-    compared."""
+    must be a near-tie (the two tokens within ``tie`` nats in either run's top 20); the chosen
+    tokens' logprobs agree within ``tie`` before it; a share ``min_compared`` of the steps at
+    least get compared."""
     compared = total = 0
     worst = 0.0  # the largest logprob difference of a chosen token, for the messages
     for i, (ref, got) in enumerate(zip(reference["tokens"], other["tokens"])):
@@ -98,14 +102,14 @@ def assert_same_greedy(reference: dict, other: dict, tie: float) -> None:
             worst = max(worst, abs(ref_lp[str(a)] - got_lp[str(a)]))
             assert worst < tie, f"prompt {i} step {step}: logprob of {a} differs by {worst:.3f}"
             compared += 1
-    assert compared >= total / 4, f"only {compared} of {total} steps compared"
+    assert compared >= total * min_compared, f"only {compared} of {total} steps compared"
 
 
 @pytest.mark.parametrize("kind", list(NEAR_TIE))
 @pytest.mark.parametrize("size", [2, 4])
 def test_tp_gives_the_greedy_tokens_of_tp1(runs, size, kind):
     need_gpus(size)
-    assert_same_greedy(runs(1, kind)[0], runs(size, kind)[0], NEAR_TIE[kind])
+    assert_same_greedy(runs(1, kind)[0], runs(size, kind)[0], NEAR_TIE[kind], MIN_COMPARED[kind])
 
 
 @pytest.mark.parametrize("size", [2, 4])
