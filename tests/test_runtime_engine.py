@@ -139,6 +139,31 @@ def test_config_errors(checkpoint):
         LLM(str(checkpoint), max_num_seqs=8, max_num_batched_tokens=4)
 
 
+def test_a_bare_cuda_device_is_this_ranks_gpu(monkeypatch):
+    from runtime.config import Config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    for device in ("cuda", "auto"):
+        config = Config("tiny-llama", load_format="dummy", device=device)
+        assert config.torch_device == torch.device("cuda", 1)
+    config = Config("tiny-llama", load_format="dummy", device="cuda:0")
+    assert config.torch_device == torch.device("cuda", 0)
+
+
+def test_custom_all_reduce_takes_small_aligned_tensors_of_its_dtype():
+    from runtime.custom_all_reduce import MAX_BYTES, CustomAllReduce
+
+    custom = CustomAllReduce.__new__(CustomAllReduce)  # no GPUs here: only the size rules
+    custom.dtype = torch.bfloat16
+    assert custom.eligible(torch.empty(1, 4096, dtype=torch.bfloat16))
+    assert custom.eligible(torch.empty(MAX_BYTES // 2, dtype=torch.bfloat16))
+    assert not custom.eligible(torch.empty(MAX_BYTES // 2 + 8, dtype=torch.bfloat16))  # NCCL
+    assert not custom.eligible(torch.empty(1, 4096, dtype=torch.float16))
+    assert not custom.eligible(torch.empty(3, dtype=torch.bfloat16))  # not 16-byte sized
+    assert not custom.eligible(torch.empty(64, 4096, dtype=torch.bfloat16)[:, ::2])
+
+
 def edited_checkpoint(src: Path, dst: Path, edit) -> Path:
     shutil.copytree(src, dst)
     tensors = load_file(dst / "model.safetensors")

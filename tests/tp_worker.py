@@ -156,7 +156,8 @@ def all_reduce_errors(out: Path) -> None:
     result: dict[str, Any] = {}
     for rows in (1, 3, 64, MAX_BYTES // 8192, MAX_BYTES // 8192 + 1):
         inputs = [
-            torch.randn(rows, 4096, generator=torch.Generator().manual_seed(r)) for r in range(world)
+            torch.randn(rows, 4096, generator=torch.Generator().manual_seed(r))
+            for r in range(world)
         ]
         exact = torch.stack(inputs).sum(0).to(device)
         x = inputs[RANK].to(device, torch.bfloat16)
