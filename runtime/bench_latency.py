@@ -31,11 +31,11 @@ class LatencyResult:
     """Times in seconds. ``tokens_per_s``: generated tokens of the whole batch over the whole run;
     ``decode_steps_per_s``: steps after the first token, per second (tokens/s per sequence);
     ``weight_gb_per_s``: ``weight_bytes`` × decode steps/s (``weight_bytes`` is what a decode step
-    reads on one GPU: every parameter of its shard but the embedding table); ``copy_gb_per_s``: device-to-device copy
-    bandwidth (read + write) measured in the same run; ``bound_steps_per_s``: the decode steps/s
-    that reading the weights at copy bandwidth allows; ``tuned_gemm``: for an fp8 model, the tuned
-    file's summary and how many GEMM problems ran with a tuned solution (hits) or the default
-    (misses)."""
+    reads on one GPU: every parameter of its shard but the embedding table); ``copy_gb_per_s``:
+    device-to-device copy bandwidth (read + write) measured in the same run;
+    ``bound_steps_per_s``: the decode steps/s that reading the weights at copy bandwidth allows;
+    ``tuned_gemm``: for an fp8 model, the tuned file's summary and how many GEMM problems ran
+    with a tuned solution (hits) or the default (misses)."""
 
     model: str
     device: str

@@ -48,7 +48,7 @@ class CustomAllReduce:
         reason, custom = None, None
         if dtype not in SUPPORTED_DTYPES:
             reason = f"dtype {dtype} (supported: bfloat16, float32)"
-        elif not _every_rank(_peers_reachable(group, device), group, device):
+        elif not _every_rank(_peers_reachable(group), group, device):
             reason = "the group's GPUs are not all on one host with access to each other"
         else:
             try:
@@ -83,7 +83,7 @@ class CustomAllReduce:
         return out
 
 
-def _peers_reachable(group: dist.ProcessGroup, device: torch.device) -> bool:
+def _peers_reachable(group: dist.ProcessGroup) -> bool:
     """Whether every rank of the group is on this host and this GPU can access their GPUs."""
     here = (socket.gethostname(), torch.cuda.current_device())
     ranks: list[tuple[str, int] | None] = [None] * dist.get_world_size(group)

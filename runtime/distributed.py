@@ -140,6 +140,7 @@ def divide(total: int, parts: int, what: str) -> int:
 
 # -- start-up -------------------------------------------------------------------------------
 
+# Built once and kept: captured CUDA graphs of any engine in this process hold its buffer.
 _custom_all_reduce: CustomAllReduce | None = None
 _custom_all_reduce_on = False  # the current engine's choice (``disable_custom_all_reduce``)
 
@@ -147,7 +148,8 @@ _custom_all_reduce_on = False  # the current engine's choice (``disable_custom_a
 def init_distributed(config: Config) -> None:
     """Join the launch's process group when ``config.tensor_parallel_size`` > 1 (torchrun's
     variables say where; NCCL on CUDA, gloo on CPU), check that every rank has the same settings,
-    start the watchdog and, on GPUs, set up the custom all-reduce. Nothing to do at size 1 outside a group. Safe to call again."""
+    start the watchdog and, on GPUs, set up the custom all-reduce. Nothing to do at size 1
+    outside a group. Safe to call again."""
     device = config.torch_device
     if not _initialized():
         if config.tensor_parallel_size == 1:
