@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import click
 
-from cli.bench_attention import attention
-from cli.bench_gemm import gemm
-from cli.bench_latency import latency
-from cli.bench_throughput import throughput
+from solidx.cli.bench_attention import attention
+from solidx.cli.bench_gemm import gemm
+from solidx.cli.bench_latency import latency
+from solidx.cli.bench_throughput import throughput
 
 
 @click.group()

@@ -7,9 +7,9 @@ from dataclasses import asdict
 import click
 import torch
 
-from cli.capture import int_list
-from gradlib.dtypes import parse_dtype
-from runtime.attention.bench import BenchConfig, format_row, run_benchmark
+from solidx.cli.capture import int_list
+from solidx.gradlib.dtypes import parse_dtype
+from solidx.runtime.attention.bench import BenchConfig, format_row, run_benchmark
 
 
 @click.command("attention")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from cli.csv_cmd import table
-from gradlib.bench_gemm import BenchReport, BenchResult, bench_gemm
-from gradlib.dtypes import parse_dtype
-from gradlib.schema import CsvError
-from gradlib.timing import TimingConfig
+from solidx.cli.csv_cmd import table
+from solidx.gradlib.bench_gemm import BenchReport, BenchResult, bench_gemm
+from solidx.gradlib.dtypes import parse_dtype
+from solidx.gradlib.schema import CsvError
+from solidx.gradlib.timing import TimingConfig
 
 HEADER = ["M", "N", "K", "dtype", "libtype", "default_us", "tuned_us", "speedup", "tunableop_us",
           "floor_us", "x_floor", "%copy_bw", "TFLOP/s", "%peak", "note"]

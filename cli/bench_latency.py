@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from cli.engine_options import engine_options, given_config_kwargs, report
-from shape_capture.presets import PRESETS
+from solidx.cli.engine_options import engine_options, given_config_kwargs, report
+from solidx.shape_capture.presets import PRESETS
 
 
 @click.command("latency")
@@ -41,7 +41,7 @@ def latency(
     **options: Any,
 ) -> None:
     """Time one batch of random prompts (greedy, EOS ignored); presets use dummy weights."""
-    from runtime.bench_latency import bench_latency
+    from solidx.runtime.bench_latency import bench_latency
 
     kwargs = given_config_kwargs(options)
     enforce_eager, seed = kwargs.pop("enforce_eager", False), kwargs.pop("seed", 0)

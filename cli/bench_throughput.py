@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 
-from cli.capture import int_list
-from cli.engine_options import engine_options, given_config_kwargs, report
-from cli.generate import read_prompts
-from shape_capture.presets import PRESETS
+from solidx.cli.capture import int_list
+from solidx.cli.engine_options import engine_options, given_config_kwargs, report
+from solidx.cli.generate import read_prompts
+from solidx.shape_capture.presets import PRESETS
 
 
 def length_range(value: str | None) -> tuple[int, int] | None:
@@ -78,7 +78,7 @@ def throughput(
     **options: Any,
 ) -> None:
     """Time a workload of requests through the engine (greedy; presets use dummy weights)."""
-    from runtime.bench_throughput import bench_throughput
+    from solidx.runtime.bench_throughput import bench_throughput
 
     kwargs = given_config_kwargs(options)
     enforce_eager, seed = kwargs.pop("enforce_eager", False), kwargs.pop("seed", 0)

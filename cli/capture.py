@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import click
 
-from cli.csv_cmd import _shape_table
-from gradlib.dtypes import parse_dtype
-from gradlib.schema import add_to_shapes_file
-from runtime import envs
-from shape_capture.from_config import problems_from_config
-from shape_capture.presets import PRESETS, load_model_config
+from solidx.cli.csv_cmd import _shape_table
+from solidx.gradlib.dtypes import parse_dtype
+from solidx.gradlib.schema import add_to_shapes_file
+from solidx.runtime import envs
+from solidx.shape_capture.from_config import problems_from_config
+from solidx.shape_capture.presets import PRESETS, load_model_config
 
 
 def int_list(value: str) -> list[int]:
@@ -47,9 +47,9 @@ def capture_shapes(model: str, tp: int, batch_sizes: str, prefill_tokens: str, d
     """
     output = output or envs.SOLIDX_SHAPES_FILE
     if run:
-        from runtime.workload import capture_workload
+        from solidx.runtime.workload import capture_workload
 
-        from runtime.distributed import get_tp_rank
+        from solidx.runtime.distributed import get_tp_rank
 
         rows = capture_workload(model, int_list(batch_sizes), input_len, output_len, output,
                                 tensor_parallel_size=tp, quantization=quantization)

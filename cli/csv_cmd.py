@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from gradlib.dtypes import dtype_name
-from gradlib.schema import (
+from solidx.gradlib.dtypes import dtype_name
+from solidx.gradlib.schema import (
     CsvError, ShapeRow, TunedRow, is_tuned_file, merge_shapes, merge_tuned, read_shapes,
     read_tuned, validate, write_shapes, write_tuned,
 )

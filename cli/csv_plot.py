@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from gradlib.plot import plot_speedup
-from gradlib.schema import CsvError, read_tuned
+from solidx.gradlib.plot import plot_speedup
+from solidx.gradlib.schema import CsvError, read_tuned
 
 
 @click.command("plot")

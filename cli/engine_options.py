@@ -11,7 +11,7 @@ from typing import Any, Callable, Protocol
 import click
 from click.core import ParameterSource
 
-from runtime.config import Config
+from solidx.runtime.config import Config
 
 _TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
 
@@ -68,7 +68,7 @@ class BenchResult(Protocol):
 def report(result: BenchResult, output_json: str | None) -> None:
     """Print a benchmark's summary and save it as JSON, on rank 0 only: under torchrun every
     rank measures and rank 0 reports."""
-    from runtime.distributed import get_tp_rank
+    from solidx.runtime.distributed import get_tp_rank
 
     if get_tp_rank() != 0:
         return

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from cli.engine_options import config_kwargs, engine_options
-from shape_capture.presets import PRESETS
+from solidx.cli.engine_options import config_kwargs, engine_options
+from solidx.shape_capture.presets import PRESETS
 
 EXAMPLE_PROMPTS = ("Hello, my name is", "The capital of France is", "The future of AI is")
 
@@ -74,8 +74,8 @@ def generate(
     """Generate text for each prompt with MODEL and print it, then the throughput and the time to
     first token. Without prompts, a few examples run. With --tensor-parallel-size N, run it under
     torchrun --nproc-per-node=N (rank 0 prints), or add --worker-use-ray."""
-    from runtime import LLM, SamplingParams
-    from runtime.distributed import get_tp_rank
+    from solidx.runtime import LLM, SamplingParams
+    from solidx.runtime.distributed import get_tp_rank
 
     inputs: list[Any] = list(prompts) + (read_prompts(prompts_file) if prompts_file else [])
     inputs = inputs or list(EXAMPLE_PROMPTS)

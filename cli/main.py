@@ -5,14 +5,14 @@ import logging
 
 import click
 
-from cli.bench import bench
-from cli.capture import capture_shapes
-from cli.csv_cmd import csv_group
-from cli.csv_plot import plot
-from cli.generate import generate
-from cli.quantize import quantize
-from cli.tune import tune
-from runtime import envs
+from solidx.cli.bench import bench
+from solidx.cli.capture import capture_shapes
+from solidx.cli.csv_cmd import csv_group
+from solidx.cli.csv_plot import plot
+from solidx.cli.generate import generate
+from solidx.cli.quantize import quantize
+from solidx.cli.tune import tune
+from solidx.runtime import envs
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

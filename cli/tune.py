@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import click
 
-from gradlib.dtypes import parse_dtype
-from gradlib.gemm_tuner import parse_backends, parse_gpus
-from gradlib.schema import CsvError
-from gradlib.tuner import ALL_BACKENDS, TuneOptions
-from gradlib.tuner import tune as run_tuner
+from solidx.gradlib.dtypes import parse_dtype
+from solidx.gradlib.gemm_tuner import parse_backends, parse_gpus
+from solidx.gradlib.schema import CsvError
+from solidx.gradlib.tuner import ALL_BACKENDS, TuneOptions
+from solidx.gradlib.tuner import tune as run_tuner
 
 
 @click.command()

@@ -2,6 +2,6 @@
 
 Imports nothing of solidx's other packages: a tuning team runs it with nothing but shapes.
 """
-from gradlib.problem import GemmProblem
+from solidx.gradlib.problem import GemmProblem
 
 __all__ = ["GemmProblem"]

@@ -2,7 +2,7 @@
 
 For every problem that applies to this device (the tuned rows :func:`gradlib.schema.select_rows`
 keeps, or the problems of a shapes file), timed in turns with CUDA-graph replay over rotating
-operands (:mod:`gradlib.timing`):
+operands (:mod:`solidx.gradlib.timing`):
 
 * the default and the tuned solution, hence the speedup;
 * for 16-bit problems, TunableOp's pick (``torch.cuda.tunable``) where torch has it;
@@ -26,13 +26,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gradlib.backends import LIBTYPES, get_backend, solution_from_spec
-from gradlib.device import device_identity
-from gradlib.dtypes import FP8, dtype_name
-from gradlib.operands import GemmOperands, make_operands, max_rel_err, reference_gemm
-from gradlib.problem import GemmProblem
-from gradlib.schema import TunedRow, read_tuned, select_rows
-from gradlib.timing import (
+from solidx.gradlib.backends import LIBTYPES, get_backend, solution_from_spec
+from solidx.gradlib.device import device_identity
+from solidx.gradlib.dtypes import FP8, dtype_name
+from solidx.gradlib.operands import GemmOperands, make_operands, max_rel_err, reference_gemm
+from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.schema import TunedRow, read_tuned, select_rows
+from solidx.gradlib.timing import (
     Timer,
     Timing,
     TimingConfig,
@@ -42,8 +42,8 @@ from gradlib.timing import (
     measure,
     rotating_copies,
 )
-from gradlib.tuner import load_problems
-from gradlib.worker import DEFAULT_SPEC, problem_seed
+from solidx.gradlib.tuner import load_problems
+from solidx.gradlib.worker import DEFAULT_SPEC, problem_seed
 
 PEAK_SIZE = 8192
 CPU_PEAK_SIZE = 256
@@ -176,7 +176,7 @@ def matmul_peaks(device: torch.device) -> tuple[dict[str, float], int]:
 
 def _floor_runs(device: torch.device) -> list[Callable[[GemmOperands], torch.Tensor]]:
     """One run per read-floor configuration, each reading the weight of its operands."""
-    from gradlib.kernels.read_floor import FLOOR_CONFIGS, floor_output, read_floor
+    from solidx.gradlib.kernels.read_floor import FLOOR_CONFIGS, floor_output, read_floor
 
     def floor_run(cfg: dict[str, int]) -> Callable[[GemmOperands], torch.Tensor]:
         out = floor_output(device, cfg["programs_per_sm"])

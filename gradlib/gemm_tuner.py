@@ -1,6 +1,6 @@
 """ROCm's 16-bit tuning command, running solidx's tuner:
 
-    python -m gradlib.gemm_tuner --input_file F --tuned_file G [--indtype f16 --outdtype f16]
+    python -m solidx.gradlib.gemm_tuner --input_file F --tuned_file G [--indtype f16 --outdtype f16]
 
 ``--indtype``/``--outdtype`` fill in shapes files without dtype columns (gradlib's ``M,N,K``);
 the output dtype defaults to the input's, as in gradlib. :func:`main` also serves
@@ -12,9 +12,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gradlib.dtypes import parse_dtype
-from gradlib.schema import CsvError
-from gradlib.tuner import ALL_BACKENDS, TuneOptions, tune
+from solidx.gradlib.dtypes import parse_dtype
+from solidx.gradlib.schema import CsvError
+from solidx.gradlib.tuner import ALL_BACKENDS, TuneOptions, tune
 
 _ROCM_NAMES = {"f8": "fp8"}  # gradlib's spelling of fp8
 
@@ -61,7 +61,7 @@ def _parser(prog: str, indtype: str, outdtype: str | None) -> argparse.ArgumentP
 
 
 def main(argv: Sequence[str] | None = None, *, indtype: str = "f16", outdtype: str | None = None,
-         prog: str = "python -m gradlib.gemm_tuner") -> int:
+         prog: str = "python -m solidx.gradlib.gemm_tuner") -> int:
     """Parse gradlib's options, tune, print the summary; 1 when a shape failed, 2 on bad input."""
     parser = _parser(prog, indtype, outdtype)
     args = parser.parse_args(argv)

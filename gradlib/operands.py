@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gradlib.problem import GemmProblem
+from solidx.gradlib.problem import GemmProblem
 
 
 @dataclass

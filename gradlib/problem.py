@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gradlib.dtypes import FP8, dtype_name, is_fp8
+from solidx.gradlib.dtypes import FP8, dtype_name, is_fp8
 
 
 @dataclass(frozen=True, order=False)

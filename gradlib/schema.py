@@ -28,9 +28,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from gradlib.backends import LIBTYPES
-from gradlib.dtypes import FP8, dtype_name, parse_dtype
-from gradlib.problem import GemmProblem
+from solidx.gradlib.backends import LIBTYPES
+from solidx.gradlib.dtypes import FP8, dtype_name, parse_dtype
+from solidx.gradlib.problem import GemmProblem
 
 PROBLEM_COLUMNS = ("M", "N", "K", "bias", "dtype", "outdtype")
 SHAPES_COLUMNS = PROBLEM_COLUMNS + ("count", "layers")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gradlib.operands import GemmOperands
+from solidx.gradlib.operands import GemmOperands
 
 Run = Callable[[GemmOperands], torch.Tensor]
 MODES = ("auto", "graph", "eager", "wall")

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gradlib.backends import get_backend, solution_from_spec
-from gradlib.backends.base import Solution
-from gradlib.backends.default import DefaultSolution
-from gradlib.device import device_identity
-from gradlib.problem import GemmProblem
-from gradlib.schema import TunedRow, read_tuned, select_rows
+from solidx.gradlib.backends import get_backend, solution_from_spec
+from solidx.gradlib.backends.base import Solution
+from solidx.gradlib.backends.default import DefaultSolution
+from solidx.gradlib.device import device_identity
+from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.schema import TunedRow, read_tuned, select_rows
 
 logger = logging.getLogger(__name__)
 

@@ -32,14 +32,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from gradlib.backends.base import spec_hash
-from gradlib.dtypes import FP8, dtype_name
-from gradlib.problem import GemmProblem
-from gradlib.schema import TunedRow, add_to_tuned_file, read_shapes, read_tuned, select_rows
-from gradlib.timing import Timing, TimingConfig
-from gradlib.worker import DEFAULT_SPEC, Hello, Outcome, Setup, Worker, WorkerDied, WorkerError
+from solidx.gradlib.backends.base import spec_hash
+from solidx.gradlib.dtypes import FP8, dtype_name
+from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.schema import TunedRow, add_to_tuned_file, read_shapes, read_tuned, select_rows
+from solidx.gradlib.timing import Timing, TimingConfig
+from solidx.gradlib.worker import DEFAULT_SPEC, Hello, Outcome, Setup, Worker, WorkerDied, WorkerError
 
-logger = logging.getLogger("gradlib.tuner")
+logger = logging.getLogger("solidx.gradlib.tuner")
 
 ALL_BACKENDS = ("cublaslt", "triton")  # hipblaslt and rocblas join when their backends exist
 MAX_CONSECUTIVE_DEATHS = 3

@@ -31,12 +31,12 @@ from typing import Any
 
 import torch
 
-from gradlib.backends import LIBTYPES, get_backend
-from gradlib.backends.base import Backend, Solution, parse_spec
-from gradlib.device import device_identity
-from gradlib.operands import make_operands, max_rel_err, reference_gemm, tolerance
-from gradlib.problem import GemmProblem
-from gradlib.timing import (
+from solidx.gradlib.backends import LIBTYPES, get_backend
+from solidx.gradlib.backends.base import Backend, Solution, parse_spec
+from solidx.gradlib.device import device_identity
+from solidx.gradlib.operands import make_operands, max_rel_err, reference_gemm, tolerance
+from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.timing import (
     Timer,
     Timing,
     TimingConfig,

@@ -1,6 +1,7 @@
-"""solidx's LLM runtime, with vLLM's public names: ``from runtime import LLM, SamplingParams``.
+"""solidx's LLM runtime, with vLLM's public names: ``from solidx.runtime import LLM, SamplingParams``
+(also re-exported by ``solidx`` itself).
 
-Imported lazily, so ``from runtime import envs`` stays light and free of import cycles.
+Imported lazily, so ``from solidx.runtime import envs`` stays light and free of import cycles.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "LLM": "runtime.llm",
-    "SamplingParams": "runtime.sampling_params",
-    "RequestOutput": "runtime.outputs",
-    "CompletionOutput": "runtime.outputs",
-    "Config": "runtime.config",
+    "LLM": "solidx.runtime.llm",
+    "SamplingParams": "solidx.runtime.sampling_params",
+    "RequestOutput": "solidx.runtime.outputs",
+    "CompletionOutput": "solidx.runtime.outputs",
+    "Config": "solidx.runtime.config",
 }
 
 __all__ = list(_EXPORTS)
@@ -22,4 +23,4 @@ __all__ = list(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+    raise AttributeError(f"module 'solidx.runtime' has no attribute {name!r}")

@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from runtime import attention
-from runtime.attention.bench import copy_bandwidth_gbps
-from runtime.quantization.fp8 import tuned_gemm_report
-from runtime.sampling_params import SamplingParams
-from runtime.workload import engine_for, random_prompts
-from shape_capture.presets import PRESETS, load_model_config
+from solidx.runtime import attention
+from solidx.runtime.attention.bench import copy_bandwidth_gbps
+from solidx.runtime.quantization.fp8 import tuned_gemm_report
+from solidx.runtime.sampling_params import SamplingParams
+from solidx.runtime.workload import engine_for, random_prompts
+from solidx.shape_capture.presets import PRESETS, load_model_config
 
 
 @dataclass

@@ -21,20 +21,20 @@ from typing import Any
 
 import torch
 
-from runtime import attention
-from runtime.bench_latency import (
+from solidx.runtime import attention
+from solidx.runtime.bench_latency import (
     device_name,
     hf_generate_seconds,
     load_hf_model,
     synchronize,
     tuned_gemm_line,
 )
-from runtime.config import Config
-from runtime.quantization.fp8 import tuned_gemm_report
-from runtime.sampling_params import SamplingParams
-from runtime.tokenizer import get_tokenizer
-from runtime.workload import engine_for
-from shape_capture.presets import PRESETS, load_model_config
+from solidx.runtime.config import Config
+from solidx.runtime.quantization.fp8 import tuned_gemm_report
+from solidx.runtime.sampling_params import SamplingParams
+from solidx.runtime.tokenizer import get_tokenizer
+from solidx.runtime.workload import engine_for
+from solidx.shape_capture.presets import PRESETS, load_model_config
 
 Lengths = int | tuple[int, int]
 """A fixed length, or an inclusive range ``(low, high)`` to draw lengths from uniformly."""

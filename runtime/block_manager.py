@@ -17,7 +17,7 @@ from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from runtime.sequence import Sequence
+from solidx.runtime.sequence import Sequence
 
 
 @dataclass

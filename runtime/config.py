@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from gradlib.dtypes import parse_dtype
-from runtime.distributed import launch_world_size, local_rank, torchrun_command
-from shape_capture.presets import PRESETS, load_model_config
+from solidx.gradlib.dtypes import parse_dtype
+from solidx.runtime.distributed import launch_world_size, local_rank, torchrun_command
+from solidx.shape_capture.presets import PRESETS, load_model_config
 
 LOAD_FORMATS = ("auto", "dummy")
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
-from gradlib.schema import ShapeRow
-from runtime.attention import KERNEL_COUNTS
-from runtime.context import ForwardContext
-from shape_capture.recorder import ShapeRecorder, active_recorder, recording
+from solidx.gradlib.schema import ShapeRow
+from solidx.runtime.attention import KERNEL_COUNTS
+from solidx.runtime.context import ForwardContext
+from solidx.shape_capture.recorder import ShapeRecorder, active_recorder, recording
 
 logger = logging.getLogger(__name__)
 

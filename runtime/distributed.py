@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from runtime import envs
-from runtime.custom_all_reduce import CustomAllReduce
+from solidx.runtime import envs
+from solidx.runtime.custom_all_reduce import CustomAllReduce
 
 if TYPE_CHECKING:
-    from runtime.config import Config
+    from solidx.runtime.config import Config
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # the last resort: the watchdog sees dead ranks
 HEARTBEAT_S = 1.0

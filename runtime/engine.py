@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import time
 
-from runtime.block_manager import BlockManager
-from runtime.config import Config
-from runtime.model_runner import ModelRunner
-from runtime.sampling_params import SamplingParams
-from runtime.scheduler import Scheduler
-from runtime.sequence import Sequence, SequenceStatus
-from runtime.tokenizer import eos_token_ids, get_tokenizer
+from solidx.runtime.block_manager import BlockManager
+from solidx.runtime.config import Config
+from solidx.runtime.model_runner import ModelRunner
+from solidx.runtime.sampling_params import SamplingParams
+from solidx.runtime.scheduler import Scheduler
+from solidx.runtime.sequence import Sequence, SequenceStatus
+from solidx.runtime.tokenizer import eos_token_ids, get_tokenizer
 
 logger = logging.getLogger(__name__)
 

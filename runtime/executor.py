@@ -11,7 +11,7 @@ using the one Ray gave it as its LOCAL_RANK. A rank that fails or dies ends all 
 an error naming it.
 
 Ray is an optional dependency: ``pip install 'solidx[ray]'``. When this process starts Ray, it
-puts solidx's folder on the actors' ``PYTHONPATH``; on a cluster started beforehand
+gives the actors this process's import path; on a cluster started beforehand
 (``ray start``), install solidx on every node.
 """
 
@@ -20,14 +20,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-from pathlib import Path
+import sys
 from typing import Any
 
-from runtime import envs
-from runtime.config import Config
-from runtime.outputs import RequestOutput
-from runtime.sampling_params import SamplingParams
-from runtime.tokenizer import get_tokenizer
+from solidx.runtime import envs
+from solidx.runtime.config import Config
+from solidx.runtime.outputs import RequestOutput
+from solidx.runtime.sampling_params import SamplingParams
+from solidx.runtime.tokenizer import get_tokenizer
 
 PLACEMENT_TIMEOUT_S = 120.0
 
@@ -65,7 +65,7 @@ class RankWorker:
 
     def start(self, env: dict[str, str], model: str, kwargs: dict[str, Any]) -> None:
         os.environ.update(env)  # before anything initializes CUDA
-        from runtime.llm import LLM
+        from solidx.runtime.llm import LLM
 
         self.llm = LLM(model, **kwargs)
 
@@ -84,8 +84,8 @@ class RayExecutor:
         ray = import_ray()
         self.ray = ray
         if not ray.is_initialized():
-            root = str(Path(__file__).resolve().parents[1])
-            path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+            # The actors import solidx as this process does: from the same path entries.
+            path = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
             ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}})
         self.tokenizer = get_tokenizer(config)
         self.actors: list[Any] = []

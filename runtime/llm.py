@@ -6,12 +6,12 @@ from typing import Any, Union
 
 from tqdm import tqdm
 
-from runtime.config import Config
-from runtime.distributed import get_tp_rank, init_distributed, peers_needed
-from runtime.engine import LLMEngine
-from runtime.outputs import RequestOutput
-from runtime.sampling_params import SamplingParams
-from runtime.tunableop import configure_tunableop
+from solidx.runtime.config import Config
+from solidx.runtime.distributed import get_tp_rank, init_distributed, peers_needed
+from solidx.runtime.engine import LLMEngine
+from solidx.runtime.outputs import RequestOutput
+from solidx.runtime.sampling_params import SamplingParams
+from solidx.runtime.tunableop import configure_tunableop
 
 Prompt = Union[str, dict[str, Any]]
 
@@ -31,7 +31,7 @@ class LLM:
         config = Config(model=model, **kwargs)
         self._engine: LLMEngine | None = None
         if config.distributed_executor_backend == "ray":
-            from runtime.executor import RayExecutor
+            from solidx.runtime.executor import RayExecutor
 
             self.ray_executor = RayExecutor(config)
             return

@@ -19,13 +19,13 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from gradlib.dtypes import is_fp8
-from runtime.config import Config
-from runtime.layers.linear import LinearBase, copy_shard, unquantized
-from runtime.layers.quantization import get_quantization
-from runtime.models import get_model_class
-from runtime.models.args import ModelArgs
-from runtime.quantization.kv_cache import set_kv_cache_scales
+from solidx.gradlib.dtypes import is_fp8
+from solidx.runtime.config import Config
+from solidx.runtime.layers.linear import LinearBase, copy_shard, unquantized
+from solidx.runtime.layers.quantization import get_quantization
+from solidx.runtime.models import get_model_class
+from solidx.runtime.models.args import ModelArgs
+from solidx.runtime.quantization.kv_cache import set_kv_cache_scales
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 CheckpointTensor = tuple[str, torch.Tensor, str]  # name, tensor, where it came from

@@ -23,15 +23,15 @@ from dataclasses import dataclass
 
 import torch
 
-from runtime.config import CPU_KV_CACHE_BYTES, Config
-from runtime.context import ForwardContext, forward_context
-from runtime.cuda_graphs import DecodeGraphs, capture_sizes
-from runtime.distributed import tp_min
-from runtime.layers.attention import Attention
-from runtime.layers.sampler import Sampler, SamplingTensors
-from runtime.loader import load_model
-from runtime.scheduler import ScheduledSeq
-from runtime.sequence import Sequence
+from solidx.runtime.config import CPU_KV_CACHE_BYTES, Config
+from solidx.runtime.context import ForwardContext, forward_context
+from solidx.runtime.cuda_graphs import DecodeGraphs, capture_sizes
+from solidx.runtime.distributed import tp_min
+from solidx.runtime.layers.attention import Attention
+from solidx.runtime.layers.sampler import Sampler, SamplingTensors
+from solidx.runtime.loader import load_model
+from solidx.runtime.scheduler import ScheduledSeq
+from solidx.runtime.sequence import Sequence
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.sequence import RequestMetrics, Sequence
+from solidx.runtime.sequence import RequestMetrics, Sequence
 
 
 @dataclass

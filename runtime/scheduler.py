@@ -14,9 +14,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from runtime.block_manager import BlockManager
-from runtime.config import Config
-from runtime.sequence import Sequence, SequenceStatus
+from solidx.runtime.block_manager import BlockManager
+from solidx.runtime.config import Config
+from solidx.runtime.sequence import Sequence, SequenceStatus
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from enum import Enum, auto
 
 import torch
 
-from runtime.sampling_params import SamplingParams
+from solidx.runtime.sampling_params import SamplingParams
 
 
 class SequenceStatus(Enum):

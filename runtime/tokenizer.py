@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any, Protocol
 
-from runtime.config import Config
+from solidx.runtime.config import Config
 
 logger = logging.getLogger(__name__)
 

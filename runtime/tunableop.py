@@ -19,7 +19,7 @@ import logging
 
 import torch
 
-from runtime import envs
+from solidx.runtime import envs
 
 logger = logging.getLogger(__name__)
 

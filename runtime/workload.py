@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
-from gradlib.schema import ShapeRow
-from runtime.llm import LLM
-from runtime.sampling_params import SamplingParams
-from shape_capture.presets import PRESETS
-from shape_capture.recorder import recording
+from solidx.gradlib.schema import ShapeRow
+from solidx.runtime.llm import LLM
+from solidx.runtime.sampling_params import SamplingParams
+from solidx.shape_capture.presets import PRESETS
+from solidx.shape_capture.recorder import recording
 
 
 def random_prompts(vocab_size: int, batch_size: int, input_len: int, seed: int = 0) -> list[dict]:

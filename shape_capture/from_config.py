@@ -11,8 +11,8 @@ from typing import Any, Iterable
 
 import torch
 
-from gradlib.problem import GemmProblem
-from gradlib.schema import ShapeRow
+from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.schema import ShapeRow
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 

@@ -20,8 +20,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from gradlib.problem import GemmProblem
-from gradlib.schema import ShapeRow, add_to_shapes_file
+from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.schema import ShapeRow, add_to_shapes_file
 
 _INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)")
 

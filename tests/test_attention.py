@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runtime import attention
-from runtime.attention import (
+from solidx.runtime import attention
+from solidx.runtime.attention import (
     paged_custom,
     paged_v2,
     reference,
@@ -20,9 +20,9 @@ from runtime.attention import (
     triton_prefill,
     triton_store,
 )
-from runtime.attention.bench import BenchConfig, run_benchmark
-from runtime.attention.paged_custom import paged_attention_custom
-from runtime.attention.paged_v2 import paged_attention_v2
+from solidx.runtime.attention.bench import BenchConfig, run_benchmark
+from solidx.runtime.attention.paged_custom import paged_attention_custom
+from solidx.runtime.attention.paged_v2 import paged_attention_v2
 
 
 @dataclass

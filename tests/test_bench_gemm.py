@@ -9,14 +9,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from gradlib.backends import get_backend
-from gradlib.backends.base import spec_hash
-from gradlib.bench_gemm import bench_gemm
-from gradlib.device import device_identity
-from gradlib.operands import tolerance
-from gradlib.problem import GemmProblem
-from gradlib.schema import ShapeRow, TunedRow, write_shapes, write_tuned
-from gradlib.timing import TimingConfig
+from solidx.gradlib.backends import get_backend
+from solidx.gradlib.backends.base import spec_hash
+from solidx.gradlib.bench_gemm import bench_gemm
+from solidx.gradlib.device import device_identity
+from solidx.gradlib.operands import tolerance
+from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.schema import ShapeRow, TunedRow, write_shapes, write_tuned
+from solidx.gradlib.timing import TimingConfig
 
 CPU = device_identity("cpu").name
 FAST = TimingConfig(target_ms=1.0, min_launches=1, max_launches=2, warmup=1, final_rounds=3)
@@ -50,7 +50,7 @@ def test_bench_retimes_rows_of_this_device(tmp_path: Path) -> None:
 
 
 def test_bench_cli_with_shapes_file_writes_json(tmp_path: Path) -> None:
-    from cli.bench_gemm import gemm
+    from solidx.cli.bench_gemm import gemm
 
     tuned, shapes, out = tmp_path / "tuned.csv", tmp_path / "shapes.csv", tmp_path / "bench.json"
     tuned_problem, untuned = GemmProblem(32, 1, 32), GemmProblem(48, 4, 32)
@@ -68,7 +68,7 @@ def test_bench_cli_with_shapes_file_writes_json(tmp_path: Path) -> None:
 
 def test_csv_plot_writes_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from cli.csv_plot import plot
+    from solidx.cli.csv_plot import plot
 
     tuned, png = tmp_path / "tuned.csv", tmp_path / "speedup.png"
     grid = [(m, dev, n, s) for m, dev in ((32, CPU), (64, "NVIDIA H200"))

@@ -11,18 +11,18 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli.engine_options import given_config_kwargs
-from cli.bench_throughput import throughput
-from cli.engine_options import engine_options
-from runtime.bench_latency import bench_latency
-from runtime.bench_throughput import (
+from solidx.cli.engine_options import given_config_kwargs
+from solidx.cli.bench_throughput import throughput
+from solidx.cli.engine_options import engine_options
+from solidx.runtime.bench_latency import bench_latency
+from solidx.runtime.bench_throughput import (
     bench_throughput,
     draw_lengths,
     given_requests,
     left_pad,
     random_requests,
 )
-from runtime.tokenizer import ByteTokenizer
+from solidx.runtime.tokenizer import ByteTokenizer
 
 
 def test_random_requests_draw_lengths_in_range_reproducibly():

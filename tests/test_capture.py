@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from gradlib.problem import GemmProblem
-from gradlib.schema import read_shapes
-from shape_capture import problems_from_config, record_linears, recording
-from shape_capture.presets import PRESETS, load_model_config
-from shape_capture.recorder import layer_pattern
+from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.schema import read_shapes
+from solidx.shape_capture import problems_from_config, record_linears, recording
+from solidx.shape_capture.presets import PRESETS, load_model_config
+from solidx.shape_capture.recorder import layer_pattern
 
 BF16 = torch.bfloat16
 FP8 = torch.float8_e4m3fn
@@ -101,7 +101,7 @@ def test_layer_pattern() -> None:
 
 
 def test_recorder_dtype_filter() -> None:
-    from shape_capture.recorder import ShapeRecorder
+    from solidx.shape_capture.recorder import ShapeRecorder
 
     recorder = ShapeRecorder(frozenset({FP8}))
     recorder.record(GemmProblem(64, 1, 32, dtype=FP8), "a")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from cli.main import main
-from gradlib.schema import read_shapes
+from solidx.cli.main import main
+from solidx.gradlib.schema import read_shapes
 
 GOOD = "M,N,K,bias,dtype,outdtype,libtype,solidx,soltimems,solution\n" \
        "4096,1,4096,False,torch.float8_e4m3fn,torch.bfloat16,default,1,0.01,default:\n"
@@ -58,9 +58,10 @@ def test_show_bad_file_names_the_line(tmp_path: Path) -> None:
 
 def test_process_capture_writes_at_exit(tmp_path: Path) -> None:
     path = tmp_path / "fp8_shapes.csv"
-    code = ("from gradlib import GemmProblem; from shape_capture import start_recording, active_recorder;"
+    code = ("from solidx.gradlib import GemmProblem; from solidx.shape_capture import start_recording, active_recorder;"
             f"start_recording({str(path)!r}); active_recorder().record(GemmProblem(16, 2, 32), 'model.layers.0.o')")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")) if p)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
     (row,) = read_shapes(path)
     assert (row.problem.M, row.problem.N, row.problem.K, row.layers) == (16, 2, 32, ("model.layers.*.o",))

@@ -11,14 +11,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gradlib.backends import cublaslt_api as api
-from gradlib.backends import get_backend
-from gradlib.backends.base import WORKSPACE_BYTES
-from gradlib.backends.cublaslt import (
+from solidx.gradlib.backends import cublaslt_api as api
+from solidx.gradlib.backends import get_backend
+from solidx.gradlib.backends.base import WORKSPACE_BYTES
+from solidx.gradlib.backends.cublaslt import (
     AlgoCaps, AlgoConfig, CublasLtBackend, _distance, candidate_configs, unsupported_reason,
 )
-from gradlib.operands import make_operands, max_rel_err, reference_gemm, tolerance
-from gradlib.problem import GemmProblem
+from solidx.gradlib.operands import make_operands, max_rel_err, reference_gemm, tolerance
+from solidx.gradlib.problem import GemmProblem
 
 FP8 = torch.float8_e4m3fn
 SPEC = "cublaslt:id=66,tile=20,stages=15,splitk=4,red=1,swizzle=0,custom=0,cluster=0"
@@ -230,7 +230,7 @@ class FakeLt:
 
 @pytest.fixture
 def fake_backend(monkeypatch):
-    import gradlib.backends.cublaslt as module
+    import solidx.gradlib.backends.cublaslt as module
 
     lib = FakeLt()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

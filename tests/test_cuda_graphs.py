@@ -10,10 +10,10 @@ from collections import Counter
 import pytest
 import torch
 
-from gradlib.problem import GemmProblem
-from runtime import LLM, SamplingParams, attention
-from runtime.cuda_graphs import DecodeGraphs, _report, bucket_for, capture_sizes
-from shape_capture.recorder import ShapeRecorder, recording
+from solidx.gradlib.problem import GemmProblem
+from solidx.runtime import LLM, SamplingParams, attention
+from solidx.runtime.cuda_graphs import DecodeGraphs, _report, bucket_for, capture_sizes
+from solidx.shape_capture.recorder import ShapeRecorder, recording
 
 GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
 

@@ -21,12 +21,12 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from cli.main import main
-from runtime import LLM, SamplingParams
-from runtime.layers.linear import LinearBase
-from runtime.models.llama import LlamaForCausalLM
-from runtime.quantization.checkpoint_formats import fused_parts
-from runtime.quantization.fp8_math import FP8_DTYPE, FP8_MAX, dequantize, quantize
+from solidx.cli.main import main
+from solidx.runtime import LLM, SamplingParams
+from solidx.runtime.layers.linear import LinearBase
+from solidx.runtime.models.llama import LlamaForCausalLM
+from solidx.runtime.quantization.checkpoint_formats import fused_parts
+from solidx.runtime.quantization.fp8_math import FP8_DTYPE, FP8_MAX, dequantize, quantize
 from tests.checkpoints import CORPUS, make_checkpoint
 
 PROMPTS = ["The quick brown fox", "A paged KV cache stores keys and values", "Greedy"]

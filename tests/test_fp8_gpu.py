@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradlib.dtypes import FP8
-from gradlib.schema import read_shapes, read_tuned
-from runtime import LLM, SamplingParams
-from runtime.quantization.fp8 import tuned_gemm_report
-from shape_capture.presets import PRESETS
+from solidx.gradlib.dtypes import FP8
+from solidx.gradlib.schema import read_shapes, read_tuned
+from solidx.runtime import LLM, SamplingParams
+from solidx.runtime.quantization.fp8 import tuned_gemm_report
+from solidx.shape_capture.presets import PRESETS
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).parents[1]
@@ -65,9 +65,10 @@ def test_capture_tune_generate_pipeline(tmp_path: Path) -> None:
     engine = {"load_format": "dummy", "quantization": "fp8", "max_num_seqs": 4,
               "max_model_len": 256, "kv_cache_memory_bytes": 1 << 28}
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in engine.items()]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_FP8": "1",
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p), "TUNE_FP8": "1",
            "SOLIDX_SHAPES_FILE": str(shapes)}
-    solidx = [sys.executable, "-m", "cli.main"]
+    solidx = [sys.executable, "-m", "solidx.cli.main"]
     subprocess.run(solidx + ["generate", "--model", str(folder), "--max-tokens", "8",
                              "--ignore-eos", *flags],
                    check=True, env=env, cwd=ROOT, timeout=600)
@@ -79,7 +80,7 @@ def test_capture_tune_generate_pipeline(tmp_path: Path) -> None:
                              "--no-progress"], check=True, env=env, cwd=ROOT, timeout=600)
     assert {row.problem for row in read_tuned(tuned)} == captured
 
-    from cli.generate import EXAMPLE_PROMPTS
+    from solidx.cli.generate import EXAMPLE_PROMPTS
 
     llm = LLM(str(folder), tuned_gemm=str(tuned), **engine)
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import runtime.quantization.input_quant as iq
-from runtime.quantization.fp8_math import FP8_DTYPE, FP8_MAX, quantize
+import solidx.runtime.quantization.input_quant as iq
+from solidx.runtime.quantization.fp8_math import FP8_DTYPE, FP8_MAX, quantize
 
 
 def exact_input(numel: int, scale: float) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runtime.quantization.fp8_math import FP8_MAX, dequantize, quantize, requantize_shards
+from solidx.runtime.quantization.fp8_math import FP8_MAX, dequantize, quantize, requantize_shards
 
 
 def test_quantize_round_trip_error() -> None:

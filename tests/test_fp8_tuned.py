@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradlib.backends.triton import TritonBackend
-from gradlib.device import device_identity
-from gradlib.dtypes import FP8
-from gradlib.problem import GemmProblem
-from gradlib.schema import CsvError, TunedRow, read_shapes, write_tuned
-from gradlib.tuned import library_version
-from runtime import LLM, SamplingParams
-from runtime.quantization import fp8
-from runtime.quantization.fp8 import tuned_gemm_report
+from solidx.gradlib.backends.triton import TritonBackend
+from solidx.gradlib.device import device_identity
+from solidx.gradlib.dtypes import FP8
+from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.schema import CsvError, TunedRow, read_shapes, write_tuned
+from solidx.gradlib.tuned import library_version
+from solidx.runtime import LLM, SamplingParams
+from solidx.runtime.quantization import fp8
+from solidx.runtime.quantization.fp8 import tuned_gemm_report
 from tests.checkpoints import make_checkpoint
 
 HERE = device_identity("cpu")
@@ -116,13 +116,14 @@ def test_tuned_file_sources(base: Path, tmp_path: Path, monkeypatch: pytest.Monk
 def test_tune_fp8_records_exactly_the_fp8_problems(base: Path, tmp_path: Path) -> None:
     shapes = tmp_path / "fp8_shapes.csv"
     code = (
-        "from runtime import LLM, SamplingParams\n"
+        "from solidx import LLM, SamplingParams\n"
         f"llm = LLM({str(base)!r}, quantization='fp8')\n"
         f"llm.generate([{PROMPT!r}], SamplingParams(temperature=0, max_tokens={NEW_TOKENS}, "
         "ignore_eos=True), use_tqdm=False)\n"
     )
     env = {**os.environ, "TUNE_FP8": "1", "SOLIDX_SHAPES_FILE": str(shapes),
-           "PYTHONPATH": str(Path(__file__).parents[1])}
+           "PYTHONPATH": os.pathsep.join(
+               p for p in (str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")) if p)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
     prompt_len, layers = len(PROMPT["prompt_token_ids"]), 2
     expected = {
@@ -139,8 +140,8 @@ def test_tune_fp8_records_exactly_the_fp8_problems(base: Path, tmp_path: Path) -
 
 
 def test_benchmarks_report_tuned_hits_and_misses(tmp_path: Path) -> None:
-    from runtime.bench_latency import bench_latency
-    from runtime.bench_throughput import bench_throughput
+    from solidx.runtime.bench_latency import bench_latency
+    from solidx.runtime.bench_throughput import bench_throughput
 
     path = tmp_path / "tuned.csv"  # tiny-llama's o_proj at N=1 (decode) runs a "tuned" default
     write_tuned(path, [row(decode_problem(64, 64), "default:")])

@@ -11,14 +11,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runtime import LLM, SamplingParams
-from runtime.layers import fused
-from runtime.layers.activation import SiluAndMul
-from runtime.layers.fused.rms_norm import rms_norm
-from runtime.layers.fused.rotary import rotary_embedding
-from runtime.layers.fused.silu_mul import silu_and_mul
-from runtime.layers.layernorm import RMSNorm
-from runtime.layers.rotary import RotaryEmbedding
+from solidx.runtime import LLM, SamplingParams
+from solidx.runtime.layers import fused
+from solidx.runtime.layers.activation import SiluAndMul
+from solidx.runtime.layers.fused.rms_norm import rms_norm
+from solidx.runtime.layers.fused.rotary import rotary_embedding
+from solidx.runtime.layers.fused.silu_mul import silu_and_mul
+from solidx.runtime.layers.layernorm import RMSNorm
+from solidx.runtime.layers.rotary import RotaryEmbedding
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LLAMA3_SCALING = {

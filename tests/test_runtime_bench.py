@@ -6,8 +6,8 @@ import json
 
 from click.testing import CliRunner
 
-from cli.bench_latency import latency
-from runtime.bench_latency import bench_latency
+from solidx.cli.bench_latency import latency
+from solidx.runtime.bench_latency import bench_latency
 
 
 def test_bench_latency_reports_engine_and_transformers():

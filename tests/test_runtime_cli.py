@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from cli.generate import generate
+from solidx.cli.generate import generate
 from tests.checkpoints import make_checkpoint
 
 

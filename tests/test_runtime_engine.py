@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from runtime import LLM, SamplingParams
-from shape_capture.recorder import recording
+from solidx.runtime import LLM, SamplingParams
+from solidx.shape_capture.recorder import recording
 from tests.checkpoints import make_checkpoint
 
 PROMPTS = [
@@ -140,7 +140,7 @@ def test_config_errors(checkpoint):
 
 
 def test_a_bare_cuda_device_is_this_ranks_gpu(monkeypatch):
-    from runtime.config import Config
+    from solidx.runtime.config import Config
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -152,7 +152,7 @@ def test_a_bare_cuda_device_is_this_ranks_gpu(monkeypatch):
 
 
 def test_custom_all_reduce_takes_small_aligned_tensors_of_its_dtype():
-    from runtime.custom_all_reduce import MAX_BYTES, CustomAllReduce
+    from solidx.runtime.custom_all_reduce import MAX_BYTES, CustomAllReduce
 
     custom = CustomAllReduce.__new__(CustomAllReduce)  # no GPUs here: only the size rules
     custom.dtype = torch.bfloat16
@@ -268,8 +268,8 @@ def test_linear_layers_record_their_gemm_problems(llm):
 
 
 def test_capture_workload_writes_the_engine_problems(tmp_path):
-    from gradlib.schema import read_shapes
-    from runtime.workload import capture_workload
+    from solidx.gradlib.schema import read_shapes
+    from solidx.runtime.workload import capture_workload
 
     path = tmp_path / "shapes.csv"
     capture_workload(
@@ -284,7 +284,7 @@ def test_capture_workload_writes_the_engine_problems(tmp_path):
 
 
 def test_sliding_window_caps_the_model_length(checkpoint, tmp_path):
-    from runtime.config import Config
+    from solidx.runtime.config import Config
 
     folder = shutil.copytree(checkpoint, tmp_path / "mistral-v01")
     config = json.loads((folder / "config.json").read_text())

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runtime import LLM, SamplingParams
+from solidx.runtime import LLM, SamplingParams
 from tests.checkpoints import KINDS, make_checkpoint
 
 NEW_TOKENS = 32

@@ -11,11 +11,11 @@ import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from runtime.block_manager import BlockManager
-from runtime.config import Config
-from runtime.sampling_params import SamplingParams
-from runtime.scheduler import Scheduler
-from runtime.sequence import Sequence, SequenceStatus
+from solidx.runtime.block_manager import BlockManager
+from solidx.runtime.config import Config
+from solidx.runtime.sampling_params import SamplingParams
+from solidx.runtime.scheduler import Scheduler
+from solidx.runtime.sequence import Sequence, SequenceStatus
 
 MAX_MODEL_LEN = 24
 EOS = 9

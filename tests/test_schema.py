@@ -10,8 +10,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gradlib.problem import GemmProblem
-from gradlib.schema import (
+from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.schema import (
     TUNED_COLUMNS, CsvError, ShapeRow, TunedRow, add_to_shapes_file, add_to_tuned_file,
     merge_shapes, read_shapes, read_tuned, select_rows, validate, write_shapes, write_tuned,
 )

@@ -7,9 +7,9 @@ import time
 import pytest
 import torch
 
-from gradlib.operands import make_operands
-from gradlib.problem import GemmProblem
-from gradlib.timing import (
+from solidx.gradlib.operands import make_operands
+from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.timing import (
     EagerTimer,
     GraphTimer,
     Timer,

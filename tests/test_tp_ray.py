@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from runtime import LLM
-from runtime.config import Config
+from solidx.runtime import LLM
+from solidx.runtime.config import Config
 from tests.checkpoints import make_checkpoint
 from tests.tp_worker import CPU, GREEDY, PROMPTS, SAMPLED
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli.generate import generate
-from gradlib.schema import read_shapes
-from runtime import LLM
-from runtime.workload import capture_workload
+from solidx.cli.generate import generate
+from solidx.gradlib.schema import read_shapes
+from solidx.runtime import LLM
+from solidx.runtime.workload import capture_workload
 from tests.checkpoints import make_checkpoint
 from tests.tp_worker import CLI_ARGS, CPU, GREEDY, PROMPTS
 

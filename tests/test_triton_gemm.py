@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradlib.backends.triton import TritonBackend, candidate_configs
-from gradlib.kernels.read_floor import floor_output, read_floor
-from gradlib.kernels.splitk import workspace
-from gradlib.operands import make_operands, max_rel_err, reference_gemm, tolerance
-from gradlib.problem import GemmProblem
+from solidx.gradlib.backends.triton import TritonBackend, candidate_configs
+from solidx.gradlib.kernels.read_floor import floor_output, read_floor
+from solidx.gradlib.kernels.splitk import workspace
+from solidx.gradlib.operands import make_operands, max_rel_err, reference_gemm, tolerance
+from solidx.gradlib.problem import GemmProblem
 
 FP8 = torch.float8_e4m3fn
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from runtime import LLM, SamplingParams
-from runtime.tunableop import configure_tunableop
+from solidx.runtime import LLM, SamplingParams
+from solidx.runtime.tunableop import configure_tunableop
 
 PARAMS = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
 
@@ -72,7 +72,7 @@ def test_settings_go_to_the_ranks_gpu(monkeypatch, tuning, with_write_file):
 
 SCRIPT = """
 import sys
-from runtime import LLM, SamplingParams
+from solidx.runtime import LLM, SamplingParams
 llm = LLM("tiny-llama", load_format="dummy", dtype="bfloat16", max_model_len=64,
           kv_cache_memory_bytes=16 << 20)
 params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
@@ -85,7 +85,8 @@ print(out[0].outputs[0].token_ids)
 def run_engine(tmp_path: Path, batch: int, tuning: str) -> str:
     env = dict(
         os.environ,
-        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+        PYTHONPATH=os.pathsep.join(p for p in (
+            str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p),
         PYTORCH_TUNABLEOP_ENABLED="1",
         PYTORCH_TUNABLEOP_TUNING=tuning,
         PYTORCH_TUNABLEOP_FILENAME=str(tmp_path / "tunableop%d.csv"),

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import gradlib.tuned as tuned_mod
-from gradlib.backends.base import Solution
-from gradlib.device import device_identity
-from gradlib.operands import GemmOperands
-from gradlib.problem import GemmProblem
-from gradlib.schema import TunedRow, write_tuned
-from gradlib.tuned import TunedGemms
+import solidx.gradlib.tuned as tuned_mod
+from solidx.gradlib.backends.base import Solution
+from solidx.gradlib.device import device_identity
+from solidx.gradlib.operands import GemmOperands
+from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.schema import TunedRow, write_tuned
+from solidx.gradlib.tuned import TunedGemms
 
 HERE = device_identity("cpu")
 

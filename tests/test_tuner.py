@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradlib.device import device_identity
-from gradlib.dtypes import FP8
-from gradlib.problem import GemmProblem
-from gradlib.schema import ShapeRow, read_tuned, validate, write_shapes
-from gradlib.timing import Timing, TimingConfig
-from gradlib.tuner import TuneOptions, choose_winner, run_workers, tune_problems
-from gradlib.worker import Worker
+from solidx.gradlib.device import device_identity
+from solidx.gradlib.dtypes import FP8
+from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.schema import ShapeRow, read_tuned, validate, write_shapes
+from solidx.gradlib.timing import Timing, TimingConfig
+from solidx.gradlib.tuner import TuneOptions, choose_winner, run_workers, tune_problems
+from solidx.gradlib.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = TimingConfig(target_ms=2.0, min_launches=1, max_launches=4, warmup=1, screen_repeats=3,
@@ -133,9 +133,9 @@ def test_two_workers_share_the_queue_and_the_file(tmp_path: Path) -> None:
 
 RESUME_SCRIPT = textwrap.dedent("""
     import sys, torch
-    from gradlib.problem import GemmProblem
-    from gradlib.timing import TimingConfig
-    from gradlib.tuner import TuneOptions, tune_problems
+    from solidx.gradlib.problem import GemmProblem
+    from solidx.gradlib.timing import TimingConfig
+    from solidx.gradlib.tuner import TuneOptions, tune_problems
     problems = [GemmProblem(16 * (i + 1), 1 + i, 32) for i in range(6)]
     timing = TimingConfig(target_ms=2.0, min_launches=1, max_launches=4, warmup=1,
                           screen_repeats=5, final_rounds=20)
@@ -172,7 +172,7 @@ def test_fp8_gemm_tuner_command_on_gradlib_file(tmp_path: Path) -> None:
     shapes, tuned = tmp_path / "fp8_shapes.csv", tmp_path / "tuned_fp8_16.csv"
     shapes.write_text("M,N,K\n32,1,64\n48,2,32\n")
     done = subprocess.run(
-        [sys.executable, "-m", "gradlib.fp8_gemm_tuner", "--input_file", str(shapes),
+        [sys.executable, "-m", "solidx.gradlib.fp8_gemm_tuner", "--input_file", str(shapes),
          "--tuned_file", str(tuned), "--backends", "cublaslt"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
@@ -189,7 +189,7 @@ def test_fp8_gemm_tuner_command_on_gradlib_file(tmp_path: Path) -> None:
 def test_tune_cli_reads_shapes_file_and_reports(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from cli.tune import tune as tune_cmd
+    from solidx.cli.tune import tune as tune_cmd
 
     shapes, tuned = tmp_path / "shapes.csv", tmp_path / "tuned.csv"
     bf16 = GemmProblem(32, 2, 48, dtype=torch.bfloat16, outdtype=torch.bfloat16)
@@ -208,7 +208,7 @@ def test_tune_cli_reads_shapes_file_and_reports(tmp_path: Path) -> None:
     assert bad.exit_code != 0 and "--gpus" in bad.output
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gradlib.backends.triton") is None,
+@pytest.mark.skipif(importlib.util.find_spec("solidx.gradlib.backends.triton") is None,
                     reason="the triton backend is not in this build yet")
 def test_tuner_with_triton_backend_writes_valid_file(tmp_path: Path) -> None:
     tuned = tmp_path / "tuned.csv"
@@ -241,7 +241,7 @@ def test_cuda_fault_is_isolated(tmp_path: Path) -> None:
 
 @pytest.mark.gpu
 def test_llama3_8b_decode_tunes_and_is_no_slower(tmp_path: Path) -> None:
-    from gradlib.bench_gemm import bench_gemm
+    from solidx.gradlib.bench_gemm import bench_gemm
 
     problem = GemmProblem(4096, 1, 4096, dtype=FP8, outdtype=torch.bfloat16)
     tuned = tmp_path / "tuned.csv"

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-import runtime.distributed
-from runtime import LLM, SamplingParams
+import solidx.runtime.distributed
+from solidx.runtime import LLM, SamplingParams
 
 PROMPTS = ["The quick brown fox", "Greedy decoding picks", "A paged KV cache stores keys"]
 GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
@@ -63,8 +63,8 @@ def tokens(outputs: list[Any]) -> list[list[int]]:
 
 
 def parity(out: Path, checkpoints: list[str]) -> None:
-    from cli.main import main
-    from runtime.workload import capture_workload
+    from solidx.cli.main import main
+    from solidx.runtime.workload import capture_workload
 
     result: dict[str, Any] = {"greedy": {}, "sampled": {}}
     for model in checkpoints:
@@ -91,7 +91,7 @@ def parity(out: Path, checkpoints: list[str]) -> None:
 
 
 def fault(mode: str, device: str) -> None:
-    runtime.distributed.PEER_TIMEOUT_S = 3.0
+    solidx.runtime.distributed.PEER_TIMEOUT_S = 3.0
     llm = LLM(
         "tiny-llama",
         load_format="dummy",
@@ -145,7 +145,7 @@ def generate_tokens(out: Path, model: str, options: list[str]) -> None:
 
 
 def all_reduce_errors(out: Path) -> None:
-    from runtime.custom_all_reduce import MAX_BYTES, CustomAllReduce
+    from solidx.runtime.custom_all_reduce import MAX_BYTES, CustomAllReduce
 
     device = torch.device("cuda", RANK)
     torch.cuda.set_device(device)

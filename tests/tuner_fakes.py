@@ -22,9 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from gradlib.backends.base import Backend, Solution, format_spec, parse_spec
-from gradlib.operands import GemmOperands, reference_gemm
-from gradlib.problem import GemmProblem
+from solidx.gradlib.backends.base import Backend, Solution, format_spec, parse_spec
+from solidx.gradlib.operands import GemmOperands, reference_gemm
+from solidx.gradlib.problem import GemmProblem
 
 
 @triton.jit

@@ -5,14 +5,14 @@ from __future__ import annotations
 import importlib
 from functools import cache
 
-from gradlib.backends.base import Backend, Solution, parse_spec
+from solidx.gradlib.backends.base import Backend, Solution, parse_spec
 
 _BACKENDS: dict[str, tuple[str, str]] = {
-    "default": ("gradlib.backends.default", "DefaultBackend"),
-    "cublaslt": ("gradlib.backends.cublaslt", "CublasLtBackend"),
-    "triton": ("gradlib.backends.triton", "TritonBackend"),
-    "hipblaslt": ("gradlib.backends.hipblaslt", "HipBlasLtBackend"),
-    "rocblas": ("gradlib.backends.rocblas", "RocBlasBackend"),
+    "default": ("solidx.gradlib.backends.default", "DefaultBackend"),
+    "cublaslt": ("solidx.gradlib.backends.cublaslt", "CublasLtBackend"),
+    "triton": ("solidx.gradlib.backends.triton", "TritonBackend"),
+    "hipblaslt": ("solidx.gradlib.backends.hipblaslt", "HipBlasLtBackend"),
+    "rocblas": ("solidx.gradlib.backends.rocblas", "RocBlasBackend"),
 }
 
 LIBTYPES: tuple[str, ...] = tuple(_BACKENDS)

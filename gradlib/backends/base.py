@@ -21,8 +21,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from gradlib.operands import GemmOperands
-from gradlib.problem import GemmProblem
+from solidx.gradlib.operands import GemmOperands
+from solidx.gradlib.problem import GemmProblem
 
 
 WORKSPACE_BYTES = 32 * 1024 * 1024

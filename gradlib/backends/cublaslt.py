@@ -29,11 +29,11 @@ from typing import Iterable, Iterator
 
 import torch
 
-from gradlib.backends import cublaslt_api as api
-from gradlib.backends.base import WORKSPACE_BYTES, Backend, Solution, format_spec, parse_spec
-from gradlib.dtypes import dtype_name
-from gradlib.operands import GemmOperands
-from gradlib.problem import GemmProblem
+from solidx.gradlib.backends import cublaslt_api as api
+from solidx.gradlib.backends.base import WORKSPACE_BYTES, Backend, Solution, format_spec, parse_spec
+from solidx.gradlib.dtypes import dtype_name
+from solidx.gradlib.operands import GemmOperands
+from solidx.gradlib.problem import GemmProblem
 
 LIBTYPE = "cublaslt"
 HEURISTIC_COUNT = 64

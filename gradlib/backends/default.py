@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gradlib.backends.base import Backend, Solution, parse_spec
-from gradlib.operands import GemmOperands
-from gradlib.problem import GemmProblem
+from solidx.gradlib.backends.base import Backend, Solution, parse_spec
+from solidx.gradlib.operands import GemmOperands
+from solidx.gradlib.problem import GemmProblem
 
 SPEC = "default:"
 

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from gradlib.backends.base import WORKSPACE_BYTES, Backend, Solution, format_spec, parse_spec
-from gradlib.kernels import skinny_gemm, tiled_gemm
-from gradlib.kernels.splitk import MAX_TILES, partial_bytes
-from gradlib.operands import GemmOperands
-from gradlib.problem import GemmProblem
+from solidx.gradlib.backends.base import WORKSPACE_BYTES, Backend, Solution, format_spec, parse_spec
+from solidx.gradlib.kernels import skinny_gemm, tiled_gemm
+from solidx.gradlib.kernels.splitk import MAX_TILES, partial_bytes
+from solidx.gradlib.operands import GemmOperands
+from solidx.gradlib.problem import GemmProblem
 
 FIELDS: dict[str, tuple[str, ...]] = {
     "gemv": ("bn", "bm", "bk", "splitk", "progs", "warps"),

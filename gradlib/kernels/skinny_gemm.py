@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gradlib.kernels.splitk import launch_args, persistent_grid, store_tile
+from solidx.gradlib.kernels.splitk import launch_args, persistent_grid, store_tile
 
 
 @triton.jit(do_not_specialize=["N", "splitk"])

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gradlib.backends.base import WORKSPACE_BYTES
+from solidx.gradlib.backends.base import WORKSPACE_BYTES
 
 MAX_TILES = 1 << 16
 """Counters in the workspace: a split-K launch may have at most this many output tiles."""

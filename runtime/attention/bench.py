@@ -25,11 +25,11 @@ import triton
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from runtime.attention import reference, selector
-from runtime.attention.paged_custom import paged_attention_custom
-from runtime.attention.paged_v2 import DecodeConfig, paged_attention_v2
-from runtime.attention.triton_prefill import PrefillConfig
-from runtime.attention.triton_prefill import prefill_attention as triton_prefill
+from solidx.runtime.attention import reference, selector
+from solidx.runtime.attention.paged_custom import paged_attention_custom
+from solidx.runtime.attention.paged_v2 import DecodeConfig, paged_attention_v2
+from solidx.runtime.attention.triton_prefill import PrefillConfig
+from solidx.runtime.attention.triton_prefill import prefill_attention as triton_prefill
 
 CUSTOM_SWEEP = [DecodeConfig(n, w, s) for n in (32, 64, 128) for w in (4, 8) for s in (2, 3)]
 V2_SWEEP = [DecodeConfig(n, w, s) for n in (32, 64, 128) for w in (2, 4) for s in (1, 2)]

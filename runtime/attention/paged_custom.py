@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from runtime.attention.paged_v2 import (
+from solidx.runtime.attention.paged_v2 import (
     DecodeConfig,
     check_decode_inputs,
     partition_buffers,

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
-from runtime.attention.reference import check_gqa, gather_kv
+from solidx.runtime.attention.reference import check_gqa, gather_kv
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:

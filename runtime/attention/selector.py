@@ -14,12 +14,12 @@ from collections import Counter
 import torch
 from torch import Tensor
 
-from runtime import envs
-from runtime.attention import reference, sdpa
-from runtime.attention.paged_custom import paged_attention_custom
-from runtime.attention.paged_v2 import paged_attention_v2
-from runtime.attention.triton_prefill import prefill_attention as prefill_triton
-from runtime.attention.triton_store import store_kvcache as store_triton
+from solidx.runtime import envs
+from solidx.runtime.attention import reference, sdpa
+from solidx.runtime.attention.paged_custom import paged_attention_custom
+from solidx.runtime.attention.paged_v2 import paged_attention_v2
+from solidx.runtime.attention.triton_prefill import prefill_attention as prefill_triton
+from solidx.runtime.attention.triton_store import store_kvcache as store_triton
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from runtime.attention.reference import FP8_E4M3_MAX
+from solidx.runtime.attention.reference import FP8_E4M3_MAX
 
 
 @triton.jit

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.layers.fused import use_triton
-from runtime.layers.fused.silu_mul import silu_and_mul
+from solidx.runtime.layers.fused import use_triton
+from solidx.runtime.layers.fused.silu_mul import silu_and_mul
 
 SUPPORTED_ACTIVATIONS = ("silu",)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runtime import attention as ops
-from runtime.context import get_forward_context
+from solidx.runtime import attention as ops
+from solidx.runtime.context import get_forward_context
 
 
 class Attention(nn.Module):

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradlib.problem import GemmProblem
-from runtime.distributed import get_tp_rank, get_tp_size, tp_all_gather, tp_all_reduce
-from shape_capture.recorder import active_recorder
+from solidx.gradlib.problem import GemmProblem
+from solidx.runtime.distributed import get_tp_rank, get_tp_size, tp_all_gather, tp_all_reduce
+from solidx.shape_capture.recorder import active_recorder
 
 
 class VocabParallelEmbedding(nn.Module):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runtime.layers.fused import use_triton
-from runtime.layers.fused.rms_norm import rms_norm
+from solidx.runtime.layers.fused import use_triton
+from solidx.runtime.layers.fused.rms_norm import rms_norm
 
 
 class RMSNorm(nn.Module):

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradlib.problem import GemmProblem
-from runtime.distributed import divide, get_tp_rank, get_tp_size, tp_all_reduce
-from shape_capture.recorder import active_recorder
+from solidx.gradlib.problem import GemmProblem
+from solidx.runtime.distributed import divide, get_tp_rank, get_tp_size, tp_all_reduce
+from solidx.shape_capture.recorder import active_recorder
 
 
 def set_weight_attrs(param: nn.Parameter, attrs: dict[str, Any]) -> None:

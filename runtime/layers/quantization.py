@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from runtime import envs
-from runtime.config import Config
-from runtime.quantization.fp8 import Fp8Config
+from solidx.runtime import envs
+from solidx.runtime.config import Config
+from solidx.runtime.quantization.fp8 import Fp8Config
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from runtime.layers.fused import use_triton
-from runtime.layers.fused.rotary import rotary_embedding
+from solidx.runtime.layers.fused import use_triton
+from solidx.runtime.layers.fused.rotary import rotary_embedding
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from runtime.models.llama import LlamaForCausalLM
+from solidx.runtime.models.llama import LlamaForCausalLM
 
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "LlamaForCausalLM": LlamaForCausalLM,

@@ -9,19 +9,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runtime.distributed import divide, get_tp_size
-from runtime.layers.activation import SUPPORTED_ACTIVATIONS, SiluAndMul
-from runtime.layers.attention import Attention
-from runtime.layers.embedding import ParallelLMHead, VocabParallelEmbedding
-from runtime.layers.layernorm import RMSNorm
-from runtime.layers.linear import (
+from solidx.runtime.distributed import divide, get_tp_size
+from solidx.runtime.layers.activation import SUPPORTED_ACTIVATIONS, SiluAndMul
+from solidx.runtime.layers.attention import Attention
+from solidx.runtime.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from solidx.runtime.layers.layernorm import RMSNorm
+from solidx.runtime.layers.linear import (
     LinearMethodFactory,
     MergedColumnParallelLinear,
     QKVParallelLinear,
     RowParallelLinear,
 )
-from runtime.layers.rotary import RotaryEmbedding
-from runtime.models.args import ModelArgs
+from solidx.runtime.layers.rotary import RotaryEmbedding
+from solidx.runtime.models.args import ModelArgs
 
 
 class LlamaAttention(nn.Module):

@@ -27,10 +27,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from runtime.layers.attention import Attention
-from runtime.layers.linear import LinearBase
-from runtime.quantization.checkpoint_formats import fused_parts
-from runtime.quantization.fp8_math import FP8_MAX, quantize
+from solidx.runtime.layers.attention import Attention
+from solidx.runtime.layers.linear import LinearBase
+from solidx.runtime.quantization.checkpoint_formats import fused_parts
+from solidx.runtime.quantization.fp8_math import FP8_MAX, quantize
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ class Calibration:
 
 def calibrate(model: str, prompts: list[Any], **engine_kwargs: Any) -> Calibration:
     """Run ``model`` (unquantized, eager) over ``prompts`` and record the maxima."""
-    from runtime.llm import LLM
-    from runtime.sampling_params import SamplingParams
+    from solidx.runtime.llm import LLM
+    from solidx.runtime.sampling_params import SamplingParams
 
     llm = LLM(model, enforce_eager=True, **engine_kwargs)
     network = llm.llm_engine.model_runner.model
@@ -120,7 +120,7 @@ def _max_hook(maxima: dict[str, torch.Tensor], name: str):
 
 def write_quark_checkpoint(model: str, output: str, calibration: Calibration) -> Path:
     """Write the fp8 checkpoint of ``model`` (a folder) to ``output`` (created; must be empty)."""
-    from runtime.loader import checkpoint_tensors
+    from solidx.runtime.loader import checkpoint_tensors
 
     source, target = Path(model), Path(output)
     if target.exists() and any(target.iterdir()):

@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from runtime.models.args import ModelArgs
-from runtime.quantization.fp8_math import FP8_DTYPE, dequantize
+from solidx.runtime.models.args import ModelArgs
+from solidx.runtime.quantization.fp8_math import FP8_DTYPE, dequantize
 
 logger = logging.getLogger(__name__)
 

@@ -24,31 +24,31 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradlib.dtypes import FP8
-from gradlib.operands import GemmOperands
-from gradlib.problem import GemmProblem
-from gradlib.schema import CsvError
-from gradlib.tuned import TunedGemms
-from runtime import envs
-from runtime.config import Config
-from runtime.layers.linear import (
+from solidx.gradlib.dtypes import FP8
+from solidx.gradlib.operands import GemmOperands
+from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.schema import CsvError
+from solidx.gradlib.tuned import TunedGemms
+from solidx.runtime import envs
+from solidx.runtime.config import Config
+from solidx.runtime.layers.linear import (
     LinearBase,
     LinearMethod,
     UnquantizedLinearMethod,
     set_weight_attrs,
 )
-from runtime.models import get_model_class
-from runtime.models.args import ModelArgs
-from runtime.quantization.checkpoint_formats import (
+from solidx.runtime.models import get_model_class
+from solidx.runtime.models.args import ModelArgs
+from solidx.runtime.quantization.checkpoint_formats import (
     CanonicalTensors,
     CheckpointTensor,
     Fp8Checkpoint,
     fused_parts,
     inspect_checkpoint,
 )
-from runtime.quantization.fp8_math import quantize, requantize_shards
-from runtime.quantization.input_quant import quantize_input
-from shape_capture.recorder import start_recording
+from solidx.runtime.quantization.fp8_math import quantize, requantize_shards
+from solidx.runtime.quantization.input_quant import quantize_input
+from solidx.shape_capture.recorder import start_recording
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class Fp8Config:
 
 def _inspect(config: Config) -> Fp8Checkpoint | None:
     """The checkpoint's description, or None for dummy weights."""
-    from runtime.loader import checkpoint_files
+    from solidx.runtime.loader import checkpoint_files
 
     if config.load_format == "dummy":
         if config.quantization_param_path:

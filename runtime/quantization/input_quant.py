@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from runtime.quantization.fp8_math import FP8_DTYPE, FP8_MAX, quantize
+from solidx.runtime.quantization.fp8_math import FP8_DTYPE, FP8_MAX, quantize
 
 MIN_SCALE = 1e-12  # as fp8_math.scale_for: an all-zero input gets a tiny scale, not 0
 ONE_PROGRAM_MAX = 16384  # dynamic inputs up to this many elements: one program (decode)

@@ -7,8 +7,8 @@ import logging
 
 from torch import nn
 
-from runtime.config import Config
-from runtime.layers.attention import Attention
+from solidx.runtime.config import Config
+from solidx.runtime.layers.attention import Attention
 
 logger = logging.getLogger(__name__)
 
