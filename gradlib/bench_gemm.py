@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import math
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,26 +29,26 @@ import torch.nn.functional as F
 from solidx.gradlib.backends import LIBTYPES, get_backend, solution_from_spec
 from solidx.gradlib.device import device_identity
 from solidx.gradlib.dtypes import FP8, dtype_name
+from solidx.gradlib.kernels.read_floor import FLOOR_CONFIGS, floor_output, read_floor
 from solidx.gradlib.operands import GemmOperands, make_operands, max_rel_err, reference_gemm
 from solidx.gradlib.problem import GemmProblem
 from solidx.gradlib.schema import TunedRow, read_tuned, select_rows
 from solidx.gradlib.timing import (
     Timer,
-    Timing,
     TimingConfig,
     calibrate,
+    copy_bandwidth,
     interleave,
     make_timer,
     measure,
     rotating_copies,
+    time_calls,
 )
 from solidx.gradlib.tuner import load_problems
 from solidx.gradlib.worker import DEFAULT_SPEC, problem_seed
 
 PEAK_SIZE = 8192
 CPU_PEAK_SIZE = 256
-COPY_BYTES = 1 << 30
-CPU_COPY_BYTES = 1 << 26
 NAN = math.nan
 
 
@@ -81,6 +81,9 @@ class BenchResult:
 
 @dataclass
 class BenchReport:
+    """One run on one card: the hardware's limits measured in it (copy GB/s, matmul peaks), which
+    tuned rows applied (``selection``) and one :class:`BenchResult` per problem."""
+
     device: str
     sm_count: int
     torch_version: str
@@ -95,16 +98,18 @@ class BenchReport:
 
     @property
     def geomean_speedup(self) -> float:
+        """Geometric mean of the problems' speedups over the default (NaN for none)."""
         values = [r.speedup for r in self.results if r.speedup > 0]
         return math.exp(sum(map(math.log, values)) / len(values)) if values else NAN
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
+        """Every field and the geometric mean, NaN and infinities as ``None``."""
         data = asdict(self)
         data["geomean_speedup"] = self.geomean_speedup
         return _finite(data)
 
 
-def _finite(value):
+def _finite(value: Any) -> Any:
     """NaN/inf become null so the JSON is standard."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -118,39 +123,6 @@ def _finite(value):
 # ---------------------------------------------------------------- the hardware's limits
 
 
-def _event_ms(fn: Callable[[], object], device: torch.device, repeats: int = 7,
-              calls: int = 5) -> float:
-    """Median ms per call of ``fn``: ``calls`` back-to-back calls per sample, after as many
-    warm-up calls (clocks up), by CUDA events (wall clock on CPU)."""
-    for _ in range(calls):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(calls):
-                fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / calls)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            samples.append((time.perf_counter() - t0) * 1e3 / calls)
-    return Timing.of(samples).median_ms
-
-
-def copy_bandwidth(device: torch.device) -> float:
-    """GB/s of one large device-to-device copy, counting bytes read and written."""
-    nbytes = COPY_BYTES if device.type == "cuda" else CPU_COPY_BYTES
-    src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    ms = _event_ms(lambda: dst.copy_(src), device)
-    return 2 * nbytes / (ms * 1e-3) / 1e9
-
-
 def matmul_peaks(device: torch.device) -> tuple[dict[str, float], int]:
     """TFLOP/s of an n³ bf16 matmul and (on CUDA) fp8 ``_scaled_mm`` on random data;
     n is 8192 on CUDA, 256 on CPU."""
@@ -158,13 +130,13 @@ def matmul_peaks(device: torch.device) -> tuple[dict[str, float], int]:
     flops = 2 * n**3
     a = torch.randn(n, n, device=device).to(torch.bfloat16)
     b = torch.randn(n, n, device=device).to(torch.bfloat16)
-    peaks = {"bf16": flops / (_event_ms(lambda: a @ b, device) * 1e-3) / 1e12}
+    peaks = {"bf16": flops / (time_calls(lambda: a @ b, device).median_ms * 1e-3) / 1e12}
     if device.type == "cuda":
         a8, b8 = a.to(FP8), b.to(FP8)
         one = torch.ones((), device=device)
         try:
-            ms = _event_ms(lambda: torch._scaled_mm(a8, b8.t(), scale_a=one, scale_b=one,
-                                                    out_dtype=torch.bfloat16), device)
+            ms = time_calls(lambda: torch._scaled_mm(a8, b8.t(), scale_a=one, scale_b=one,
+                                                     out_dtype=torch.bfloat16), device).median_ms
             peaks["fp8"] = flops / (ms * 1e-3) / 1e12
         except RuntimeError:  # fp8 matmul unsupported on this card
             pass
@@ -176,7 +148,6 @@ def matmul_peaks(device: torch.device) -> tuple[dict[str, float], int]:
 
 def _floor_runs(device: torch.device) -> list[Callable[[GemmOperands], torch.Tensor]]:
     """One run per read-floor configuration, each reading the weight of its operands."""
-    from solidx.gradlib.kernels.read_floor import FLOOR_CONFIGS, floor_output, read_floor
 
     def floor_run(cfg: dict[str, int]) -> Callable[[GemmOperands], torch.Tensor]:
         out = floor_output(device, cfg["programs_per_sm"])

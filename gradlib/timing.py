@@ -12,6 +12,12 @@ Rules (DESIGN.md, "Timing rules"):
 * A result is the median of several samples, with their spread (:class:`Timing`);
   :func:`interleave` samples several timers in turns (A B A B) so that clock and thermal drift
   hit all of them alike.
+
+Every clock solidx's timers and benchmarks read is read here: :class:`Stopwatch` (the wall
+clock around a block, the device synchronized at both ends) and :class:`EventClock` (CUDA
+events) under the GEMM timers above and the benchmarks' :func:`time_calls` (any callable of no
+arguments); :func:`copy_bandwidth` is the device-to-device copy bandwidth that every
+benchmark's GB/s is set against.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -107,9 +114,58 @@ def rotating_copies(ops: GemmOperands, config: TimingConfig) -> list[GemmOperand
     return copies
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (a no-op off CUDA)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class Stopwatch:
+    """The wall clock around a block: ``with Stopwatch(device) as watch: ...``. The device is
+    synchronized on entry and on exit, so queued GPU work counts in the block that queued it.
+    ``start`` is the ``time.perf_counter()`` reading at entry (the clock of the engine's request
+    metrics), ``seconds`` the block's duration once it has exited."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.start = math.nan
+        self.seconds = math.nan
+
+    def __enter__(self) -> Stopwatch:
+        synchronize(self.device)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        synchronize(self.device)
+        self.seconds = time.perf_counter() - self.start
+
+
+def wall_ms(work: Callable[[], object], device: torch.device) -> float:
+    """Milliseconds ``work()`` takes by the wall clock (:class:`Stopwatch`)."""
+    with Stopwatch(device) as watch:
+        work()
+    return watch.seconds * 1e3
+
+
+class EventClock:
+    """CUDA events on ``device``'s current stream: :meth:`ms` records one before and one after
+    ``work()`` queues its kernels, waits for the second and returns the milliseconds between
+    them. The pair is made once and reused, so a sample adds two event records to what it
+    times and nothing more."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.start = torch.cuda.Event(enable_timing=True)
+        self.end = torch.cuda.Event(enable_timing=True)
+
+    def ms(self, work: Callable[[], object]) -> float:
+        stream = torch.cuda.current_stream(self.device)
+        self.start.record(stream)
+        work()
+        self.end.record(stream)
+        self.end.synchronize()
+        return self.start.elapsed_time(self.end)
 
 
 class Timer(ABC):
@@ -132,34 +188,25 @@ class Timer(ABC):
 
 
 class WallTimer(Timer):
-    """``time.perf_counter`` around the calls (CPU)."""
+    """The wall clock around the calls (CPU): :func:`wall_ms`."""
 
     def sample(self) -> float:
-        _sync(self.device)
-        start = time.perf_counter()
-        self._calls()
-        _sync(self.device)
-        return (time.perf_counter() - start) * 1e3 / self.launches
+        return wall_ms(self._calls, self.device) / self.launches
 
 
 class EagerTimer(Timer):
-    """CUDA events around eagerly launched calls (launch overhead included)."""
+    """CUDA events around eagerly launched calls (launch overhead included): :class:`EventClock`."""
 
     def __init__(self, run: Run, copies: Sequence[GemmOperands], launches: int) -> None:
         super().__init__(run, copies, launches)
-        self.start = torch.cuda.Event(enable_timing=True)
-        self.end = torch.cuda.Event(enable_timing=True)
+        self.clock = EventClock(self.device)
 
     def sample(self) -> float:
-        self.start.record()
-        self._calls()
-        self.end.record()
-        self.end.synchronize()
-        return self.start.elapsed_time(self.end) / self.launches
+        return self.clock.ms(self._calls) / self.launches
 
 
 class GraphTimer(EagerTimer):
-    """The calls captured once in a CUDA graph; a sample times one replay."""
+    """The calls captured once in a CUDA graph; a sample times one replay by CUDA events."""
 
     def __init__(self, run: Run, copies: Sequence[GemmOperands], launches: int) -> None:
         super().__init__(run, copies, launches)
@@ -167,14 +214,10 @@ class GraphTimer(EagerTimer):
         with torch.cuda.graph(self.graph):
             self._calls()
         self.graph.replay()
-        torch.cuda.synchronize(self.device)
+        synchronize(self.device)
 
     def sample(self) -> float:
-        self.start.record()
-        self.graph.replay()
-        self.end.record()
-        self.end.synchronize()
-        return self.start.elapsed_time(self.end) / self.launches
+        return self.clock.ms(self.graph.replay) / self.launches
 
     def close(self) -> None:
         self.graph.reset()
@@ -231,3 +274,43 @@ def interleave(timers: Sequence[Timer], rounds: int) -> list[Timing]:
             j = (i + r) % len(timers)
             samples[j].append(timers[j].sample())
     return [Timing.of(s) for s in samples]
+
+
+# ---------------------------------------------------------------- benchmarks' timers
+
+COPY_BYTES = 1 << 30
+"""Bytes of the copy :func:`copy_bandwidth` times on CUDA (far beyond any L2)."""
+CPU_COPY_BYTES = 1 << 26
+"""Bytes of that copy elsewhere (beyond a CPU's last-level cache)."""
+
+
+def time_calls(fn: Callable[[], object], device: torch.device, *, calls: int = 5,
+               repeats: int = 7, warmup: int = 5) -> Timing:
+    """Milliseconds per call of ``fn`` (no arguments; it finds its own inputs): ``warmup`` calls
+    (clocks up, kernels compiled), the device synchronized, then ``repeats`` samples of ``calls``
+    back-to-back calls each, by CUDA events on CUDA (:class:`EventClock`) and the wall clock
+    elsewhere (:func:`wall_ms`); their median and range."""
+    if calls < 1 or repeats < 1 or warmup < 0:
+        raise ValueError("need calls ≥ 1, repeats ≥ 1 and warmup ≥ 0")
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    clock = EventClock(device).ms if device.type == "cuda" else partial(wall_ms, device=device)
+
+    def work() -> None:
+        for _ in range(calls):
+            fn()
+
+    return Timing.of([clock(work) / calls for _ in range(repeats)])
+
+
+def copy_bandwidth(device: torch.device, nbytes: int | None = None) -> float:
+    """GB/s of one device-to-device copy of ``nbytes`` random bytes (default
+    :data:`COPY_BYTES` on CUDA, :data:`CPU_COPY_BYTES` elsewhere), counting the bytes read and
+    the bytes written: the median of :func:`time_calls`."""
+    if nbytes is None:
+        nbytes = COPY_BYTES if device.type == "cuda" else CPU_COPY_BYTES
+    src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = time_calls(lambda: dst.copy_(src), device).median_ms
+    return 2 * nbytes / (ms * 1e-3) / 1e9

@@ -3,6 +3,7 @@ on a GPU."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,11 +17,13 @@ from solidx.gradlib.timing import (
     Timing,
     TimingConfig,
     calibrate,
+    copy_bandwidth,
     interleave,
     l2_bytes,
     make_timer,
     measure,
     rotating_copies,
+    time_calls,
 )
 
 
@@ -91,6 +94,30 @@ def test_calibrate_and_wall_timer() -> None:
     assert 1.0 <= timing.median_ms < 10.0
     assert len(calls) == 1 + 2 * 4  # warm-up, then two samples of four calls
     assert {id(c) for c in calls} == {id(c) for c in copies}  # every copy is used
+
+
+def test_time_calls_warms_up_then_samples() -> None:
+    calls: list[float] = []
+
+    def fn() -> None:
+        calls.append(time.perf_counter())
+        time.sleep(0.001)
+
+    timing = time_calls(fn, torch.device("cpu"), calls=3, repeats=4, warmup=2)
+    assert len(calls) == 2 + 3 * 4 and timing.samples == 4
+    assert 1.0 <= timing.min_ms <= timing.median_ms <= timing.max_ms < 50.0
+    with pytest.raises(ValueError):
+        time_calls(fn, torch.device("cpu"), calls=0)
+    assert copy_bandwidth(torch.device("cpu"), 1 << 20) > 0
+
+
+def test_the_benchmarks_read_no_clock_of_their_own() -> None:
+    """Every timer is in gradlib/timing.py: the benchmarks call it, not the clocks."""
+    root = Path(__file__).resolve().parents[1]
+    for path in [root / "gradlib" / "bench_gemm.py", *(root / "runtime" / "bench").glob("*.py")]:
+        text = path.read_text()
+        for clock in ("perf_counter", "cuda.Event", "elapsed_time"):
+            assert clock not in text, f"{path.relative_to(root)} reads {clock}"
 
 
 @pytest.mark.gpu
