@@ -22,7 +22,7 @@ def quantize(model: str, output: str, calib_prompts: str | None, device: str,
     """Quantize MODEL to fp8 (e4m3, per-tensor scales) in Quark's layout: weights and static
     activation and KV-cache scales measured on calibration prompts. Load the result with
     `solidx generate --model OUTPUT` (its config.json says fp8)."""
-    from solidx.runtime.quantization.calibrate import quantize_checkpoint
+    from solidx.runtime.calibrate import quantize_checkpoint
 
     prompts = read_prompts(calib_prompts) if calib_prompts else None
     try:

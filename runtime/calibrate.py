@@ -1,5 +1,8 @@
 """``solidx quantize``: a Quark-format fp8 checkpoint from a bf16/fp16/fp32 one.
 
+On the runtime's top floor beside the :class:`~solidx.runtime.llm.LLM` it drives: it imports the
+engine, the layers and the loader; none of them imports it.
+
 Calibration runs the unquantized model (solidx's engine, eager) over prompts with forward hooks
 that keep the largest ``|x|`` entering every linear layer and the largest ``|k|`` and ``|v|``
 every attention layer writes to its KV cache. Each scale is that maximum over 448 (the e4m3
@@ -20,6 +23,7 @@ import json
 import logging
 import shutil
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +33,11 @@ from torch import nn
 
 from solidx.runtime.layers.attention import Attention
 from solidx.runtime.layers.linear import LinearBase
+from solidx.runtime.llm import LLM
+from solidx.runtime.loader import checkpoint_tensors
 from solidx.runtime.quantization.checkpoint_formats import fused_parts
 from solidx.runtime.quantization.fp8_math import FP8_MAX, quantize
+from solidx.runtime.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +63,7 @@ FP8_SPEC = {
     "observer_cls": "PerTensorMinMaxObserver",
 }
 KV_GROUP = ["*k_proj", "*v_proj"]
+Hook = Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]
 
 
 @dataclass
@@ -69,9 +77,6 @@ class Calibration:
 
 def calibrate(model: str, prompts: list[Any], **engine_kwargs: Any) -> Calibration:
     """Run ``model`` (unquantized, eager) over ``prompts`` and record the maxima."""
-    from solidx.runtime.llm import LLM
-    from solidx.runtime.sampling_params import SamplingParams
-
     llm = LLM(model, enforce_eager=True, **engine_kwargs)
     network = llm.llm_engine.model_runner.model
     maxima: dict[str, torch.Tensor] = {}
@@ -106,7 +111,11 @@ def calibrate(model: str, prompts: list[Any], **engine_kwargs: Any) -> Calibrati
     return result
 
 
-def _max_hook(maxima: dict[str, torch.Tensor], name: str):
+def _max_hook(maxima: dict[str, torch.Tensor], name: str) -> Hook:
+    """A forward hook that keeps in ``maxima`` the largest ``|x|`` entering the linear layer
+    ``name`` (key ``name:x``), or the ``|k|`` and ``|v|`` an attention layer writes
+    (``name:k``, ``name:v``)."""
+
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         named = [("x", inputs[0])] if isinstance(module, LinearBase) else [
             ("k", inputs[1]), ("v", inputs[2])
@@ -120,8 +129,6 @@ def _max_hook(maxima: dict[str, torch.Tensor], name: str):
 
 def write_quark_checkpoint(model: str, output: str, calibration: Calibration) -> Path:
     """Write the fp8 checkpoint of ``model`` (a folder) to ``output`` (created; must be empty)."""
-    from solidx.runtime.loader import checkpoint_tensors
-
     source, target = Path(model), Path(output)
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"output folder {target} is not empty")
