@@ -1,27 +1,28 @@
 """``solidx bench attention``: the attention kernels against SDPA flash and FlexAttention."""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
-
 import click
 import torch
 
 from solidx.cli.capture import int_list
+from solidx.cli.engine_options import report
 from solidx.gradlib.dtypes import parse_dtype
-from solidx.runtime.attention.bench import BenchConfig, format_row, run_benchmark
+from solidx.runtime.bench.attention import BenchConfig, format_row, run_benchmark
 
 
 @click.command("attention")
 @click.option("--batch-size", default=32, show_default=True, help="Decode batch size.")
-@click.option("--context-lens", default="4096,16384", show_default=True, help="Decode context lengths.")
-@click.option("--prefill-lens", default="4096", show_default=True, help="Prefill sequence lengths (one causal sequence each).")
+@click.option("--context-lens", default="4096,16384", show_default=True,
+              help="Decode context lengths.")
+@click.option("--prefill-lens", default="4096", show_default=True,
+              help="Prefill sequence lengths (one causal sequence each).")
 @click.option("--num-heads", default=32, show_default=True)
 @click.option("--num-kv-heads", default=8, show_default=True)
 @click.option("--head-size", default=128, show_default=True)
 @click.option("--block-size", default=16, show_default=True, help="KV-cache block size in tokens.")
 @click.option("--dtype", default="bfloat16", show_default=True, help="float16 or bfloat16.")
-@click.option("--sweep", is_flag=True, help="Also time candidate launch configurations of the Triton kernels.")
+@click.option("--sweep", is_flag=True,
+              help="Also time candidate launch configurations of the Triton kernels.")
 @click.option("--output-json", default=None, help="Write every figure to this JSON file.")
 def attention(batch_size: int, context_lens: str, prefill_lens: str, num_heads: int,
               num_kv_heads: int, head_size: int, block_size: int, dtype: str, sweep: bool,
@@ -35,11 +36,10 @@ def attention(batch_size: int, context_lens: str, prefill_lens: str, num_heads: 
                           num_heads, num_kv_heads, head_size, block_size, parse_dtype(dtype), sweep)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    result = run_benchmark(cfg, torch.device("cuda"), progress=lambda row: click.echo(format_row(row)))
-    click.echo(f"device: {result.device}; copy bandwidth {result.copy_gbps:.0f} GB/s (read + write)")
+    result = run_benchmark(cfg, torch.device("cuda"),
+                           progress=lambda row: click.echo(format_row(row)))
+    report(result, output_json)
     if output_json:
-        with open(output_json, "w") as f:
-            json.dump(asdict(result), f, indent=2)
         click.echo(f"wrote {output_json}")
 
 

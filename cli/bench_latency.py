@@ -41,7 +41,7 @@ def latency(
     **options: Any,
 ) -> None:
     """Time one batch of random prompts (greedy, EOS ignored); presets use dummy weights."""
-    from solidx.runtime.bench_latency import bench_latency
+    from solidx.runtime.bench.latency import bench_latency
 
     kwargs = given_config_kwargs(options)
     enforce_eager, seed = kwargs.pop("enforce_eager", False), kwargs.pop("seed", 0)

@@ -78,7 +78,7 @@ def throughput(
     **options: Any,
 ) -> None:
     """Time a workload of requests through the engine (greedy; presets use dummy weights)."""
-    from solidx.runtime.bench_throughput import bench_throughput
+    from solidx.runtime.bench.throughput import bench_throughput
 
     kwargs = given_config_kwargs(options)
     enforce_eager, seed = kwargs.pop("enforce_eager", False), kwargs.pop("seed", 0)

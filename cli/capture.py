@@ -47,7 +47,7 @@ def capture_shapes(model: str, tp: int, batch_sizes: str, prefill_tokens: str, d
     """
     output = output or envs.SOLIDX_SHAPES_FILE
     if run:
-        from solidx.runtime.workload import capture_workload
+        from solidx.runtime.bench.workload import capture_workload
 
         from solidx.runtime.distributed import get_tp_rank
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import click
 from click.core import ParameterSource
 
+from solidx.runtime.bench.result import BenchResult
 from solidx.runtime.config import Config
+from solidx.runtime.distributed import get_tp_rank
 
 _TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
 
@@ -59,17 +61,9 @@ def given_config_kwargs(options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class BenchResult(Protocol):
-    def summary(self) -> str: ...
-
-    def as_dict(self) -> dict[str, Any]: ...
-
-
 def report(result: BenchResult, output_json: str | None) -> None:
     """Print a benchmark's summary and save it as JSON, on rank 0 only: under torchrun every
     rank measures and rank 0 reports."""
-    from solidx.runtime.distributed import get_tp_rank
-
     if get_tp_rank() != 0:
         return
     click.echo(result.summary())

@@ -14,12 +14,12 @@ from click.testing import CliRunner
 from solidx.cli.engine_options import given_config_kwargs
 from solidx.cli.bench_throughput import throughput
 from solidx.cli.engine_options import engine_options
-from solidx.runtime.bench_latency import bench_latency
-from solidx.runtime.bench_throughput import (
+from solidx.runtime.bench.hf import left_pad
+from solidx.runtime.bench.latency import bench_latency
+from solidx.runtime.bench.throughput import (
     bench_throughput,
     draw_lengths,
     given_requests,
-    left_pad,
     random_requests,
 )
 from solidx.runtime.tokenizer import ByteTokenizer

@@ -140,8 +140,8 @@ def test_tune_fp8_records_exactly_the_fp8_problems(base: Path, tmp_path: Path) -
 
 
 def test_benchmarks_report_tuned_hits_and_misses(tmp_path: Path) -> None:
-    from solidx.runtime.bench_latency import bench_latency
-    from solidx.runtime.bench_throughput import bench_throughput
+    from solidx.runtime.bench.latency import bench_latency
+    from solidx.runtime.bench.throughput import bench_throughput
 
     path = tmp_path / "tuned.csv"  # tiny-llama's o_proj at N=1 (decode) runs a "tuned" default
     write_tuned(path, [row(decode_problem(64, 64), "default:")])

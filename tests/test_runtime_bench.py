@@ -1,13 +1,19 @@
-"""``bench_latency`` and ``solidx bench latency`` on the tiny preset (figures are not asserted)."""
+"""``bench_latency`` and ``solidx bench latency`` on the tiny preset, and ``bench attention``'s
+contenders on the CPU (figures are not asserted)."""
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
+import pytest
+import torch
 from click.testing import CliRunner
 
 from solidx.cli.bench_latency import latency
-from solidx.runtime.bench_latency import bench_latency
+from solidx.runtime.bench.attention import BenchConfig, run_benchmark
+from solidx.runtime.bench.latency import bench_latency
 
 
 def test_bench_latency_reports_engine_and_transformers():
@@ -48,3 +54,38 @@ def test_latency_command_writes_json(tmp_path):
     assert "tiny-llama float32 on cpu: batch 2, 4 in / 3 out" in result.output
     figures = json.loads(out.read_text())
     assert figures["batch_size"] == 2 and figures["hf_tokens_per_s"] is None
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_bench_attention_runs_every_contender_on_cpu() -> None:
+    """The benchmark's plumbing: every contender runs and matches the reference (times
+    unchecked)."""
+    cfg = BenchConfig(batch_size=2, context_lens=(40,), prefill_lens=(33,), num_heads=4,
+                      num_kv_heads=2, head_size=128, dtype=torch.float16)
+    result = run_benchmark(cfg, torch.device("cpu"))
+    kernels = {row.kernel for row in result.rows}
+    assert kernels == {"sdpa_flash", "triton_prefill", "paged_custom", "paged_v2",
+                       "sdpa_flash_dense", "flex_paged"}
+    for row in result.rows:
+        assert row.ms is not None and row.max_rel_err < 1e-2, row
+
+
+def test_nothing_below_the_bench_floor_imports_it() -> None:
+    """The benchmarks sit on their own floor: no module of the runtime outside
+    ``runtime/bench/`` (engine core, layers, attention kernels, models, the ``LLM``) imports
+    ``solidx.runtime.bench``."""
+    runtime = Path(__file__).resolve().parents[1] / "runtime"
+    for path in runtime.rglob("*.py"):
+        if path.relative_to(runtime).parts[0] == "bench":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module == "solidx.runtime":
+                names = [f"solidx.runtime.{a.name}" for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            bad = [n for n in names if n.split(".")[:3] == ["solidx", "runtime", "bench"]]
+            assert not bad, f"{path.relative_to(runtime)}:{node.lineno} imports {bad[0]}"

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from solidx.cli.generate import generate
 from solidx.gradlib.schema import read_shapes
 from solidx.runtime import LLM
-from solidx.runtime.workload import capture_workload
+from solidx.runtime.bench.workload import capture_workload
 from tests.checkpoints import make_checkpoint
 from tests.tp_worker import CLI_ARGS, CPU, GREEDY, PROMPTS
 

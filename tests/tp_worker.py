@@ -64,7 +64,7 @@ def tokens(outputs: list[Any]) -> list[list[int]]:
 
 def parity(out: Path, checkpoints: list[str]) -> None:
     from solidx.cli.main import main
-    from solidx.runtime.workload import capture_workload
+    from solidx.runtime.bench.workload import capture_workload
 
     result: dict[str, Any] = {"greedy": {}, "sampled": {}}
     for model in checkpoints:

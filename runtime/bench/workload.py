@@ -22,11 +22,18 @@ def random_prompts(vocab_size: int, batch_size: int, input_len: int, seed: int =
     return [{"prompt_token_ids": row.tolist()} for row in ids]
 
 
+def with_dummy(model: str, engine_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``engine_kwargs`` with ``load_format="dummy"`` for a preset whose load format is left
+    ``auto`` (a preset has no weights to load); a copy, the argument is left as it was."""
+    if model in PRESETS and engine_kwargs.get("load_format", "auto") == "auto":
+        return {**engine_kwargs, "load_format": "dummy"}
+    return dict(engine_kwargs)
+
+
 def engine_for(model: str, max_batch: int, max_len: int, **engine_kwargs: Any) -> LLM:
     """An engine sized for batches up to ``max_batch`` of ``max_len`` tokens (dummy weights
     for a preset unless told otherwise)."""
-    if model in PRESETS and engine_kwargs.get("load_format", "auto") == "auto":
-        engine_kwargs["load_format"] = "dummy"
+    engine_kwargs = with_dummy(model, engine_kwargs)
     engine_kwargs.setdefault("max_model_len", max_len)
     engine_kwargs.setdefault("max_num_seqs", max_batch)
     return LLM(model, **engine_kwargs)

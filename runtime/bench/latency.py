@@ -11,23 +11,23 @@ the result says what share of the bound the engine reached.
 from __future__ import annotations
 
 import gc
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
+from solidx.gradlib.timing import Stopwatch, copy_bandwidth
 from solidx.runtime import attention
-from solidx.runtime.attention.bench import copy_bandwidth_gbps
+from solidx.runtime.bench.hf import hf_generate_seconds, load_hf_model
+from solidx.runtime.bench.result import BenchResult, device_name, tuned_gemm_line
+from solidx.runtime.bench.workload import engine_for, random_prompts
 from solidx.runtime.quantization.fp8 import tuned_gemm_report
 from solidx.runtime.sampling_params import SamplingParams
-from solidx.runtime.workload import engine_for, random_prompts
-from solidx.shape_capture.presets import PRESETS, load_model_config
 
 
 @dataclass
-class LatencyResult:
+class LatencyResult(BenchResult):
     """Times in seconds. ``tokens_per_s``: generated tokens of the whole batch over the whole run;
     ``decode_steps_per_s``: steps after the first token, per second (tokens/s per sequence);
     ``weight_gb_per_s``: ``weight_bytes`` × decode steps/s (``weight_bytes`` is what a decode step
@@ -108,14 +108,6 @@ class LatencyResult:
         return "\n".join(lines)
 
 
-def tuned_gemm_line(report: dict[str, Any]) -> str:
-    """One summary line of ``runtime.quantization.fp8.tuned_gemm_report``."""
-    return (
-        f"  tuned GEMMs ({report['tuned_file']}): {report['problems_tuned']} problems tuned "
-        f"(hits), {report['problems_default']} with the default solution (misses)"
-    )
-
-
 def bench_latency(
     model: str = "llama-3-8b",
     input_len: int = 128,
@@ -145,11 +137,9 @@ def bench_latency(
         requests, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False
     )
     kernels_before = Counter(attention.KERNEL_COUNTS)
-    synchronize(runner.device)
-    start = time.perf_counter()
-    outputs = llm.generate(requests, params, use_tqdm=False)
-    synchronize(runner.device)
-    total = time.perf_counter() - start
+    with Stopwatch(runner.device) as watch:
+        outputs = llm.generate(requests, params, use_tqdm=False)
+    total, start = watch.seconds, watch.start
     first = max(out.metrics.first_token_time for out in outputs) - start
     decode = max(out.metrics.finished_time for out in outputs) - first - start
     steps_per_s = (output_len - 1) / decode if output_len > 1 and decode > 0 else float("nan")
@@ -158,7 +148,7 @@ def bench_latency(
         for name, p in runner.model.named_parameters()
         if "embed_tokens" not in name or runner.model.args.tie_word_embeddings
     )
-    copy_gbps = copy_bandwidth_gbps(runner.device)
+    copy_gbps = copy_bandwidth(runner.device)
     result = LatencyResult(
         model=model,
         device=device_name(runner.device),
@@ -192,55 +182,3 @@ def bench_latency(
         result.hf_total_s = hf_total
         result.hf_tokens_per_s = batch_size * output_len / hf_total
     return result
-
-
-def load_hf_model(model: str, device: torch.device, dtype: torch.dtype) -> Any:
-    """The Hugging Face transformers model of ``model`` on ``device`` in ``dtype``, in eval mode;
-    random weights for a preset."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if model in PRESETS:
-        hf_dict = {k: v for k, v in load_model_config(model).items() if k != "model_type"}
-        hf_config = AutoConfig.for_model(PRESETS[model]["model_type"], **hf_dict)
-        with torch.device(device):
-            hf = AutoModelForCausalLM.from_config(hf_config, torch_dtype=dtype)
-    else:
-        hf = AutoModelForCausalLM.from_pretrained(model, torch_dtype=dtype).to(device)
-    return hf.to(dtype).eval()  # torch_dtype: the keyword transformers 4 and 5 both accept
-
-
-def hf_generate_seconds(
-    hf: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_len: int
-) -> float:
-    """Seconds Hugging Face ``generate`` takes for ``input_ids`` [B, L] (left-padded where
-    ``attention_mask`` is 0) → ``output_len`` greedy tokens each (EOS ignored), after a warm-up."""
-    kwargs = {
-        "attention_mask": attention_mask,
-        "do_sample": False,
-        "eos_token_id": None,
-        "pad_token_id": 0,
-    }
-    device = input_ids.device
-    with torch.inference_mode():
-        hf.generate(input_ids, max_new_tokens=4, min_new_tokens=4, **kwargs)
-        synchronize(device)
-        start = time.perf_counter()
-        out = hf.generate(input_ids, max_new_tokens=output_len, min_new_tokens=output_len, **kwargs)
-        synchronize(device)
-        seconds = time.perf_counter() - start
-    if out.shape[1] != input_ids.shape[1] + output_len:
-        raise RuntimeError(
-            f"transformers generated {out.shape[1] - input_ids.shape[1]} tokens, not {output_len}"
-        )
-    return seconds
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return "cpu"

@@ -14,27 +14,22 @@ longest-context steps, so the ratio it gives errs in transformers' favour.
 from __future__ import annotations
 
 import gc
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
+from solidx.gradlib.timing import Stopwatch
 from solidx.runtime import attention
-from solidx.runtime.bench_latency import (
-    device_name,
-    hf_generate_seconds,
-    load_hf_model,
-    synchronize,
-    tuned_gemm_line,
-)
+from solidx.runtime.bench.hf import hf_generate_seconds, left_pad, load_hf_model
+from solidx.runtime.bench.result import BenchResult, device_name, tuned_gemm_line
+from solidx.runtime.bench.workload import engine_for, with_dummy
 from solidx.runtime.config import Config
 from solidx.runtime.quantization.fp8 import tuned_gemm_report
 from solidx.runtime.sampling_params import SamplingParams
 from solidx.runtime.tokenizer import get_tokenizer
-from solidx.runtime.workload import engine_for
-from solidx.shape_capture.presets import PRESETS, load_model_config
+from solidx.shape_capture.presets import load_model_config
 
 Lengths = int | tuple[int, int]
 """A fixed length, or an inclusive range ``(low, high)`` to draw lengths from uniformly."""
@@ -103,7 +98,7 @@ class HfRun:
 
 
 @dataclass
-class ThroughputResult:
+class ThroughputResult(BenchResult):
     """Token counts are sums over the requests; rates are over ``elapsed_s``, the wall time of
     the whole workload through the engine. ``tuned_gemm``: as in ``LatencyResult``."""
 
@@ -210,7 +205,7 @@ def bench_throughput(
     ``LLM`` options; a preset runs on dummy weights; ``max_model_len`` defaults to the longest
     request and ``max_num_seqs`` to min(requests, 256)."""
     if prompts is not None:
-        tokenizer = get_tokenizer(Config(model=model, **_with_dummy(model, engine_kwargs)))
+        tokenizer = get_tokenizer(Config(model=model, **with_dummy(model, engine_kwargs)))
         requests = given_requests(prompts, tokenizer, output_len, seed)
     else:
         vocab = int(load_model_config(model)["vocab_size"])
@@ -236,11 +231,9 @@ def bench_throughput(
     kernels_before = Counter(attention.KERNEL_COUNTS)
     preemptions_before = engine.scheduler.num_preemptions
     device = engine.model_runner.device
-    synchronize(device)
-    start = time.perf_counter()
-    outputs = llm.generate(inputs, params, use_tqdm=False)
-    synchronize(device)
-    elapsed = time.perf_counter() - start
+    with Stopwatch(device) as watch:
+        outputs = llm.generate(inputs, params, use_tqdm=False)
+    elapsed = watch.seconds
     failed = [out.error for out in outputs if out.error]
     if failed:
         raise ValueError(f"{len(failed)} request(s) refused, e.g.: {failed[0]}")
@@ -289,21 +282,3 @@ def hf_throughput(
         useful = sum(min(r.output_len, new_tokens) for r in batch)
         runs.append(HfRun(batch_size, new_tokens, useful, seconds))
     return runs
-
-
-def left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``input_ids`` [B, longest] left-padded with 0 and the ``attention_mask`` marking tokens."""
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros(len(prompts), width, dtype=torch.int64)
-    mask = torch.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        mask[row, width - len(prompt) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _with_dummy(model: str, engine_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``engine_kwargs`` with ``load_format="dummy"`` for a preset (as ``engine_for`` does)."""
-    if model in PRESETS and engine_kwargs.get("load_format", "auto") == "auto":
-        return {**engine_kwargs, "load_format": "dummy"}
-    return engine_kwargs

@@ -2,11 +2,12 @@
 
 Decode: a batch of equal contexts over a paged cache with shuffled blocks. The custom paged
 kernel and PagedAttention v2 run against SDPA's flash backend (over a dense, unpaged copy of the
-keys and values) and FlexAttention with a paged BlockMask built from the block tables. FlexAttention
-reads the cache head-major, ``[1, Hkv, slots, D]`` (the layout of torch's PagedAttention), so it gets
-its own copy of the same pages; its BlockMask's KV block is the page: full pages skip the mask, the
-last partial page of each sequence is cut by a ``mask_mod``. Figures: time, GB/s of KV read, % of
-the device-to-device copy bandwidth measured in the same run, speed-up over FlexAttention.
+keys and values) and FlexAttention with a paged BlockMask built from the block tables.
+FlexAttention reads the cache head-major, ``[1, Hkv, slots, D]`` (the layout of torch's
+PagedAttention), so it gets its own copy of the same pages; its BlockMask's KV block is the
+page: full pages skip the mask, the last partial page of each sequence is cut by a
+``mask_mod``. Figures: time, GB/s of KV read, % of the device-to-device copy bandwidth measured
+in the same run (:func:`solidx.gradlib.timing.copy_bandwidth`), speed-up over FlexAttention.
 
 Prefill: one causal sequence through the Triton flash kernel and SDPA flash; TFLOP/s and ratio.
 Every output is checked against the torch reference before its time is reported. ``sweep`` also
@@ -14,22 +15,24 @@ times candidate launch configurations of the Triton kernels.
 """
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import triton
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from solidx.gradlib.timing import copy_bandwidth, time_calls
 from solidx.runtime.attention import reference, selector
 from solidx.runtime.attention.paged_custom import paged_attention_custom
 from solidx.runtime.attention.paged_v2 import DecodeConfig, paged_attention_v2
 from solidx.runtime.attention.triton_prefill import PrefillConfig
 from solidx.runtime.attention.triton_prefill import prefill_attention as triton_prefill
+from solidx.runtime.bench.result import BenchResult, device_name
 
 CUSTOM_SWEEP = [DecodeConfig(n, w, s) for n in (32, 64, 128) for w in (4, 8) for s in (2, 3)]
 V2_SWEEP = [DecodeConfig(n, w, s) for n in (32, 64, 128) for w in (2, 4) for s in (1, 2)]
@@ -41,6 +44,11 @@ PREFILL_SWEEP = [PrefillConfig(128, 64, 8, 3), PrefillConfig(128, 128, 8, 3),
 
 @dataclass(frozen=True)
 class BenchConfig:
+    """One run: decode ``batch_size`` sequences at each of ``context_lens`` and prefill one
+    causal sequence of each of ``prefill_lens``, with these head counts, head size, KV block
+    size and dtype; ``sweep`` also times :data:`CUSTOM_SWEEP`, :data:`V2_SWEEP` and
+    :data:`PREFILL_SWEEP`."""
+
     batch_size: int = 32
     context_lens: tuple[int, ...] = (4096, 16384)
     prefill_lens: tuple[int, ...] = (4096,)
@@ -54,6 +62,8 @@ class BenchConfig:
 
 @dataclass
 class Row:
+    """One contender at one length: its figures, or ``None`` and the reason in ``note``."""
+
     phase: str                  # "decode" or "prefill"
     kernel: str
     tokens: int                 # context length (decode) or sequence length (prefill)
@@ -67,48 +77,43 @@ class Row:
 
 
 @dataclass
-class BenchResult:
+class AttentionResult(BenchResult):
+    """Every row of one run on ``device`` (``config``: the :class:`BenchConfig`, as strings);
+    ``copy_gbps``: the device-to-device copy bandwidth measured in the same run."""
+
     device: str
-    config: dict
+    config: dict[str, str]
     copy_gbps: float
     rows: list[Row] = field(default_factory=list)
 
+    def summary(self) -> str:
+        """The closing line (the rows are printed as they are made, :func:`format_row`)."""
+        return f"device: {self.device}; copy bandwidth {self.copy_gbps:.0f} GB/s (read + write)"
 
-def time_ms(fn: Callable[[], object], device: torch.device, iters: int = 20,
-            repeats: int = 5) -> float:
-    """Median over ``repeats`` of the mean time of ``iters`` back-to-back calls (after a warm-up)."""
-    fn()
-    if device.type != "cuda":
-        start = time.perf_counter()
-        fn()
-        return (time.perf_counter() - start) * 1e3
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / iters)
-    return statistics.median(times)
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def copy_bandwidth_gbps(device: torch.device) -> float:
-    """Device-to-device copy bandwidth, bytes read plus bytes written per second (GB/s)."""
-    nbytes = (1 << 30) if device.type == "cuda" else (1 << 24)
-    src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_()
-    dst = torch.empty_like(src)
-    return 2 * nbytes / (time_ms(lambda: dst.copy_(src), device) * 1e-3) / 1e9
+def time_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """ms per call of ``fn`` (:func:`solidx.gradlib.timing.time_calls`): after one warm-up call,
+    the median of 5 samples of 20 calls on CUDA; one call off CUDA, where the kernels run in
+    Triton's interpreter and the time is only a smoke test of the plumbing."""
+    if device.type == "cuda":
+        return time_calls(fn, device, calls=20, repeats=5, warmup=1).median_ms
+    return time_calls(fn, device, calls=1, repeats=1, warmup=1).median_ms
 
 
 def rel_err(out: Tensor, ref: Tensor) -> float:
-    return ((out.float() - ref.float()).abs().max() / ref.float().abs().max().clamp(min=1e-6)).item()
+    """max |out − ref| / max |ref| (in fp32)."""
+    diff = (out.float() - ref.float()).abs().max()
+    return (diff / ref.float().abs().max().clamp(min=1e-6)).item()
 
 
 @dataclass
 class DecodeInputs:
+    """A decode batch over a paged cache with shuffled blocks, every sequence ``context_len``
+    long: the arguments of ``paged_attention_*`` (:attr:`args`)."""
+
     q: Tensor
     k_cache: Tensor
     v_cache: Tensor
@@ -118,17 +123,20 @@ class DecodeInputs:
     scale: float
 
     @property
-    def args(self) -> tuple:
+    def args(self) -> tuple[Any, ...]:
+        """``(q, k_cache, v_cache, block_tables, context_lens, context_len, scale)``."""
         return (self.q, self.k_cache, self.v_cache, self.block_tables, self.context_lens,
                 self.context_len, self.scale)
 
     def kv_bytes(self) -> int:
+        """Bytes of keys and values one decode step of the batch reads."""
         _, _, num_kv_heads, head_size = self.k_cache.shape
         return 2 * self.q.shape[0] * self.context_len * num_kv_heads * head_size * \
             self.k_cache.element_size()
 
 
 def decode_inputs(cfg: BenchConfig, context_len: int, device: torch.device) -> DecodeInputs:
+    """Random queries, keys and values (``cfg``'s shapes) over blocks in a random order."""
     blocks_per_seq = triton.cdiv(context_len, cfg.block_size)
     num_blocks = cfg.batch_size * blocks_per_seq
     shape = (num_blocks, cfg.block_size, cfg.num_kv_heads, cfg.head_size)
@@ -150,14 +158,14 @@ def sdpa_dense_decode(inp: DecodeInputs) -> Callable[[], Tensor]:
 
     def run() -> Tensor:
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            return F.scaled_dot_product_attention(q, k, v, scale=inp.scale, enable_gqa=True)[:, :, 0]
+            out = F.scaled_dot_product_attention(q, k, v, scale=inp.scale, enable_gqa=True)
+            return out[:, :, 0]
     return run
 
 
 def flex_paged_decode(inp: DecodeInputs, compile_flex: bool) -> Callable[[], Tensor]:
-    """FlexAttention over a head-major copy of the paged cache with a BlockMask from the block tables."""
-    from torch.nn.attention.flex_attention import BlockMask, flex_attention
-
+    """FlexAttention over a head-major copy of the paged cache with a BlockMask from the block
+    tables."""
     num_blocks, page, num_kv_heads, head_size = inp.k_cache.shape
     k = inp.k_cache.permute(2, 0, 1, 3).reshape(1, num_kv_heads, num_blocks * page, head_size)
     v = inp.v_cache.permute(2, 0, 1, 3).reshape(1, num_kv_heads, num_blocks * page, head_size)
@@ -191,6 +199,9 @@ def flex_paged_decode(inp: DecodeInputs, compile_flex: bool) -> Callable[[], Ten
 
 def bench_decode(cfg: BenchConfig, context_len: int, copy_gbps: float,
                  device: torch.device) -> list[Row]:
+    """Decode at ``context_len``: the custom kernel (where it applies), v2 (and the sweep), SDPA
+    flash over a dense copy and FlexAttention paged; each checked against the reference, GB/s
+    set against ``copy_gbps``, speed-up over FlexAttention."""
     inp = decode_inputs(cfg, context_len, device)
     ref = reference.decode_attention(*inp.args)
     candidates: list[tuple[str, str, Callable[[], Callable[[], Tensor]]]] = []
@@ -228,6 +239,8 @@ def bench_decode(cfg: BenchConfig, context_len: int, copy_gbps: float,
 
 
 def bench_prefill(cfg: BenchConfig, seq_len: int, device: torch.device) -> list[Row]:
+    """Prefill of one causal sequence of ``seq_len``: SDPA flash, then the Triton kernel (and
+    the sweep); each checked against the reference, speed-up over SDPA flash."""
     q, k, v = (torch.randn(seq_len, heads, cfg.head_size, device=device, dtype=cfg.dtype)
                for heads in (cfg.num_heads, cfg.num_kv_heads, cfg.num_kv_heads))
     cu = torch.tensor([0, seq_len], dtype=torch.int32, device=device)
@@ -265,11 +278,11 @@ def bench_prefill(cfg: BenchConfig, seq_len: int, device: torch.device) -> list[
 
 
 def run_benchmark(cfg: BenchConfig, device: torch.device,
-                  progress: Callable[[Row], None] = lambda row: None) -> BenchResult:
-    """Run every prefill and decode comparison of ``cfg``; ``progress`` sees each row as it is made."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    result = BenchResult(name, {k: str(v) for k, v in vars(cfg).items()},
-                         copy_bandwidth_gbps(device))
+                  progress: Callable[[Row], None] = lambda row: None) -> AttentionResult:
+    """Run every prefill and decode comparison of ``cfg``; ``progress`` sees each row as it is
+    made."""
+    result = AttentionResult(device_name(device), {k: str(v) for k, v in vars(cfg).items()},
+                             copy_bandwidth(device))
     for seq_len in cfg.prefill_lens:
         for row in bench_prefill(cfg, seq_len, device):
             result.rows.append(row)
@@ -284,6 +297,8 @@ def run_benchmark(cfg: BenchConfig, device: torch.device,
 
 
 def format_row(row: Row) -> str:
+    """One line of fixed-width columns; ``-`` for a figure not measured."""
+
     def f(x: float | None, fmt: str) -> str:
         return format(x, fmt) if x is not None else "-"
     return (f"{row.phase:<8}{row.kernel:<18}{row.tokens:>7} {f(row.ms, '9.4f')} ms "
