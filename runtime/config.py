@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from solidx.gradlib.dtypes import parse_dtype
-from solidx.runtime.distributed import launch_world_size, local_rank, torchrun_command
+from solidx.runtime.launch import launch_world_size, local_rank, torchrun_command
 from solidx.shape_capture.presets import PRESETS, load_model_config
 
 LOAD_FORMATS = ("auto", "dummy")
