@@ -37,12 +37,12 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from solidx.runtime.checkpoint import CheckpointTensor
 from solidx.runtime.models.args import ModelArgs
 from solidx.runtime.quantization.fp8_math import FP8_DTYPE, dequantize
 
 logger = logging.getLogger(__name__)
 
-CheckpointTensor = tuple[str, torch.Tensor, str]  # name, tensor, where it came from
 LAYOUTS = ("quark", "fp8", "ammo")
 SCALE_SUFFIXES = (".weight_scale", ".input_scale", ".k_scale", ".v_scale")
 

@@ -30,6 +30,7 @@ from solidx.gradlib.problem import GemmProblem
 from solidx.gradlib.schema import CsvError
 from solidx.gradlib.tuned import TunedGemms
 from solidx.runtime import envs
+from solidx.runtime.checkpoint import CheckpointTensor, checkpoint_files
 from solidx.runtime.config import Config
 from solidx.runtime.layers.linear import (
     LinearBase,
@@ -41,7 +42,6 @@ from solidx.runtime.models import get_model_class
 from solidx.runtime.models.args import ModelArgs
 from solidx.runtime.quantization.checkpoint_formats import (
     CanonicalTensors,
-    CheckpointTensor,
     Fp8Checkpoint,
     fused_parts,
     inspect_checkpoint,
@@ -139,8 +139,6 @@ class Fp8Config:
 
 def _inspect(config: Config) -> Fp8Checkpoint | None:
     """The checkpoint's description, or None for dummy weights."""
-    from solidx.runtime.loader import checkpoint_files
-
     if config.load_format == "dummy":
         if config.quantization_param_path:
             raise ValueError("quantization_param_path needs a checkpoint, not load_format='dummy'")
