@@ -22,7 +22,6 @@ from solidx.runtime.config import Config
 from solidx.runtime.layers.linear import LinearBase, copy_shard, unquantized
 from solidx.runtime.layers.quantization import get_quantization
 from solidx.runtime.models import get_model_class
-from solidx.runtime.models.args import ModelArgs
 from solidx.runtime.quantization.kv_cache import set_kv_cache_scales
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -32,8 +31,8 @@ def load_model(config: Config) -> nn.Module:
     """The model of ``config`` on its device with every weight loaded, in inference mode.
     A quantized model's checkpoint tensors pass through its quantization's adapter (names,
     scales, a separate quantized-weights file); the KV-cache scales are set last."""
-    cls = get_model_class((config.hf_config.get("architectures") or ["LlamaForCausalLM"])[0])
-    args = ModelArgs.from_hf(config.hf_config)
+    args = config.model_args
+    cls = get_model_class(args.architecture)
     quant = get_quantization(config)
     with torch.device("meta"):
         model = cls(

@@ -39,7 +39,6 @@ from solidx.runtime.layers.linear import (
     set_weight_attrs,
 )
 from solidx.runtime.models import get_model_class
-from solidx.runtime.models.args import ModelArgs
 from solidx.runtime.quantization.checkpoint_formats import (
     CanonicalTensors,
     Fp8Checkpoint,
@@ -81,8 +80,7 @@ class Fp8Config:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.args = ModelArgs.from_hf(config.hf_config)
-        cls = get_model_class(self.args.architecture)
+        cls = get_model_class(config.model_args.architecture)
         self.packed: dict[str, tuple[str, object]] = getattr(cls, "packed_modules_mapping", {})
         self.checkpoint = _inspect(config)
         self.tuned = load_tuned_gemms(config)
@@ -121,7 +119,7 @@ class Fp8Config:
         if self.checkpoint is None:
             return iter(tensors)
         return CanonicalTensors(
-            self.checkpoint, self.args, self.config.torch_dtype, self.static_modules
+            self.checkpoint, self.config.model_args, self.config.torch_dtype, self.static_modules
         )(tensors)
 
     def report(self) -> dict[str, Any]:
