@@ -104,13 +104,6 @@ def tp_min(value: int) -> int:
     return int(tensor.item())
 
 
-def divide(total: int, parts: int, what: str) -> int:
-    """``total / parts`` where it divides exactly; otherwise an error naming ``what``."""
-    if total % parts:
-        raise ValueError(f"{what} ({total}) is not divisible by the tensor-parallel size {parts}")
-    return total // parts
-
-
 # -- start-up -------------------------------------------------------------------------------
 
 # Built once and kept: captured CUDA graphs of any engine in this process hold its buffer.
