@@ -253,7 +253,7 @@ class QKVParallelLinear(ColumnParallelLinear):
         self.head_dim = head_dim
         self.num_heads, self.num_kv_heads = shard.num_heads, shard.num_kv_heads
         self.kv_replicas = shard.kv_replicas
-        sizes = [size * tp for size in shard.qkv_sizes(head_dim)]  # all ranks' (KV replicated)
+        sizes = [size * tp for size in shard.qkv_sizes(head_dim)]  # over all ranks, replicas too
         super().__init__(
             hidden_size,
             sum(sizes),
