@@ -1,8 +1,9 @@
 """The engine's configuration: one frozen dataclass with vLLM's field names.
 
 Every ``LLM(...)`` keyword and every ``solidx generate`` flag (kebab case) is a field here.
-Derived values (the model's Hugging Face config, the torch dtype and device, the resolved
-lengths) are computed once in ``__post_init__`` and never re-derived elsewhere.
+Derived values (the model's Hugging Face config and its architecture numbers, the torch dtype
+and device, the resolved lengths) are computed once in ``__post_init__`` and never re-derived
+elsewhere.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 import torch
 
 from solidx.gradlib.dtypes import parse_dtype
-from solidx.runtime.distributed import launch_world_size, local_rank, torchrun_command
+from solidx.runtime.launch import launch_world_size, local_rank, torchrun_command
+from solidx.shape_capture.model_args import ModelArgs
 from solidx.shape_capture.presets import PRESETS, load_model_config
 
 LOAD_FORMATS = ("auto", "dummy")
@@ -83,15 +85,17 @@ class Config:
     device: str = _opt("auto", "auto (cuda when available), cuda, cuda:N or cpu.")
 
     hf_config: dict[str, Any] = field(init=False, repr=False, compare=False)
+    model_args: ModelArgs = field(init=False, repr=False, compare=False)
     torch_dtype: torch.dtype = field(init=False, compare=False)
     torch_device: torch.device = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         hf_config = load_model_config(self.model)
-        derived: dict[str, Any] = {"hf_config": hf_config}
+        args = ModelArgs.from_hf(hf_config)
+        derived: dict[str, Any] = {"hf_config": hf_config, "model_args": args}
         derived["torch_device"] = _resolve_device(self.device)
         derived["torch_dtype"] = _resolve_dtype(self.dtype, hf_config)
-        derived["max_model_len"] = _resolve_max_model_len(self.max_model_len, hf_config)
+        derived["max_model_len"] = _resolve_max_model_len(self.max_model_len, args, hf_config)
         derived["distributed_executor_backend"] = _resolve_backend(
             self.distributed_executor_backend, self.worker_use_ray
         )
@@ -218,8 +222,10 @@ def _sliding_window(hf_config: dict[str, Any]) -> int | None:
     return int(window) if window else None
 
 
-def _resolve_max_model_len(requested: int | None, hf_config: dict[str, Any]) -> int:
-    limit = int(hf_config.get("max_position_embeddings", 2048))
+def _resolve_max_model_len(
+    requested: int | None, args: ModelArgs, hf_config: dict[str, Any]
+) -> int:
+    limit = args.max_position_embeddings
     window = _sliding_window(hf_config)
     what = "max_position_embeddings"
     if window is not None and window < limit:

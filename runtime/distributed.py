@@ -26,16 +26,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
-from typing import TYPE_CHECKING
-
 import torch
 import torch.distributed as dist
 
 from solidx.runtime import envs
+from solidx.runtime.config import Config
 from solidx.runtime.custom_all_reduce import CustomAllReduce
-
-if TYPE_CHECKING:
-    from solidx.runtime.config import Config
+from solidx.runtime.launch import group_initialized, rendezvous
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # the last resort: the watchdog sees dead ranks
 HEARTBEAT_S = 1.0
@@ -44,36 +41,12 @@ PEER_TIMEOUT_S = 10.0
 PER_RANK_SETTINGS = ("device", "SOLIDX_LOG_LEVEL")
 
 
-def _initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
 def get_tp_rank() -> int:
-    return dist.get_rank() if _initialized() else 0
+    return dist.get_rank() if group_initialized() else 0
 
 
 def get_tp_size() -> int:
-    return dist.get_world_size() if _initialized() else 1
-
-
-def launch_world_size() -> int:
-    """Ranks of this launch: the process group's size, else torchrun's ``WORLD_SIZE``, else 1."""
-    if _initialized():
-        return dist.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def local_rank() -> int:
-    """This rank's index on its node (torchrun's ``LOCAL_RANK``): the GPU it uses."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def torchrun_command(tensor_parallel_size: int, model: str) -> str:
-    """The command that runs ``solidx generate`` on ``tensor_parallel_size`` ranks."""
-    return (
-        f"torchrun --standalone --nnodes=1 --nproc-per-node={tensor_parallel_size} "
-        f"$(which solidx) generate --model {model} --tensor-parallel-size {tensor_parallel_size}"
-    )
+    return dist.get_world_size() if group_initialized() else 1
 
 
 # -- collectives ----------------------------------------------------------------------------
@@ -131,13 +104,6 @@ def tp_min(value: int) -> int:
     return int(tensor.item())
 
 
-def divide(total: int, parts: int, what: str) -> int:
-    """``total / parts`` where it divides exactly; otherwise an error naming ``what``."""
-    if total % parts:
-        raise ValueError(f"{what} ({total}) is not divisible by the tensor-parallel size {parts}")
-    return total // parts
-
-
 # -- start-up -------------------------------------------------------------------------------
 
 # Built once and kept: captured CUDA graphs of any engine in this process hold its buffer.
@@ -151,7 +117,7 @@ def init_distributed(config: Config) -> None:
     start the watchdog and, on GPUs, set up the custom all-reduce. Nothing to do at size 1
     outside a group. Safe to call again."""
     device = config.torch_device
-    if not _initialized():
+    if not group_initialized():
         if config.tensor_parallel_size == 1:
             return
         if device.type == "cuda":
@@ -268,9 +234,9 @@ def _start_watchdog() -> None:
     global _watchdog
     if _watchdog is not None:
         return
-    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
-    if addr and port:  # a client of its own, never queued behind the main thread's store calls
-        store = dist.TCPStore(addr, int(port), is_master=False, timeout=timedelta(seconds=30))
+    address = rendezvous()
+    if address:  # a client of its own, never queued behind the main thread's store calls
+        store = dist.TCPStore(*address, is_master=False, timeout=timedelta(seconds=30))
     else:
         store = dist.distributed_c10d._get_default_store()
     _watchdog = _Watchdog(dist.PrefixStore("solidx/watchdog", store), get_tp_rank(), get_tp_size())

@@ -1,23 +1,37 @@
-"""The engine loop: schedule -> run -> postprocess, one step at a time."""
+"""The engine loop: schedule -> run -> postprocess, one step at a time.
+
+One engine per rank: a torchrun process, or a Ray actor of the Ray executor. Every rank of a
+launch builds the same engine and makes the same ``generate`` calls.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 
+from tqdm import tqdm
+
 from solidx.runtime.block_manager import BlockManager
 from solidx.runtime.config import Config
+from solidx.runtime.distributed import get_tp_rank, init_distributed, peers_needed
 from solidx.runtime.model_runner import ModelRunner
+from solidx.runtime.outputs import RequestOutput
 from solidx.runtime.sampling_params import SamplingParams
 from solidx.runtime.scheduler import Scheduler
 from solidx.runtime.sequence import Sequence, SequenceStatus
 from solidx.runtime.tokenizer import eos_token_ids, get_tokenizer
+from solidx.runtime.tunableop import configure_tunableop
 
 logger = logging.getLogger(__name__)
 
 
 class LLMEngine:
+    """This rank's engine: it joins the launch's tensor-parallel group (nothing to join at
+    ``tensor_parallel_size=1``), configures TunableOp, loads the model and sizes the KV cache."""
+
     def __init__(self, config: Config) -> None:
+        init_distributed(config)
+        configure_tunableop(config.torch_device)
         self.config = config
         self.tokenizer = get_tokenizer(config)
         self.model_runner = ModelRunner(config)
@@ -27,6 +41,19 @@ class LLMEngine:
         self.scheduler = Scheduler(config, block_manager, eos_token_ids(config, self.tokenizer))
         self.vocab_size = self.model_runner.vocab_size
         self._refused: list[Sequence] = []
+
+    def generate(
+        self, prompts: list[str | list[int]], params: list[SamplingParams], use_tqdm: bool
+    ) -> list[RequestOutput]:
+        """Run every prompt (text, or token ids) with its sampling params to completion; the
+        outputs in the order of ``prompts``. A progress bar on rank 0 when ``use_tqdm``."""
+        with peers_needed():
+            seqs = [self.add_request(p, sp) for p, sp in zip(prompts, params)]
+            show = use_tqdm and len(seqs) > 1 and get_tp_rank() == 0
+            with tqdm(total=len(seqs), desc="generate", unit="req", disable=not show) as bar:
+                while self.has_unfinished_requests():
+                    bar.update(len(self.step()))
+        return [RequestOutput.from_seq(seq) for seq in seqs]
 
     def add_request(self, prompt: str | list[int], params: SamplingParams) -> Sequence:
         """Queue a prompt (text, or token ids). A prompt that cannot run is finished at once with

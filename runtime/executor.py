@@ -25,6 +25,8 @@ from typing import Any
 
 from solidx.runtime import envs
 from solidx.runtime.config import Config
+from solidx.runtime.engine import LLMEngine
+from solidx.runtime.launch import launch_rank
 from solidx.runtime.outputs import RequestOutput
 from solidx.runtime.sampling_params import SamplingParams
 from solidx.runtime.tokenizer import get_tokenizer
@@ -50,7 +52,7 @@ class RankWorker:
     the variables ``start`` gives it and runs the generate calls it is handed."""
 
     def __init__(self) -> None:
-        self.llm: Any = None
+        self.engine: LLMEngine | None = None
 
     def placement(self) -> tuple[str, list[int]]:
         """The actor's node address and the GPU ids Ray gave it."""
@@ -65,15 +67,14 @@ class RankWorker:
 
     def start(self, env: dict[str, str], model: str, kwargs: dict[str, Any]) -> None:
         os.environ.update(env)  # before anything initializes CUDA
-        from solidx.runtime.llm import LLM
-
-        self.llm = LLM(model, **kwargs)
+        self.engine = LLMEngine(Config(model=model, **kwargs))
 
     def generate(
-        self, prompts: list[Any], params: list[SamplingParams], use_tqdm: bool
+        self, prompts: list[str | list[int]], params: list[SamplingParams], use_tqdm: bool
     ) -> list[RequestOutput] | None:
-        outputs = self.llm.generate(prompts, params, use_tqdm=use_tqdm)
-        return outputs if os.environ["RANK"] == "0" else None
+        assert self.engine is not None, "start() builds the engine first"
+        outputs = self.engine.generate(prompts, params, use_tqdm)
+        return outputs if launch_rank() == 0 else None
 
 
 class RayExecutor:
@@ -144,9 +145,9 @@ class RayExecutor:
         self._get(starts, "building their engines")
 
     def generate(
-        self, prompts: list[Any], params: list[SamplingParams], use_tqdm: bool
+        self, prompts: list[str | list[int]], params: list[SamplingParams], use_tqdm: bool
     ) -> list[RequestOutput]:
-        """Run one generate call on every rank; rank 0's outputs."""
+        """Run one generate call on every rank (``LLMEngine.generate``); rank 0's outputs."""
         refs = [
             actor.generate.remote(prompts, params, use_tqdm and rank == 0)
             for rank, actor in enumerate(self.actors)

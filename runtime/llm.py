@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Union
 
-from tqdm import tqdm
-
 from solidx.runtime.config import Config
-from solidx.runtime.distributed import get_tp_rank, init_distributed, peers_needed
 from solidx.runtime.engine import LLMEngine
+from solidx.runtime.executor import RayExecutor
 from solidx.runtime.outputs import RequestOutput
 from solidx.runtime.sampling_params import SamplingParams
-from solidx.runtime.tunableop import configure_tunableop
 
 Prompt = Union[str, dict[str, Any]]
 
@@ -31,12 +28,8 @@ class LLM:
         config = Config(model=model, **kwargs)
         self._engine: LLMEngine | None = None
         if config.distributed_executor_backend == "ray":
-            from solidx.runtime.executor import RayExecutor
-
             self.ray_executor = RayExecutor(config)
             return
-        init_distributed(config)
-        configure_tunableop(config.torch_device)
         self._engine = LLMEngine(config)
 
     @property
@@ -74,18 +67,9 @@ class LLM:
         )
         if len(params) != len(prompts):
             raise ValueError(f"{len(params)} sampling params for {len(prompts)} prompts")
-        engine = self._engine
-        if engine is None:
-            for prompt in prompts:  # a bad prompt is the caller's error, not a rank's failure
-                _prompt_input(prompt)
-            return self.ray_executor.generate(prompts, params, use_tqdm)
-        with peers_needed():
-            seqs = [engine.add_request(_prompt_input(p), sp) for p, sp in zip(prompts, params)]
-            show = use_tqdm and len(seqs) > 1 and get_tp_rank() == 0
-            with tqdm(total=len(seqs), desc="generate", unit="req", disable=not show) as bar:
-                while engine.has_unfinished_requests():
-                    bar.update(len(engine.step()))
-        return [RequestOutput.from_seq(seq) for seq in seqs]
+        inputs = [_prompt_input(p) for p in prompts]  # a bad prompt fails here, on no rank
+        runner = self._engine if self._engine is not None else self.ray_executor
+        return runner.generate(inputs, params, use_tqdm)
 
 
 def _prompt_input(prompt: Prompt) -> str | list[int]:

@@ -10,33 +10,29 @@ path, so dummy weights are identical at every tensor-parallel size.
 
 from __future__ import annotations
 
-import json
-import zlib
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from solidx.gradlib.dtypes import is_fp8
+from solidx.runtime.checkpoint import CheckpointTensor, checkpoint_tensors, dummy_tensors
 from solidx.runtime.config import Config
 from solidx.runtime.layers.linear import LinearBase, copy_shard, unquantized
 from solidx.runtime.layers.quantization import get_quantization
 from solidx.runtime.models import get_model_class
-from solidx.runtime.models.args import ModelArgs
 from solidx.runtime.quantization.kv_cache import set_kv_cache_scales
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-CheckpointTensor = tuple[str, torch.Tensor, str]  # name, tensor, where it came from
 
 
 def load_model(config: Config) -> nn.Module:
     """The model of ``config`` on its device with every weight loaded, in inference mode.
     A quantized model's checkpoint tensors pass through its quantization's adapter (names,
     scales, a separate quantized-weights file); the KV-cache scales are set last."""
-    cls = get_model_class((config.hf_config.get("architectures") or ["LlamaForCausalLM"])[0])
-    args = ModelArgs.from_hf(config.hf_config)
+    args = config.model_args
+    cls = get_model_class(args.architecture)
     quant = get_quantization(config)
     with torch.device("meta"):
         model = cls(
@@ -78,48 +74,6 @@ def materialize(model: nn.Module, device: torch.device) -> None:
                         f"buffer {name!r} of {type(module).__name__} was built on the meta device"
                     )
                 module._buffers[name] = buf.to(device)
-
-
-def checkpoint_files(folder: Path) -> list[Path]:
-    """The safetensors files of a checkpoint folder (those its index names, when it has one)."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [folder / name for name in names]
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{index} names files that do not exist: {', '.join(missing)}")
-        return files
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(
-            f"no *.safetensors files in {folder} (PyTorch .bin checkpoints are not "
-            "supported: convert them to safetensors)"
-        )
-    return files
-
-
-def checkpoint_tensors(folder: Path) -> Iterator[CheckpointTensor]:
-    for path in checkpoint_files(folder):
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name), path.name
-
-
-def dummy_tensors(
-    shapes: dict[str, tuple[int, ...]], seed: int, device: torch.device
-) -> Iterator[CheckpointTensor]:
-    """Random tensors with spread enough for varied tokens: norms 1, matrices N(0, 1/in_features),
-    biases N(0, 0.02²); each drawn from a generator seeded by ``seed`` and the tensor's name."""
-    for name, shape in shapes.items():
-        if name.endswith("norm.weight"):
-            yield name, torch.ones(shape, device=device), "dummy"
-            continue
-        generator = torch.Generator(device).manual_seed(
-            seed * 1_000_003 + zlib.crc32(name.encode())
-        )
-        std = shape[1] ** -0.5 if len(shape) == 2 else 0.02
-        yield name, torch.randn(shape, generator=generator, device=device) * std, "dummy"
 
 
 def load_weights(model: nn.Module, tensors: Iterable[CheckpointTensor]) -> None:

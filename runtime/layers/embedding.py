@@ -16,6 +16,7 @@ from torch import nn
 from solidx.gradlib.problem import GemmProblem
 from solidx.runtime.distributed import get_tp_rank, get_tp_size, tp_all_gather, tp_all_reduce
 from solidx.shape_capture.recorder import active_recorder
+from solidx.shape_capture.sharding import vocab_shard
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -25,7 +26,7 @@ class VocabParallelEmbedding(nn.Module):
         super().__init__()
         self.num_embeddings = num_embeddings
         self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
-        self.rows_per_rank = -(-num_embeddings // self.tp_size)
+        self.rows_per_rank = vocab_shard(num_embeddings, self.tp_size)
         self.start = self.tp_rank * self.rows_per_rank
         self.end = min(self.start + self.rows_per_rank, num_embeddings)
         self.weight = nn.Parameter(

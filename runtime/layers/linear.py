@@ -2,8 +2,10 @@
 
 A layer computes ``y[tokens, out] = x[tokens, in] @ W[out, in]ᵀ (+ b)`` on its shard:
 column-parallel layers split ``out`` over the ranks, row-parallel ones split ``in`` and sum
-the partial results. How the weight is stored and multiplied (bf16 now; fp8 later) is the
-layer's ``LinearMethod``; the layer owns sharding, loading and shape recording.
+the partial results (the split rules: ``shape_capture.sharding``, which shape capture derives
+problems from too). How the weight is stored and multiplied (in the model dtype, or fp8:
+``runtime.quantization.fp8``) is the layer's ``LinearMethod``; the layer owns sharding, loading
+and shape recording.
 
 Loading: every parameter carries ``weight_loader(param, loaded, shard_id=None)``, which checks
 the full checkpoint tensor's shape and copies this rank's slice (``shard_id`` picks q/k/v or
@@ -21,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from solidx.gradlib.problem import GemmProblem
-from solidx.runtime.distributed import divide, get_tp_rank, get_tp_size, tp_all_reduce
+from solidx.runtime.distributed import get_tp_rank, get_tp_size, tp_all_reduce
 from solidx.shape_capture.recorder import active_recorder
+from solidx.shape_capture.sharding import divide, head_shard
 
 
 def set_weight_attrs(param: nn.Parameter, attrs: dict[str, Any]) -> None:
@@ -246,25 +249,19 @@ class QKVParallelLinear(ColumnParallelLinear):
         prefix: str = "",
     ) -> None:
         tp = get_tp_size()
+        shard = head_shard(num_heads, num_kv_heads, tp)
         self.head_dim = head_dim
-        self.num_heads = divide(num_heads, tp, f"{prefix} query heads")
-        if num_kv_heads >= tp:
-            self.num_kv_heads = divide(num_kv_heads, tp, f"{prefix} KV heads")
-            self.kv_replicas = 1
-        else:
-            self.num_kv_heads = 1
-            self.kv_replicas = divide(
-                tp, num_kv_heads, f"tensor-parallel size over {prefix} KV heads"
-            )
-        q_size, kv_size = num_heads * head_dim, self.num_kv_heads * head_dim * tp
+        self.num_heads, self.num_kv_heads = shard.num_heads, shard.num_kv_heads
+        self.kv_replicas = shard.kv_replicas
+        sizes = [size * tp for size in shard.qkv_sizes(head_dim)]  # over all ranks, replicas too
         super().__init__(
             hidden_size,
-            q_size + 2 * kv_size,
+            sum(sizes),
             bias,
             params_dtype,
             linear_method,
             prefix,
-            output_sizes=[q_size, kv_size, kv_size],
+            output_sizes=sizes,
         )
 
     def weight_loader(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from solidx.runtime.distributed import divide, get_tp_size
 from solidx.runtime.layers.activation import SUPPORTED_ACTIVATIONS, SiluAndMul
 from solidx.runtime.layers.attention import Attention
 from solidx.runtime.layers.embedding import ParallelLMHead, VocabParallelEmbedding
@@ -21,7 +20,7 @@ from solidx.runtime.layers.linear import (
     RowParallelLinear,
 )
 from solidx.runtime.layers.rotary import RotaryEmbedding
-from solidx.runtime.models.args import ModelArgs
+from solidx.shape_capture.model_args import ModelArgs
 
 
 class LlamaAttention(nn.Module):
@@ -171,7 +170,6 @@ class LlamaForCausalLM(nn.Module):
         linear_method: LinearMethodFactory,
     ) -> None:
         super().__init__()
-        divide(args.num_heads, get_tp_size(), "num_attention_heads")
         self.args = args
         self.model = LlamaModel(args, max_model_len, dtype, linear_method)
         self.lm_head = ParallelLMHead(args.vocab_size, args.hidden_size, dtype)

@@ -37,12 +37,12 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from solidx.runtime.models.args import ModelArgs
+from solidx.runtime.checkpoint import CheckpointTensor
+from solidx.shape_capture.model_args import ModelArgs
 from solidx.runtime.quantization.fp8_math import FP8_DTYPE, dequantize
 
 logger = logging.getLogger(__name__)
 
-CheckpointTensor = tuple[str, torch.Tensor, str]  # name, tensor, where it came from
 LAYOUTS = ("quark", "fp8", "ammo")
 SCALE_SUFFIXES = (".weight_scale", ".input_scale", ".k_scale", ".v_scale")
 
@@ -238,10 +238,10 @@ class CanonicalTensors:
         self._pending: dict[str, dict[str, tuple[torch.Tensor, str]]] = {}
 
     def __call__(self, tensors: Iterable[CheckpointTensor]) -> Iterator[CheckpointTensor]:
-        side = self.checkpoint.side_file
+        side, layout = self.checkpoint.side_file, self.checkpoint.layout
         for name, tensor, source in tensors:
             if side is not None and any(
-                n in self.checkpoint.side_names for n in canonical_names(name, self.checkpoint.layout)
+                n in self.checkpoint.side_names for n in canonical_names(name, layout)
             ):
                 continue  # the quantized-weights file provides it
             yield from self._convert(name, tensor, source)
@@ -297,4 +297,5 @@ class CanonicalTensors:
             weight, where = parts["weight"]
             logger.info("%s is stored as fp8; the model runs it in %s (dequantized)", module,
                         self.dtype)
-            yield f"{module}.weight", dequantize(weight, parts["weight_scale"][0], self.dtype), where
+            scale = parts["weight_scale"][0]
+            yield f"{module}.weight", dequantize(weight, scale, self.dtype), where

@@ -30,6 +30,7 @@ from solidx.gradlib.problem import GemmProblem
 from solidx.gradlib.schema import CsvError
 from solidx.gradlib.tuned import TunedGemms
 from solidx.runtime import envs
+from solidx.runtime.checkpoint import CheckpointTensor, checkpoint_files
 from solidx.runtime.config import Config
 from solidx.runtime.layers.linear import (
     LinearBase,
@@ -38,10 +39,8 @@ from solidx.runtime.layers.linear import (
     set_weight_attrs,
 )
 from solidx.runtime.models import get_model_class
-from solidx.runtime.models.args import ModelArgs
 from solidx.runtime.quantization.checkpoint_formats import (
     CanonicalTensors,
-    CheckpointTensor,
     Fp8Checkpoint,
     fused_parts,
     inspect_checkpoint,
@@ -81,8 +80,7 @@ class Fp8Config:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.args = ModelArgs.from_hf(config.hf_config)
-        cls = get_model_class(self.args.architecture)
+        cls = get_model_class(config.model_args.architecture)
         self.packed: dict[str, tuple[str, object]] = getattr(cls, "packed_modules_mapping", {})
         self.checkpoint = _inspect(config)
         self.tuned = load_tuned_gemms(config)
@@ -121,7 +119,7 @@ class Fp8Config:
         if self.checkpoint is None:
             return iter(tensors)
         return CanonicalTensors(
-            self.checkpoint, self.args, self.config.torch_dtype, self.static_modules
+            self.checkpoint, self.config.model_args, self.config.torch_dtype, self.static_modules
         )(tensors)
 
     def report(self) -> dict[str, Any]:
@@ -139,8 +137,6 @@ class Fp8Config:
 
 def _inspect(config: Config) -> Fp8Checkpoint | None:
     """The checkpoint's description, or None for dummy weights."""
-    from solidx.runtime.loader import checkpoint_files
-
     if config.load_format == "dummy":
         if config.quantization_param_path:
             raise ValueError("quantization_param_path needs a checkpoint, not load_format='dummy'")

@@ -1,7 +1,9 @@
 """The architecture numbers of a decoder model, read once from its Hugging Face config.
 
+Here, beside the presets, because both read them: the runtime builds its model from them (once
+per engine: ``Config.model_args``) and shape capture derives a model's GEMM problems from them.
 Accepts both config layouts: transformers 4 (``rope_theta`` + ``rope_scaling``) and
-transformers 5 (``rope_parameters``), and both dtype keys (``torch_dtype``, ``dtype``).
+transformers 5 (``rope_parameters``).
 """
 
 from __future__ import annotations
