@@ -34,7 +34,7 @@ from torch import nn
 from solidx.runtime.layers.attention import Attention
 from solidx.runtime.layers.linear import LinearBase
 from solidx.runtime.llm import LLM
-from solidx.runtime.loader import checkpoint_tensors
+from solidx.runtime.checkpoint import checkpoint_tensors
 from solidx.runtime.quantization.checkpoint_formats import fused_parts
 from solidx.runtime.quantization.fp8_math import FP8_MAX, quantize
 from solidx.runtime.sampling_params import SamplingParams

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -37,7 +38,13 @@ def _wheel(source: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def solidx_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _wheel(ROOT, tmp_path_factory.mktemp("solidx_wheel"))
+    """A wheel of the tracked tree, built in a copy (an in-tree build/ could hold stale modules)."""
+    source = tmp_path_factory.mktemp("solidx_source")
+    for name in _run("git", "-C", ROOT, "ls-files", "-z").split("\0"):
+        if name and (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    return _wheel(source, tmp_path_factory.mktemp("solidx_wheel"))
 
 
 def test_every_package_folder_is_listed() -> None:
