@@ -31,7 +31,7 @@ from solidx.gradlib.device import device_identity
 from solidx.gradlib.dtypes import FP8, dtype_name
 from solidx.gradlib.operands import GemmOperands, make_operands, max_rel_err, reference_gemm
 from solidx.gradlib.problem import GemmProblem
-from solidx.gradlib.schema import TunedRow, read_tuned, select_rows
+from solidx.gradlib.tuned_file import TunedRow, read_tuned, select_rows
 from solidx.gradlib.timing import (
     Timer,
     Timing,

@@ -20,7 +20,7 @@ from solidx.gradlib.backends.base import Solution
 from solidx.gradlib.backends.default import DefaultSolution
 from solidx.gradlib.device import device_identity
 from solidx.gradlib.problem import GemmProblem
-from solidx.gradlib.schema import TunedRow, read_tuned, select_rows
+from solidx.gradlib.tuned_file import TunedRow, read_tuned, select_rows
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,8 @@ import torch
 from solidx.gradlib.backends.base import spec_hash
 from solidx.gradlib.dtypes import FP8, dtype_name
 from solidx.gradlib.problem import GemmProblem
-from solidx.gradlib.schema import TunedRow, add_to_tuned_file, read_shapes, read_tuned, select_rows
+from solidx.gradlib.shapes_file import read_shapes
+from solidx.gradlib.tuned_file import TunedRow, add_to_tuned_file, read_tuned, select_rows
 from solidx.gradlib.timing import Timing, TimingConfig
 from solidx.gradlib.worker import DEFAULT_SPEC, Hello, Outcome, Setup, Worker, WorkerDied, WorkerError
 

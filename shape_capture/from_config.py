@@ -12,7 +12,7 @@ from typing import Any, Iterable
 import torch
 
 from solidx.gradlib.problem import GemmProblem
-from solidx.gradlib.schema import ShapeRow
+from solidx.gradlib.shapes_file import ShapeRow
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 

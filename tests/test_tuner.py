@@ -18,8 +18,10 @@ import torch
 from solidx.gradlib.device import device_identity
 from solidx.gradlib.dtypes import FP8
 from solidx.gradlib.problem import GemmProblem
-from solidx.gradlib.schema import ShapeRow, read_tuned, validate, write_shapes
+from solidx.gradlib.csv_validate import validate
+from solidx.gradlib.shapes_file import ShapeRow, write_shapes
 from solidx.gradlib.timing import Timing, TimingConfig
+from solidx.gradlib.tuned_file import read_tuned
 from solidx.gradlib.tuner import TuneOptions, choose_winner, run_workers, tune_problems
 from solidx.gradlib.worker import Worker
 
