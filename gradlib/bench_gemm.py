@@ -43,7 +43,8 @@ from solidx.gradlib.timing import (
     rotating_copies,
 )
 from solidx.gradlib.tuner import load_problems
-from solidx.gradlib.worker import DEFAULT_SPEC, problem_seed
+from solidx.gradlib.worker_child import problem_seed
+from solidx.gradlib.worker_messages import DEFAULT_SPEC
 
 PEAK_SIZE = 8192
 CPU_PEAK_SIZE = 256

@@ -38,7 +38,8 @@ from solidx.gradlib.problem import GemmProblem
 from solidx.gradlib.shapes_file import read_shapes
 from solidx.gradlib.tuned_file import TunedRow, add_to_tuned_file, read_tuned, select_rows
 from solidx.gradlib.timing import Timing, TimingConfig
-from solidx.gradlib.worker import DEFAULT_SPEC, Hello, Outcome, Setup, Worker, WorkerDied, WorkerError
+from solidx.gradlib.worker import Worker, WorkerDied, WorkerError
+from solidx.gradlib.worker_messages import DEFAULT_SPEC, Hello, Outcome, Setup
 
 logger = logging.getLogger("solidx.gradlib.tuner")
 
