@@ -10,8 +10,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from solidx.gradlib.problem import GemmProblem
 from solidx.gradlib.csv_validate import validate
+from solidx.gradlib.problem import GemmProblem
 from solidx.gradlib.schema import TUNED_COLUMNS, CsvError
 from solidx.gradlib.shapes_file import (
     ShapeRow, add_to_shapes_file, merge_shapes, read_shapes, write_shapes,
