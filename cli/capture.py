@@ -5,7 +5,7 @@ import click
 
 from solidx.cli.csv_cmd import _shape_table
 from solidx.gradlib.dtypes import parse_dtype
-from solidx.gradlib.schema import add_to_shapes_file
+from solidx.gradlib.shapes_file import add_to_shapes_file
 from solidx.runtime import envs
 from solidx.shape_capture.from_config import problems_from_config
 from solidx.shape_capture.presets import PRESETS, load_model_config

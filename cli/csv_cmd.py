@@ -7,10 +7,10 @@ import sys
 import click
 
 from solidx.gradlib.dtypes import dtype_name
-from solidx.gradlib.schema import (
-    CsvError, ShapeRow, TunedRow, is_tuned_file, merge_shapes, merge_tuned, read_shapes,
-    read_tuned, validate, write_shapes, write_tuned,
-)
+from solidx.gradlib.csv_validate import validate
+from solidx.gradlib.schema import CsvError, is_tuned_file
+from solidx.gradlib.shapes_file import ShapeRow, merge_shapes, read_shapes, write_shapes
+from solidx.gradlib.tuned_file import TunedRow, merge_tuned, read_tuned, write_tuned
 
 
 def _short(dtype) -> str:

@@ -6,7 +6,8 @@ from pathlib import Path
 import click
 
 from solidx.gradlib.plot import plot_speedup
-from solidx.gradlib.schema import CsvError, read_tuned
+from solidx.gradlib.schema import CsvError
+from solidx.gradlib.tuned_file import read_tuned
 
 
 @click.command("plot")

@@ -6,7 +6,7 @@ import click
 from solidx.gradlib.dtypes import parse_dtype
 from solidx.gradlib.gemm_tuner import parse_backends, parse_gpus
 from solidx.gradlib.schema import CsvError
-from solidx.gradlib.tuner import ALL_BACKENDS, TuneOptions
+from solidx.gradlib.tune_options import ALL_BACKENDS, TuneOptions
 from solidx.gradlib.tuner import tune as run_tuner
 
 

@@ -32,7 +32,7 @@ from solidx.gradlib.dtypes import FP8, dtype_name
 from solidx.gradlib.kernels.read_floor import FLOOR_CONFIGS, floor_output, read_floor
 from solidx.gradlib.operands import GemmOperands, make_operands, max_rel_err, reference_gemm
 from solidx.gradlib.problem import GemmProblem
-from solidx.gradlib.schema import TunedRow, read_tuned, select_rows
+from solidx.gradlib.tuned_file import TunedRow, read_tuned, select_rows
 from solidx.gradlib.timing import (
     Timer,
     TimingConfig,
@@ -45,7 +45,8 @@ from solidx.gradlib.timing import (
     time_calls,
 )
 from solidx.gradlib.tuner import load_problems
-from solidx.gradlib.worker import DEFAULT_SPEC, problem_seed
+from solidx.gradlib.worker_child import problem_seed
+from solidx.gradlib.worker_messages import DEFAULT_SPEC
 
 PEAK_SIZE = 8192
 CPU_PEAK_SIZE = 256

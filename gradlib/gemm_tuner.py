@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 from solidx.gradlib.dtypes import parse_dtype
 from solidx.gradlib.schema import CsvError
-from solidx.gradlib.tuner import ALL_BACKENDS, TuneOptions, tune
+from solidx.gradlib.tune_options import ALL_BACKENDS, TuneOptions
+from solidx.gradlib.tuner import tune
 
 _ROCM_NAMES = {"f8": "fp8"}  # gradlib's spelling of fp8
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 from solidx.gradlib.dtypes import dtype_name
-from solidx.gradlib.schema import TunedRow
+from solidx.gradlib.tuned_file import TunedRow
 
 _SHORT = {"float8_e4m3fn": "fp8", "float8_e4m3fnuz": "fp8", "float8_e5m2": "e5m2",
           "bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}

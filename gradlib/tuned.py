@@ -20,7 +20,7 @@ from solidx.gradlib.backends.base import Solution
 from solidx.gradlib.backends.default import DefaultSolution
 from solidx.gradlib.device import device_identity
 from solidx.gradlib.problem import GemmProblem
-from solidx.gradlib.schema import TunedRow, read_tuned, select_rows
+from solidx.gradlib.tuned_file import TunedRow, read_tuned, select_rows
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ def library_version(libtype: str) -> str | None:
 
 @dataclass
 class TunedGemms:
-    """Per-weight tuned solutions sorted by N, and hit/miss counters (``hits``, ``misses``)."""
+    """Per-weight tuned solutions sorted by N, and how many calls ran a tuned solution and how
+    many the default (``hits["tuned"]``, ``hits["default"]``)."""
 
     by_weight: dict[tuple, list[tuple[int, Solution]]] = field(default_factory=dict)
     summary: str = "no tuned file"
@@ -50,7 +51,8 @@ class TunedGemms:
 
     @classmethod
     def load(cls, path: str, device: torch.device | str) -> TunedGemms:
-        """Load the rows of ``path`` that apply to ``device``; raises CsvError for a malformed file."""
+        """Load the rows of ``path`` that apply to ``device``; raises CsvError for a malformed
+        file."""
         identity = device_identity(device)
         selection = select_rows(read_tuned(path), identity.name, identity.sm_count, library_version)
         tuned = cls()
@@ -98,5 +100,6 @@ def _build(row: TunedRow) -> Solution | None:
     try:
         return solution_from_spec(row.solution, row.problem)
     except Exception as exc:  # a broken row must never stop generation
-        logger.warning("tuned row %s: solution %r cannot be built (%s): dropped", row.problem, row.solution, exc)
+        logger.warning("tuned row %s: solution %r cannot be built (%s): dropped", row.problem,
+                       row.solution, exc)
         return None

@@ -1,10 +1,10 @@
 """The tuner: for every problem of a shapes file, the fastest correct solution of every backend,
 kept only where it beats the default by a margin, appended to a tuned file as each problem ends.
 
-For each problem, on one GPU (one :class:`gradlib.worker.Worker` child per GPU):
+For each problem, on one GPU (one :class:`solidx.gradlib.worker.Worker` child per GPU):
 
 1. *screen*: every candidate of every requested backend goes through the correctness gate
-   (against the fp32 reference; ``max_rel_err`` ≤ :func:`gradlib.operands.tolerance`) and a
+   (against the fp32 reference; ``max_rel_err`` ≤ :func:`solidx.gradlib.operands.tolerance`) and a
    cheap timing; a candidate that raises, returns garbage, hangs or kills its process is
    rejected with the reason (in the log file) and the sweep goes on;
 2. *final*: the fastest few re-timed in turns with the default (A B A B);
@@ -12,7 +12,7 @@ For each problem, on one GPU (one :class:`gradlib.worker.Worker` child per GPU):
    ``libtype=default``: a tuned file never makes a shape slower;
 4. the row is merged into the tuned file under its lock at once, so an interrupted run loses no
    finished problem, and a re-run skips the problems already tuned for this device and these
-   library builds (:func:`gradlib.schema.select_rows`).
+   library builds (:func:`solidx.gradlib.tuned_file.select_rows`).
 
 ``gpus`` shards the problems over one worker per GPU (a shared queue); all rows land in one file.
 """
@@ -25,127 +25,25 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from solidx.gradlib.backends.base import spec_hash
-from solidx.gradlib.dtypes import FP8, dtype_name
+from solidx.gradlib.dtypes import FP8
 from solidx.gradlib.problem import GemmProblem
-from solidx.gradlib.schema import TunedRow, add_to_tuned_file, read_shapes, read_tuned, select_rows
-from solidx.gradlib.timing import Timing, TimingConfig
-from solidx.gradlib.worker import DEFAULT_SPEC, Hello, Outcome, Setup, Worker, WorkerDied, WorkerError
+from solidx.gradlib.shapes_file import read_shapes
+from solidx.gradlib.timing import Timing
+from solidx.gradlib.tune_options import TuneOptions
+from solidx.gradlib.tune_report import ShapeResult, TuneReport
+from solidx.gradlib.tuned_file import TunedRow, add_to_tuned_file, read_tuned, select_rows
+from solidx.gradlib.worker import Worker, WorkerDied, WorkerError
+from solidx.gradlib.worker_messages import DEFAULT_SPEC, Hello, Outcome, Setup
 
 logger = logging.getLogger("solidx.gradlib.tuner")
 
-ALL_BACKENDS = ("cublaslt", "triton")  # hipblaslt and rocblas join when their backends exist
 MAX_CONSECUTIVE_DEATHS = 3
-
-
-@dataclass(frozen=True)
-class TuneOptions:
-    """How to tune. ``backends`` are tried besides ``default`` (unavailable ones are reported
-    and skipped); ``max_candidates`` bounds each backend's list per problem; ``finalists`` is
-    how many screened candidates are re-timed against the default."""
-
-    backends: tuple[str, ...] = ALL_BACKENDS
-    margin: float = 0.03
-    gpus: tuple[int, ...] | None = None
-    max_candidates: int | None = None
-    finalists: int = 4
-    timing: TimingConfig = field(default_factory=TimingConfig)
-    candidate_timeout_s: float = 120.0
-    log_file: str | None = None
-    progress: bool = True
-    backend_overrides: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.margin < 1:
-            raise ValueError(f"margin must be in [0, 1), got {self.margin}")
-        if self.max_candidates is not None and self.max_candidates < 1:
-            raise ValueError(f"max_candidates must be ≥ 1, got {self.max_candidates}")
-        if self.finalists < 1:
-            raise ValueError(f"finalists must be ≥ 1, got {self.finalists}")
-        if "default" in self.backends:
-            raise ValueError("'default' is always timed: list only the other backends")
-        if self.gpus is not None and len(set(self.gpus)) != len(self.gpus):
-            raise ValueError(f"gpus names a GPU twice: {self.gpus}")
-
-
-@dataclass
-class ShapeResult:
-    """How one problem went: its row (None when the problem failed), candidates tried and
-    rejected, and the failure if any."""
-
-    problem: GemmProblem
-    row: TunedRow | None = None
-    tried: int = 0
-    rejected: int = 0
-    spread: float = math.nan
-    error: str = ""
-    worker: str = ""
-    seconds: float = 0.0
-
-
-@dataclass
-class TuneReport:
-    results: list[ShapeResult] = field(default_factory=list)
-    skipped: list[GemmProblem] = field(default_factory=list)
-    unavailable: dict[str, str] = field(default_factory=dict)
-    elapsed_s: float = 0.0
-
-    @property
-    def rows(self) -> list[TunedRow]:
-        return [r.row for r in self.results if r.row is not None]
-
-    @property
-    def failed(self) -> list[ShapeResult]:
-        return [r for r in self.results if r.row is None]
-
-    def frame(self) -> pd.DataFrame:
-        """One line per problem tuned in this run."""
-        records = []
-        for r in self.results:
-            p, row = r.problem, r.row
-            records.append({
-                "M": p.M, "N": p.N, "K": p.K, "bias": p.bias,
-                "dtype": dtype_name(p.dtype).removeprefix("torch."),
-                "outdtype": dtype_name(p.outdtype).removeprefix("torch."),
-                "libtype": row.libtype if row else "FAILED",
-                "ms": row.soltimems if row else math.nan,
-                "default_ms": row.default_ms if row else math.nan,
-                "speedup": row.speedup if row else math.nan,
-                "TFLOP/s": row.tflops if row else math.nan,
-                "GB/s": row.gbps if row else math.nan,
-                "spread": r.spread,
-                "tried": r.tried, "rejected": r.rejected, "on": r.worker, "s": r.seconds,
-                "note": r.error,
-            })
-        return pd.DataFrame.from_records(records)
-
-    def summary(self) -> str:
-        """The per-problem table and a few closing lines."""
-        lines = []
-        if self.results:
-            lines.append(self.frame().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-        rows = self.rows
-        wins: dict[str, int] = {}
-        for row in rows:
-            wins[row.libtype] = wins.get(row.libtype, 0) + 1
-        speedups = [r.speedup for r in rows if r.speedup > 0]
-        geomean = math.exp(sum(map(math.log, speedups)) / len(speedups)) if speedups else math.nan
-        won = ", ".join(f"{n} {lib}" for lib, n in sorted(wins.items())) or "none"
-        lines.append(
-            f"{len(rows)} problems tuned ({won}), {len(self.skipped)} skipped as already tuned, "
-            f"{len(self.failed)} failed; geometric-mean speedup {geomean:.3f}x; "
-            f"{self.elapsed_s:.1f} s"
-        )
-        for libtype, reason in sorted(self.unavailable.items()):
-            lines.append(f"backend {libtype} skipped: {reason}")
-        return "\n".join(lines)
 
 
 def load_problems(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from solidx.gradlib.schema import ShapeRow
+from solidx.gradlib.shapes_file import ShapeRow
 from solidx.runtime.attention import KERNEL_COUNTS
 from solidx.runtime.context import ForwardContext
 from solidx.shape_capture.recorder import ShapeRecorder, active_recorder, recording

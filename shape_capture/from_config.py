@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import torch
 
 from solidx.gradlib.problem import GemmProblem
-from solidx.gradlib.schema import ShapeRow
+from solidx.gradlib.shapes_file import ShapeRow
 from solidx.shape_capture.model_args import ModelArgs
 from solidx.shape_capture.sharding import divide, head_shard, vocab_shard
 

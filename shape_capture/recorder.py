@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from solidx.gradlib.problem import GemmProblem
-from solidx.gradlib.schema import ShapeRow, add_to_shapes_file
+from solidx.gradlib.shapes_file import ShapeRow, add_to_shapes_file
 
 _INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)")
 

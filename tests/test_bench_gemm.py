@@ -15,7 +15,8 @@ from solidx.gradlib.bench_gemm import bench_gemm
 from solidx.gradlib.device import device_identity
 from solidx.gradlib.operands import tolerance
 from solidx.gradlib.problem import GemmProblem
-from solidx.gradlib.schema import ShapeRow, TunedRow, write_shapes, write_tuned
+from solidx.gradlib.shapes_file import ShapeRow, write_shapes
+from solidx.gradlib.tuned_file import TunedRow, write_tuned
 from solidx.gradlib.timing import TimingConfig
 
 CPU = device_identity("cpu").name

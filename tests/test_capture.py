@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from solidx.gradlib.problem import GemmProblem
-from solidx.gradlib.schema import read_shapes
+from solidx.gradlib.shapes_file import read_shapes
 from solidx.shape_capture import problems_from_config, record_linears, recording
 from solidx.shape_capture.presets import PRESETS, load_model_config
 from solidx.shape_capture.recorder import layer_pattern

@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from solidx.cli.main import main
-from solidx.gradlib.schema import read_shapes
+from solidx.gradlib.shapes_file import read_shapes
 
 GOOD = "M,N,K,bias,dtype,outdtype,libtype,solidx,soltimems,solution\n" \
        "4096,1,4096,False,torch.float8_e4m3fn,torch.bfloat16,default,1,0.01,default:\n"

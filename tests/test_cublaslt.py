@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from solidx.gradlib.backends import cublaslt_api as api
 from solidx.gradlib.backends import get_backend
 from solidx.gradlib.backends.base import WORKSPACE_BYTES
-from solidx.gradlib.backends.cublaslt import (
-    AlgoCaps, AlgoConfig, CublasLtBackend, _distance, candidate_configs, unsupported_reason,
+from solidx.gradlib.backends.cublaslt import CublasLtBackend, unsupported_reason
+from solidx.gradlib.backends.cublaslt_configs import (
+    AlgoCaps, AlgoConfig, _distance, candidate_configs,
 )
 from solidx.gradlib.operands import make_operands, max_rel_err, reference_gemm, tolerance
 from solidx.gradlib.problem import GemmProblem
@@ -230,7 +231,7 @@ class FakeLt:
 
 @pytest.fixture
 def fake_backend(monkeypatch):
-    import solidx.gradlib.backends.cublaslt as module
+    import solidx.gradlib.backends.cublaslt_plan as module
 
     lib = FakeLt()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

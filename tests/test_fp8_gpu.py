@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from solidx.gradlib.dtypes import FP8
-from solidx.gradlib.schema import read_shapes, read_tuned
+from solidx.gradlib.shapes_file import read_shapes
+from solidx.gradlib.tuned_file import read_tuned
 from solidx.runtime import LLM, SamplingParams
 from solidx.runtime.quantization.fp8 import tuned_gemm_report
 from solidx.shape_capture.presets import PRESETS

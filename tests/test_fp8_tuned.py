@@ -17,7 +17,9 @@ from solidx.gradlib.backends.triton import TritonBackend
 from solidx.gradlib.device import device_identity
 from solidx.gradlib.dtypes import FP8
 from solidx.gradlib.problem import GemmProblem
-from solidx.gradlib.schema import CsvError, TunedRow, read_shapes, write_tuned
+from solidx.gradlib.schema import CsvError
+from solidx.gradlib.shapes_file import read_shapes
+from solidx.gradlib.tuned_file import TunedRow, write_tuned
 from solidx.gradlib.tuned import library_version
 from solidx.runtime import LLM, SamplingParams
 from solidx.runtime.quantization import fp8

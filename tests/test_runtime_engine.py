@@ -268,7 +268,7 @@ def test_linear_layers_record_their_gemm_problems(llm):
 
 
 def test_capture_workload_writes_the_engine_problems(tmp_path):
-    from solidx.gradlib.schema import read_shapes
+    from solidx.gradlib.shapes_file import read_shapes
     from solidx.runtime.bench.workload import capture_workload
 
     path = tmp_path / "shapes.csv"

@@ -10,10 +10,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from solidx.gradlib.csv_validate import validate
 from solidx.gradlib.problem import GemmProblem
-from solidx.gradlib.schema import (
-    TUNED_COLUMNS, CsvError, ShapeRow, TunedRow, add_to_shapes_file, add_to_tuned_file,
-    merge_shapes, read_shapes, read_tuned, select_rows, validate, write_shapes, write_tuned,
+from solidx.gradlib.schema import TUNED_COLUMNS, CsvError
+from solidx.gradlib.shapes_file import (
+    ShapeRow, add_to_shapes_file, merge_shapes, read_shapes, write_shapes,
+)
+from solidx.gradlib.tuned_file import (
+    TunedRow, add_to_tuned_file, read_tuned, select_rows, write_tuned,
 )
 
 FP8 = torch.float8_e4m3fn

@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from solidx.cli.generate import generate
-from solidx.gradlib.schema import read_shapes
+from solidx.gradlib.shapes_file import read_shapes
 from solidx.runtime import LLM
 from solidx.runtime.bench.workload import capture_workload
 from tests.checkpoints import make_checkpoint

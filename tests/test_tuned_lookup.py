@@ -12,8 +12,8 @@ from solidx.gradlib.backends.base import Solution
 from solidx.gradlib.device import device_identity
 from solidx.gradlib.operands import GemmOperands
 from solidx.gradlib.problem import GemmProblem
-from solidx.gradlib.schema import TunedRow, write_tuned
 from solidx.gradlib.tuned import TunedGemms
+from solidx.gradlib.tuned_file import TunedRow, write_tuned
 
 HERE = device_identity("cpu")
 

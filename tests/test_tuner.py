@@ -15,12 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from solidx.gradlib.csv_validate import validate
 from solidx.gradlib.device import device_identity
 from solidx.gradlib.dtypes import FP8
 from solidx.gradlib.problem import GemmProblem
-from solidx.gradlib.schema import ShapeRow, read_tuned, validate, write_shapes
+from solidx.gradlib.shapes_file import ShapeRow, write_shapes
 from solidx.gradlib.timing import Timing, TimingConfig
-from solidx.gradlib.tuner import TuneOptions, choose_winner, run_workers, tune_problems
+from solidx.gradlib.tune_options import TuneOptions
+from solidx.gradlib.tuned_file import read_tuned
+from solidx.gradlib.tuner import choose_winner, run_workers, tune_problems
 from solidx.gradlib.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +138,8 @@ RESUME_SCRIPT = textwrap.dedent("""
     import sys, torch
     from solidx.gradlib.problem import GemmProblem
     from solidx.gradlib.timing import TimingConfig
-    from solidx.gradlib.tuner import TuneOptions, tune_problems
+    from solidx.gradlib.tune_options import TuneOptions
+    from solidx.gradlib.tuner import tune_problems
     problems = [GemmProblem(16 * (i + 1), 1 + i, 32) for i in range(6)]
     timing = TimingConfig(target_ms=2.0, min_launches=1, max_launches=4, warmup=1,
                           screen_repeats=5, final_rounds=20)

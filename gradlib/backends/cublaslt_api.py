@@ -1,7 +1,8 @@
 """Raw ctypes bindings to libcublasLt: finding and loading the library, the enum values and
 structs solidx uses (from cublasLt.h, cublas_api.h and library_types.h), and status checking.
 
-Nothing here launches work; :mod:`solidx.gradlib.backends.cublaslt` builds the backend on top.
+Nothing here launches work: :mod:`solidx.gradlib.backends.cublaslt_plan` makes the calls, and
+:mod:`solidx.gradlib.backends.cublaslt` builds the backend on top.
 """
 from __future__ import annotations
 

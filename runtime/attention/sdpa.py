@@ -36,7 +36,8 @@ def prefill_attention(q: Tensor, k: Tensor | None, v: Tensor | None, cu_seqlens_
                       k_cache: Tensor | None = None, v_cache: Tensor | None = None,
                       block_tables: Tensor | None = None,
                       k_scale: float = 1.0, v_scale: float = 1.0) -> Tensor:
-    """Same contract as ``runtime.attention.prefill_attention`` (ATTENTION_API.md)."""
+    """Same contract as ``solidx.runtime.attention.prefill_attention`` (stated in the docstring of
+    ``solidx.runtime.attention``)."""
     out = torch.empty_like(q)
     cu_q, cu_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     for i in range(len(cu_q) - 1):

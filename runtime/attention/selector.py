@@ -62,7 +62,7 @@ def prefill_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_
                       k_cache: Tensor | None = None, v_cache: Tensor | None = None,
                       block_tables: Tensor | None = None,
                       k_scale: float = 1.0, v_scale: float = 1.0) -> Tensor:
-    """Varlen causal GQA prefill; see ATTENTION_API.md for the full contract."""
+    """Varlen causal GQA prefill; the contract is in ``solidx.runtime.attention``'s docstring."""
     args = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale,
             k_cache, v_cache, block_tables, k_scale, v_scale)
     if q.device.type == "cpu":

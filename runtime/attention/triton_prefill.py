@@ -139,7 +139,8 @@ def prefill_attention(q: Tensor, k: Tensor | None, v: Tensor | None, cu_seqlens_
                       k_cache: Tensor | None = None, v_cache: Tensor | None = None,
                       block_tables: Tensor | None = None, k_scale: float = 1.0,
                       v_scale: float = 1.0, config: PrefillConfig | None = None) -> Tensor:
-    """Varlen causal GQA flash attention; ``q``: [Tq, Hq, D] -> [Tq, Hq, D] (contract: ATTENTION_API.md).
+    """Varlen causal GQA flash attention; ``q``: [Tq, Hq, D] -> [Tq, Hq, D] (contract: the
+    docstring of ``solidx.runtime.attention``).
 
     Without ``block_tables`` keys come from ``k``/``v`` ([Tk, Hkv, D]); with it, every key of
     sequence ``i`` comes from the paged cache through ``block_tables[i]``.

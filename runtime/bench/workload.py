@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from solidx.gradlib.schema import ShapeRow
+from solidx.gradlib.shapes_file import ShapeRow
 from solidx.runtime.llm import LLM
 from solidx.runtime.sampling_params import SamplingParams
 from solidx.shape_capture.presets import PRESETS
