@@ -1,6 +1,6 @@
 """``bench gemm``: re-time a tuned file against the hardware, in one run on one card.
 
-For every problem that applies to this device (the tuned rows :func:`gradlib.schema.select_rows`
+For every problem that applies to this device (the tuned rows :func:`gradlib.tuned_file.select_rows`
 keeps, or the problems of a shapes file), timed in turns with CUDA-graph replay over rotating
 operands (:mod:`solidx.gradlib.timing`):
 

@@ -1,6 +1,6 @@
 """How solidx times a GEMM: honest numbers for calls that take a few microseconds.
 
-Rules (DESIGN.md, "Timing rules"):
+Rules (the project design, "Timing rules"):
 
 * Inputs are random, never zeros (:func:`gradlib.operands.make_operands`).
 * Calls rotate over copies of the operands so that the working set is several times the L2
