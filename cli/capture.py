@@ -23,18 +23,30 @@ def int_list(value: str) -> list[int]:
 
 
 @click.command("capture-shapes")
-@click.option("--model", required=True, help=f"Preset ({', '.join(PRESETS)}) or a checkpoint folder.")
-@click.option("--tp", "--tensor-parallel-size", "tp", default=1, show_default=True, help="Tensor-parallel size: shapes are per shard.")
-@click.option("--batch-sizes", default="1,2,4,8,16,32,64,128,256", show_default=True, help="Decode batch sizes (N of decode steps).")
+@click.option("--model", required=True,
+              help=f"Preset ({', '.join(PRESETS)}) or a checkpoint folder.")
+@click.option("--tp", "--tensor-parallel-size", "tp", default=1, show_default=True,
+              help="Tensor-parallel size: shapes are per shard.")
+@click.option("--batch-sizes", default="1,2,4,8,16,32,64,128,256", show_default=True,
+              help="Decode batch sizes (N of decode steps).")
 @click.option("--prefill-tokens", default="", help="Prefill chunk sizes in tokens, e.g. 512,2048.")
-@click.option("--dtype", "dtype", default="torch.float8_e4m3fn", show_default=True, help="Operand dtype of the linear layers.")
-@click.option("--outdtype", default="torch.bfloat16", show_default=True, help="Output dtype of the linear layers.")
+@click.option("--dtype", "dtype", default="torch.float8_e4m3fn", show_default=True,
+              help="Operand dtype of the linear layers.")
+@click.option("--outdtype", default="torch.bfloat16", show_default=True,
+              help="Output dtype of the linear layers.")
 @click.option("--no-lm-head", is_flag=True, help="Leave the LM head out.")
-@click.option("--run", is_flag=True, help="Record from a real engine run (dummy weights for a preset) instead of deriving from the config.")
-@click.option("--input-len", default=128, show_default=True, help="With --run: prompt tokens per sequence.")
-@click.option("--output-len", default=8, show_default=True, help="With --run: generated tokens per sequence.")
-@click.option("--quantization", default=None, help="With --run: the engine's quantization (e.g. fp8).")
-@click.option("-o", "--output", default=None, help="Shapes file to merge into [default: $SOLIDX_SHAPES_FILE or /tmp/fp8_shapes.csv].")
+@click.option("--run", is_flag=True,
+              help="Record from a real engine run (dummy weights for a preset) instead of deriving"
+                   " from the config.")
+@click.option("--input-len", default=128, show_default=True,
+              help="With --run: prompt tokens per sequence.")
+@click.option("--output-len", default=8, show_default=True,
+              help="With --run: generated tokens per sequence.")
+@click.option("--quantization", default=None,
+              help="With --run: the engine's quantization (e.g. fp8).")
+@click.option("-o", "--output", default=None,
+              help="Shapes file to merge into"
+                   " [default: $SOLIDX_SHAPES_FILE or /tmp/fp8_shapes.csv].")
 def capture_shapes(model: str, tp: int, batch_sizes: str, prefill_tokens: str, dtype: str,
                    outdtype: str, no_lm_head: bool, run: bool, input_len: int, output_len: int,
                    quantization: str | None, output: str | None) -> None:
@@ -62,7 +74,8 @@ def capture_shapes(model: str, tp: int, batch_sizes: str, prefill_tokens: str, d
         config = load_model_config(model)
         model_dtype = parse_dtype(config.get("torch_dtype") or "bfloat16")
         rows = problems_from_config(
-            config, tp=tp, batch_sizes=int_list(batch_sizes), prefill_tokens=int_list(prefill_tokens),
+            config, tp=tp, batch_sizes=int_list(batch_sizes),
+            prefill_tokens=int_list(prefill_tokens),
             dtype=parse_dtype(dtype), outdtype=parse_dtype(outdtype), model_dtype=model_dtype,
             lm_head=not no_lm_head,
         )

@@ -23,7 +23,8 @@ def _num(value: float, digits: int = 4) -> str:
 
 def table(header: list[str], rows: list[list[str]]) -> str:
     """A plain aligned text table."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
@@ -31,7 +32,8 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _shape_table(rows: list[ShapeRow]) -> str:
-    header = ["out_features(M)", "tokens(N)", "in_features(K)", "bias", "dtype", "outdtype", "count", "layers"]
+    header = ["out_features(M)", "tokens(N)", "in_features(K)", "bias", "dtype", "outdtype",
+              "count", "layers"]
     body = [[str(r.problem.M), str(r.problem.N), str(r.problem.K), str(r.problem.bias),
              _short(r.problem.dtype), _short(r.problem.outdtype), str(r.count), ";".join(r.layers)]
             for r in rows]
@@ -90,7 +92,8 @@ def validate_cmd(files: tuple[str, ...]) -> None:
 
 @csv_group.command("merge")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="File to write.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="File to write.")
 def merge(files: tuple[str, ...], output: str) -> None:
     """Merge shapes files (counts added) or tuned files (later files win per problem and build)."""
     try:
@@ -129,7 +132,8 @@ def diff(a: str, b: str) -> None:
         for k, row in mine.items():
             if k not in other:
                 differences += 1
-                click.echo(f"{label} {row.problem}" + (f" {row.libtype} {row.solution}" if tuned else ""))
+                click.echo(f"{label} {row.problem}"
+                           + (f" {row.libtype} {row.solution}" if tuned else ""))
     for k in by_a.keys() & by_b.keys():
         ra, rb = by_a[k], by_b[k]
         if tuned and (ra.libtype, ra.solution, ra.solidx) != (rb.libtype, rb.solution, rb.solidx):

@@ -22,7 +22,8 @@ def main() -> None:
     and run inference with the tuned solutions."""
     name = str(envs.SOLIDX_LOG_LEVEL).upper()
     if not isinstance(logging.getLevelName(name), int):
-        raise click.UsageError(f"SOLIDX_LOG_LEVEL={name!r} is not a log level (DEBUG, INFO, WARNING, ERROR)")
+        raise click.UsageError(f"SOLIDX_LOG_LEVEL={name!r} is not a log level"
+                               " (DEBUG, INFO, WARNING, ERROR)")
     logging.basicConfig(level=name, format="%(levelname)s %(name)s: %(message)s")
 
 

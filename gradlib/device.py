@@ -17,7 +17,8 @@ class DeviceIdentity(NamedTuple):
 
 
 def device_identity(device: torch.device | str | int | None = None) -> DeviceIdentity:
-    device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device or "cpu")
+    device = (torch.device("cuda", device) if isinstance(device, int)
+              else torch.device(device or "cpu"))
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return DeviceIdentity(props.name, props.multi_processor_count)

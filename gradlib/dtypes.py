@@ -37,7 +37,8 @@ def parse_dtype(name: str) -> torch.dtype:
     key = name.strip()
     dtype = _ALIASES.get(key) or _ALIASES.get(key.lower())
     if dtype is None:
-        raise ValueError(f"unknown dtype {name!r} (expected e.g. torch.float8_e4m3fn, torch.bfloat16)")
+        raise ValueError(f"unknown dtype {name!r}"
+                         " (expected e.g. torch.float8_e4m3fn, torch.bfloat16)")
     return dtype
 
 

@@ -24,7 +24,9 @@ class GemmOperands:
 
 
 def make_operands(
-    problem: GemmProblem, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+    problem: GemmProblem,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
 ) -> GemmOperands:
     """Random, never-zero operands. fp8 values use the whole e4m3 range's central part, with
     scales that bring products back to O(1)."""

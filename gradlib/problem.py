@@ -49,7 +49,8 @@ class GemmProblem:
         outdtype: torch.dtype = torch.bfloat16,
     ) -> GemmProblem:
         """The problem of ``y[tokens, out] = x[tokens, in] @ W[out, in]ᵀ``."""
-        return cls(M=out_features, N=tokens, K=in_features, bias=bias, dtype=dtype, outdtype=outdtype)
+        return cls(M=out_features, N=tokens, K=in_features, bias=bias, dtype=dtype,
+                   outdtype=outdtype)
 
     @property
     def out_features(self) -> int:
@@ -88,7 +89,8 @@ class GemmProblem:
 
     def key(self) -> tuple[int, int, int, bool, str, str]:
         """Hashable identity used for dedupe and lookup (dtypes as CSV names)."""
-        return (self.M, self.N, self.K, self.bias, dtype_name(self.dtype), dtype_name(self.outdtype))
+        return (self.M, self.N, self.K, self.bias, dtype_name(self.dtype),
+                dtype_name(self.outdtype))
 
     def __str__(self) -> str:
         return (

@@ -1,5 +1,5 @@
-"""solidx's LLM runtime, with vLLM's public names: ``from solidx.runtime import LLM, SamplingParams``
-(also re-exported by ``solidx`` itself).
+"""solidx's LLM runtime, with vLLM's public names:
+``from solidx.runtime import LLM, SamplingParams`` (also re-exported by ``solidx`` itself).
 
 Imported lazily, so ``from solidx.runtime import envs`` stays light and free of import cycles.
 """

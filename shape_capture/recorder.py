@@ -112,7 +112,8 @@ def _linear_hook(recorder: ShapeRecorder, name: str):
 
 
 @contextmanager
-def record_linears(module: nn.Module, recorder: ShapeRecorder | None = None) -> Iterator[ShapeRecorder]:
+def record_linears(module: nn.Module,
+                   recorder: ShapeRecorder | None = None) -> Iterator[ShapeRecorder]:
     """Record every ``nn.Linear`` call under ``module`` (through forward hooks) while inside."""
     recorder = recorder or ShapeRecorder()
     handles = [

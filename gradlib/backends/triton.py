@@ -212,8 +212,8 @@ class TritonSolution(Solution):
     def run(self, ops: GemmOperands) -> torch.Tensor:
         n, m = ops.x.shape[0], ops.w.shape[0]
         if not self.accepts(n) or m != self.problem.M or ops.x.shape[1] != self.problem.K:
-            raise ValueError(f"{self.spec} built for {self.problem} cannot run x{tuple(ops.x.shape)}"
-                             f" w{tuple(ops.w.shape)}")
+            raise ValueError(f"{self.spec} built for {self.problem} cannot run"
+                             f" x{tuple(ops.x.shape)} w{tuple(ops.w.shape)}")
         if ops.x.device.type != "cuda" and not _interpreted():
             raise ValueError("triton solutions need a CUDA device (or TRITON_INTERPRET=1 on CPU)")
         x = ops.x if ops.x.stride(-1) == 1 else ops.x.contiguous()

@@ -49,7 +49,8 @@ def read_floor(buf: torch.Tensor, out: torch.Tensor, *, block: int = 4096,
         raise ValueError("read_floor needs a contiguous buffer")
     nbytes = buf.numel() * buf.element_size()
     if nbytes % 4:
-        raise ValueError(f"read_floor reads whole int32 words; {nbytes} bytes is not a multiple of 4")
+        raise ValueError(f"read_floor reads whole int32 words; {nbytes} bytes"
+                         " is not a multiple of 4")
     words = buf.reshape(-1).view(torch.uint8).view(torch.int32)
     n = words.numel()
     read_floor_kernel[(out.numel(),)](words, out, n, BLOCK=block, EVEN=n % block == 0,

@@ -3,10 +3,11 @@ every SM streams it.
 
 ``y[N, M] = (x[N, K]·sx) @ (w[M, K]·sw)ᵀ + bias`` with fp32 accumulation. Two kernels:
 
-* ``gemv`` (N ≤ 8, fastest at N = 1): no tensor cores. Each program loads ``[BLOCK_M, BLOCK_K]`` weight tiles
-  as 16-byte vectors, multiplies them with every token row in fp32 registers and sums each
-  vector in-thread; the cross-thread reduction over K happens once, after the loop. Few
-  registers, so many programs per SM keep many loads in flight.
+* ``gemv`` (N ≤ 8, fastest at N = 1): no tensor cores. Each program loads
+  ``[BLOCK_M, BLOCK_K]`` weight tiles as 16-byte vectors, multiplies them with every token
+  row in fp32 registers and sums each vector in-thread; the cross-thread reduction over K
+  happens once, after the loop. Few registers, so many programs per SM keep many loads in
+  flight.
 * ``skinny`` (N ≤ 32): swap-AB ``tl.dot``. The weight tile is the MMA's M side
   (``BLOCK_M`` ≥ 64 for wgmma), the tokens its N side padded to ``BLOCK_N`` (16 or 32; the
   padding rows are masked, so they cost no traffic); weight tiles stream through shared

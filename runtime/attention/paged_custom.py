@@ -98,12 +98,14 @@ def paged_attention_custom(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_ta
                            k_scale: float = 1.0, v_scale: float = 1.0,
                            partition_size: int = PARTITION_SIZE,
                            config: DecodeConfig | None = None) -> Tensor:
-    """Decode attention, ``q`` [B, Hq, D] -> [B, Hq, D]; ``max_context_len`` bounds every context."""
+    """Decode attention, ``q`` [B, Hq, D] -> [B, Hq, D]; ``max_context_len`` bounds every
+    context."""
     check_decode_inputs(q, k_cache, v_cache)
     batch, num_heads, head_size = q.shape
     page_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     if head_size < 16 or head_size & (head_size - 1):
-        raise ValueError(f"custom paged attention needs a power-of-two head size >= 16, not {head_size}")
+        raise ValueError("custom paged attention needs a power-of-two head size >= 16,"
+                         f" not {head_size}")
     cfg = config or default_config(q.device)
     if partition_size % cfg.block_n:
         raise ValueError(f"partition size {partition_size} is not a multiple of {cfg.block_n}")

@@ -55,7 +55,8 @@ def _paged_v2_kernel(OUT, TMP_OUT, MAX_LOGITS, EXP_SUMS, Q, K_CACHE, V_CACHE, BL
     offs_d = tl.arange(0, HEAD_PAD)
     offs_n = tl.arange(0, BLOCK_N)
     d_ok = offs_d < HEAD_SIZE
-    q = tl.load(Q + seq * stride_qb + head * stride_qh + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+    q = tl.load(Q + seq * stride_qb + head * stride_qh + offs_d, mask=d_ok,
+                other=0.0).to(tl.float32)
     table = BLOCK_TABLES + seq.to(tl.int64) * stride_bt
 
     acc = tl.zeros([HEAD_PAD], dtype=tl.float32)
@@ -126,7 +127,8 @@ def _reduce_kernel(OUT, TMP_OUT, MAX_LOGITS, EXP_SUMS, CONTEXT_LENS, stride_ob, 
 def partition_buffers(q: Tensor, num_parts: int, head_pad: int) -> tuple[Tensor, Tensor, Tensor]:
     """``tmp_out`` [B, Hq, P, head_pad], ``max_logits`` and ``exp_sums`` [B, Hq, P], fp32."""
     batch, num_heads, _ = q.shape
-    tmp_out = torch.empty(batch, num_heads, num_parts, head_pad, dtype=torch.float32, device=q.device)
+    tmp_out = torch.empty(batch, num_heads, num_parts, head_pad, dtype=torch.float32,
+                          device=q.device)
     max_logits = torch.empty(batch, num_heads, num_parts, dtype=torch.float32, device=q.device)
     return tmp_out, max_logits, torch.empty_like(max_logits)
 
@@ -145,7 +147,8 @@ def reduce_partitions(out: Tensor, tmp_out: Tensor, max_logits: Tensor, exp_sums
 def check_decode_inputs(q: Tensor, k_cache: Tensor, v_cache: Tensor) -> None:
     num_kv_heads = k_cache.shape[2]
     if num_kv_heads == 0 or q.shape[1] % num_kv_heads:
-        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of KV heads ({num_kv_heads})")
+        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of KV heads"
+                         f" ({num_kv_heads})")
     if k_cache.shape != v_cache.shape or k_cache.shape[3] != q.shape[2]:
         raise ValueError(f"cache shapes {tuple(k_cache.shape)}/{tuple(v_cache.shape)} do not fit "
                          f"queries {tuple(q.shape)}")
@@ -159,7 +162,8 @@ def paged_attention_v2(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables
                        k_scale: float = 1.0, v_scale: float = 1.0,
                        partition_size: int = PARTITION_SIZE,
                        config: DecodeConfig | None = None) -> Tensor:
-    """Decode attention, ``q`` [B, Hq, D] -> [B, Hq, D]; ``max_context_len`` bounds every context."""
+    """Decode attention, ``q`` [B, Hq, D] -> [B, Hq, D]; ``max_context_len`` bounds every
+    context."""
     check_decode_inputs(q, k_cache, v_cache)
     batch, num_heads, head_size = q.shape
     page_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]

@@ -13,7 +13,8 @@ FP8_E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max
 
 
 def quantize_kv(x: Tensor, scale: float, dtype: torch.dtype) -> Tensor:
-    """``x`` as the cache stores it: unchanged in the model dtype, ``x / scale`` saturated for fp8."""
+    """``x`` as the cache stores it: unchanged in the model dtype, ``x / scale`` saturated for
+    fp8."""
     if dtype == torch.float8_e4m3fn:
         return (x.float() / scale).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(dtype)
     return x.to(dtype)
@@ -59,7 +60,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
 
 def check_gqa(num_heads: int, num_kv_heads: int) -> None:
     if num_kv_heads == 0 or num_heads % num_kv_heads:
-        raise ValueError(f"query heads ({num_heads}) must be a multiple of KV heads ({num_kv_heads})")
+        raise ValueError(f"query heads ({num_heads}) must be a multiple of KV heads"
+                         f" ({num_kv_heads})")
 
 
 def prefill_attention(q: Tensor, k: Tensor | None, v: Tensor | None, cu_seqlens_q: Tensor,
@@ -67,7 +69,8 @@ def prefill_attention(q: Tensor, k: Tensor | None, v: Tensor | None, cu_seqlens_
                       k_cache: Tensor | None = None, v_cache: Tensor | None = None,
                       block_tables: Tensor | None = None,
                       k_scale: float = 1.0, v_scale: float = 1.0) -> Tensor:
-    """Varlen causal GQA attention; keys from ``k``/``v`` or, with ``block_tables``, the paged cache."""
+    """Varlen causal GQA attention; keys from ``k``/``v`` or, with ``block_tables``, the paged
+    cache."""
     out = torch.zeros_like(q)
     cu_q = cu_seqlens_q.tolist()
     cu_k = cu_seqlens_k.tolist()

@@ -16,7 +16,8 @@ from solidx.runtime.attention.reference import check_gqa, gather_kv
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-    """One sequence: q [Lq, Hq, D], k/v [Lk, Hkv, D] (Lk >= Lq) -> [Lq, Hq, D] with flash attention."""
+    """One sequence: q [Lq, Hq, D], k/v [Lk, Hkv, D] (Lk >= Lq) -> [Lq, Hq, D] with flash
+    attention."""
     q_len, k_len = q.shape[0], k.shape[0]
     qh, kh, vh = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):

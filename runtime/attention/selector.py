@@ -1,4 +1,5 @@
-"""Which attention implementation runs: chosen per call from the device, the shapes and ``runtime.envs``.
+"""Which attention implementation runs: chosen per call from the device, the shapes and
+``runtime.envs``.
 
 CPU tensors use the torch reference. On a GPU, prefill runs solidx's Triton flash kernel, or the
 framework's flash attention (SDPA) when ``VLLM_USE_TRITON_FLASH_ATTN`` is off; decode runs the
@@ -48,7 +49,8 @@ def custom_paged_applies(q: Tensor, k_cache: Tensor, max_context_len: int) -> bo
 
 def store_kvcache(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor,
                   k_scale: float = 1.0, v_scale: float = 1.0) -> None:
-    """Write ``k``/``v`` ([T, Hkv, D]) into the paged cache at ``slot_mapping`` (-1 skips a token)."""
+    """Write ``k``/``v`` ([T, Hkv, D]) into the paged cache at ``slot_mapping`` (-1 skips a
+    token)."""
     if k.device.type == "cpu":
         _ran("store_reference")
         reference.store_kvcache(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)

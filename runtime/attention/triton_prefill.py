@@ -2,9 +2,9 @@
 
 Causal with queries aligned to the end of each sequence's keys, GQA, fp16/bf16 (fp32 under the
 interpreter), any head size (padded to a power of two). Keys and values come from the packed
-``k``/``v`` tensors or, with ``block_tables``, from the paged cache (fp8 caches are upcast in-kernel).
-One program computes ``BLOCK_M`` queries of one head of one sequence with an online softmax; key
-blocks wholly below the diagonal run without masks, the diagonal blocks with them.
+``k``/``v`` tensors or, with ``block_tables``, from the paged cache (fp8 caches are upcast
+in-kernel). One program computes ``BLOCK_M`` queries of one head of one sequence with an online
+softmax; key blocks wholly below the diagonal run without masks, the diagonal blocks with them.
 """
 from __future__ import annotations
 
@@ -164,7 +164,8 @@ def prefill_attention(q: Tensor, k: Tensor | None, v: Tensor | None, cu_seqlens_
         vb, vs, vh = v.stride(0), 0, v.stride(1)
         stride_bt = 0
     if num_kv_heads == 0 or num_heads % num_kv_heads:
-        raise ValueError(f"query heads ({num_heads}) must be a multiple of KV heads ({num_kv_heads})")
+        raise ValueError(f"query heads ({num_heads}) must be a multiple of KV heads"
+                         f" ({num_kv_heads})")
     for t in (q, keys, values):
         if t.stride(-1) != 1:
             raise ValueError("attention tensors must be contiguous in the head dimension")

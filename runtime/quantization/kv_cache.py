@@ -13,7 +13,8 @@ from solidx.runtime.layers.attention import Attention
 logger = logging.getLogger(__name__)
 
 
-def set_kv_cache_scales(model: nn.Module, config: Config, scales: dict[int, dict[str, float]]) -> None:
+def set_kv_cache_scales(model: nn.Module, config: Config,
+                        scales: dict[int, dict[str, float]]) -> None:
     """Give each attention layer (``model.layers.<i>...``) its scales from ``scales[i]``
     (``{"k": .., "v": ..}``). ValueError naming the first layer without them when only some
     layers have scales."""
