@@ -120,7 +120,8 @@ def test_reference_prefill_from_cache_matches_dense(cache_dtype: torch.dtype) ->
     torch.testing.assert_close(cached, dense, rtol=tol, atol=tol)
     for i in range(len(lengths)):
         s, e = paged.cu_seqlens[i], paged.cu_seqlens[i + 1]
-        torch.testing.assert_close(dense[s:e], sdpa_causal(q[s:e], paged.k[s:e], paged.v[s:e], 0.35))
+        torch.testing.assert_close(dense[s:e],
+                                   sdpa_causal(q[s:e], paged.k[s:e], paged.v[s:e], 0.35))
 
 
 def test_reference_chunked_prefill_and_decode_see_the_context() -> None:
@@ -135,7 +136,8 @@ def test_reference_chunked_prefill_and_decode_see_the_context() -> None:
     cu_q = torch.tensor([0, 3, 6, 9], dtype=torch.int32)
     chunk = reference.prefill_attention(chunk_q, None, None, cu_q, paged.cu_seqlens, 3, 13, 0.5,
                                         paged.k_cache, paged.v_cache, paged.block_tables)
-    torch.testing.assert_close(chunk, torch.cat([full[e - 3:e] for e in paged.cu_seqlens[1:].tolist()]))
+    torch.testing.assert_close(chunk, torch.cat([full[e - 3:e]
+                                                 for e in paged.cu_seqlens[1:].tolist()]))
     context_lens = torch.tensor(lengths, dtype=torch.int32)
     decoded = reference.decode_attention(q[last], paged.k_cache, paged.v_cache, paged.block_tables,
                                          context_lens, 16, 0.5)
@@ -314,7 +316,8 @@ def test_gpu_v2_other_shapes() -> None:
 @pytest.mark.gpu
 def test_gpu_store_matches_reference() -> None:
     for cache_dtype in (torch.bfloat16, torch.float8_e4m3fn):
-        k, v = (torch.randn(300, 8, 128, device="cuda", dtype=torch.bfloat16) * 20 for _ in range(2))
+        k, v = (torch.randn(300, 8, 128, device="cuda", dtype=torch.bfloat16) * 20
+                for _ in range(2))
         slots = torch.randperm(64 * 16, device="cuda")[:300].int()
         slots[::7] = -1
         caches = [torch.zeros(64, 16, 8, 128, device="cuda", dtype=cache_dtype) for _ in range(4)]
@@ -348,8 +351,10 @@ def test_gpu_decode_dispatch_in_a_cuda_graph(custom: str, kernel: str,
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("triton_flag,kernel", [("1", "prefill_triton"), ("0", "prefill_sdpa_flash")])
-def test_gpu_prefill_dispatch(triton_flag: str, kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("triton_flag,kernel",
+                         [("1", "prefill_triton"), ("0", "prefill_sdpa_flash")])
+def test_gpu_prefill_dispatch(triton_flag: str, kernel: str,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VLLM_USE_FLASH_ATTN_TRITON", raising=False)
     monkeypatch.setenv("VLLM_USE_TRITON_FLASH_ATTN", triton_flag)
     lengths, q_lens = [1500, 40], [1500, 3]
@@ -357,7 +362,8 @@ def test_gpu_prefill_dispatch(triton_flag: str, kernel: str, monkeypatch: pytest
     cu_q = torch.tensor([0] + q_lens, device="cuda").cumsum(0).int()
     q = torch.randn(sum(q_lens), 32, 128, device="cuda", dtype=torch.float16)
     before = attention.KERNEL_COUNTS[kernel]
-    args = (q, None, None, cu_q, p.cu_seqlens, 1500, 1500, 0.1, p.k_cache, p.v_cache, p.block_tables)
+    args = (q, None, None, cu_q, p.cu_seqlens, 1500, 1500, 0.1, p.k_cache, p.v_cache,
+            p.block_tables)
     assert_matches(attention.prefill_attention(*args), reference.prefill_attention(*args))
     q = torch.randn(sum(lengths), 32, 128, device="cuda", dtype=torch.float16)
     args = (q, p.k, p.v, p.cu_seqlens, p.cu_seqlens, 1500, 1500, 0.1)

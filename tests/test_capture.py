@@ -18,8 +18,9 @@ FP8 = torch.float8_e4m3fn
 
 
 def test_capture_from_hf_llama(tmp_path: Path) -> None:
-    config = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=100, max_position_embeddings=64)
+    config = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
+                         max_position_embeddings=64)
     model = LlamaForCausalLM(config).eval()
     with record_linears(model) as recorder, torch.no_grad():
         model(torch.randint(0, 100, (2, 5)))  # 2 sequences x 5 tokens = 10 tokens
@@ -44,7 +45,8 @@ def by_layer(rows) -> dict[tuple[str, int], GemmProblem]:
 
 
 def test_llama_3_8b_from_config_tp1_by_hand() -> None:
-    rows = by_layer(problems_from_config(PRESETS["llama-3-8b"], tp=1, batch_sizes=[1, 16], prefill_tokens=[2048]))
+    rows = by_layer(problems_from_config(PRESETS["llama-3-8b"], tp=1, batch_sizes=[1, 16],
+                                         prefill_tokens=[2048]))
     # hidden 4096, 32 heads x 128, 8 KV heads, intermediate 14336, vocab 128256
     assert rows[("model.layers.*.self_attn.qkv_proj", 1)] == GemmProblem(6144, 1, 4096)
     assert rows[("model.layers.*.self_attn.o_proj", 16)] == GemmProblem(4096, 16, 4096)
@@ -52,7 +54,8 @@ def test_llama_3_8b_from_config_tp1_by_hand() -> None:
     assert rows[("model.layers.*.mlp.down_proj", 1)] == GemmProblem(4096, 1, 14336)
     assert rows[("lm_head", 16)] == GemmProblem(128256, 16, 4096, False, BF16, BF16)
     assert ("lm_head", 2048) not in rows
-    counts = {r.layers[0]: r.count for r in problems_from_config(PRESETS["llama-3-8b"], batch_sizes=[1])}
+    counts = {r.layers[0]: r.count
+              for r in problems_from_config(PRESETS["llama-3-8b"], batch_sizes=[1])}
     assert counts["model.layers.*.mlp.down_proj"] == 32 and counts["lm_head"] == 1
 
 
@@ -71,7 +74,8 @@ def test_llama_3_70b_tp8_and_qwen_bias() -> None:
     assert rows[("model.layers.*.self_attn.qkv_proj", 1)] == GemmProblem(1280, 1, 8192)
     assert rows[("model.layers.*.mlp.down_proj", 1)] == GemmProblem(8192, 1, 3584)
     qwen = by_layer(problems_from_config(PRESETS["qwen2-7b"], tp=1, batch_sizes=[1]))
-    assert qwen[("model.layers.*.self_attn.qkv_proj", 1)] == GemmProblem(3584 + 2 * 512, 1, 3584, bias=True)
+    assert qwen[("model.layers.*.self_attn.qkv_proj", 1)] == GemmProblem(3584 + 2 * 512, 1, 3584,
+                                                                          bias=True)
     assert not qwen[("model.layers.*.self_attn.o_proj", 1)].bias
 
 
@@ -92,11 +96,13 @@ def test_recording_flushes_and_merges(tmp_path: Path) -> None:
             recorder.record(problem, "model.layers.3.mlp.down_proj")
             recorder.record(problem, "model.layers.4.mlp.down_proj")
     (row,) = read_shapes(path)
-    assert row.problem == problem and row.count == 4 and row.layers == ("model.layers.*.mlp.down_proj",)
+    assert (row.problem == problem and row.count == 4
+            and row.layers == ("model.layers.*.mlp.down_proj",))
 
 
 def test_layer_pattern() -> None:
-    assert layer_pattern("model.layers.12.self_attn.qkv_proj") == "model.layers.*.self_attn.qkv_proj"
+    assert (layer_pattern("model.layers.12.self_attn.qkv_proj")
+            == "model.layers.*.self_attn.qkv_proj")
     assert layer_pattern("lm_head") == "lm_head"
 
 

@@ -21,19 +21,22 @@ def invoke(*args: str):
 
 def test_capture_show_validate_merge_diff(tmp_path: Path) -> None:
     a, b, c = (str(tmp_path / n) for n in ("a.csv", "b.csv", "c.csv"))
-    result = invoke("capture-shapes", "--model", "llama-3-8b", "--tp", "8", "--batch-sizes", "1,2", "-o", a)
+    result = invoke("capture-shapes", "--model", "llama-3-8b", "--tp", "8", "--batch-sizes", "1,2",
+                    "-o", a)
     assert result.exit_code == 0, result.output
     assert "wrote 10 problems" in result.output
     invoke("capture-shapes", "--model", "llama-3-8b", "--tp", "8", "--batch-sizes", "2,4", "-o", b)
     shown = invoke("csv", "show", a)
-    assert "out_features(M)" in shown.output and "tokens(N)" in shown.output and "in_features(K)" in shown.output
+    assert ("out_features(M)" in shown.output and "tokens(N)" in shown.output
+            and "in_features(K)" in shown.output)
     assert invoke("csv", "validate", a, b).exit_code == 0
     assert invoke("csv", "merge", a, b, "-o", c).exit_code == 0
     rows = read_shapes(c)
     assert len(rows) == 15
     assert max(r.count for r in rows) == 64  # N=2 decoder rows seen in both files
     diff = invoke("csv", "diff", a, b)
-    assert diff.exit_code == 1 and "- M=768 N=1 K=4096" in diff.output and "+ M=768 N=4 K=4096" in diff.output
+    assert (diff.exit_code == 1 and "- M=768 N=1 K=4096" in diff.output
+            and "+ M=768 N=4 K=4096" in diff.output)
     assert invoke("csv", "diff", a, a).exit_code == 0
 
 
@@ -58,13 +61,16 @@ def test_show_bad_file_names_the_line(tmp_path: Path) -> None:
 
 def test_process_capture_writes_at_exit(tmp_path: Path) -> None:
     path = tmp_path / "fp8_shapes.csv"
-    code = ("from solidx.gradlib import GemmProblem; from solidx.shape_capture import start_recording, active_recorder;"
-            f"start_recording({str(path)!r}); active_recorder().record(GemmProblem(16, 2, 32), 'model.layers.0.o')")
+    code = ("from solidx.gradlib import GemmProblem; "
+            "from solidx.shape_capture import start_recording, active_recorder;"
+            f"start_recording({str(path)!r}); "
+            "active_recorder().record(GemmProblem(16, 2, 32), 'model.layers.0.o')")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")) if p)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
     (row,) = read_shapes(path)
-    assert (row.problem.M, row.problem.N, row.problem.K, row.layers) == (16, 2, 32, ("model.layers.*.o",))
+    assert (row.problem.M, row.problem.N, row.problem.K, row.layers) == (16, 2, 32,
+                                                                         ("model.layers.*.o",))
 
 
 def test_capture_shapes_run_records_engine_problems(tmp_path: Path) -> None:

@@ -243,7 +243,8 @@ def test_ammo_checkpoint(quark: Path, tmp_path: Path, reference: torch.Tensor,
     def weight(part: str) -> tuple[torch.Tensor, torch.Tensor]:
         tensor = stored[f"{trt(part)}.weight"]
         rows = sizes.get(part.rsplit(".", 1)[1])
-        return (tensor[rows[0]:rows[1]] if rows else tensor), stored[f"{trt(part)}.weights_scaling_factor"]
+        return ((tensor[rows[0]:rows[1]] if rows else tensor),
+                stored[f"{trt(part)}.weights_scaling_factor"])
 
     assert_weights_match(llm, weight, lambda p: stored[f"{trt(p)}.activation_scaling_factor"])
     attention = model_of(llm).model.layers[0].self_attn.attn

@@ -25,8 +25,10 @@ def test_requantize_shards_exact() -> None:
         scales.append(s)
     fused, shared = requantize_shards(shards, scales)
     assert shared == max(scales)
-    expected = torch.cat([((q.float() * s) / shared).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-                          for q, s in zip(shards, scales)])
+    expected = torch.cat([
+        ((q.float() * s) / shared).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        for q, s in zip(shards, scales)
+    ])
     assert torch.equal(fused.view(torch.uint8), expected.view(torch.uint8))
     # The shard that owned the largest scale is unchanged.
     assert torch.equal(fused[8:12].view(torch.uint8), shards[1].view(torch.uint8))

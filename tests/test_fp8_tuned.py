@@ -147,7 +147,8 @@ def test_benchmarks_report_tuned_hits_and_misses(tmp_path: Path) -> None:
 
     path = tmp_path / "tuned.csv"  # tiny-llama's o_proj at N=1 (decode) runs a "tuned" default
     write_tuned(path, [row(decode_problem(64, 64), "default:")])
-    assert bench_latency("tiny-llama", input_len=4, output_len=3, dtype="float32").tuned_gemm is None
+    assert bench_latency("tiny-llama", input_len=4, output_len=3,
+                         dtype="float32").tuned_gemm is None
     latency = bench_latency("tiny-llama", input_len=4, output_len=3, dtype="float32",
                             quantization="fp8", tuned_gemm=str(path))
     assert latency.tuned_gemm["tuned_file"].startswith(f"{path}: 1 rows loaded, 0 skipped")

@@ -48,7 +48,8 @@ def solidx_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_every_package_folder_is_listed() -> None:
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(pyproject["tool"]["setuptools"]["packages"])
     folders = {".".join(("solidx", *p.parent.relative_to(ROOT).parts))
                for p in ROOT.rglob("__init__.py")
                if not {"tests", "build", ".git"} & set(p.relative_to(ROOT).parts)}
@@ -63,7 +64,8 @@ def test_wheel_has_solidx_as_its_only_top_level_package(solidx_wheel: Path) -> N
     roots = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert roots == {"solidx"}
     for module in ("solidx/__init__.py", "solidx/gradlib/fp8_gemm_tuner.py",
-                   "solidx/runtime/llm.py", "solidx/cli/main.py", "solidx/shape_capture/recorder.py"):
+                   "solidx/runtime/llm.py", "solidx/cli/main.py",
+                   "solidx/shape_capture/recorder.py"):
         assert module in names
 
 

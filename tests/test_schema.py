@@ -28,7 +28,8 @@ def tuned_row(m: int = 4096, n: int = 1, device: str = "NVIDIA H200", lib: str =
     return TunedRow(
         GemmProblem(m, n, 4096, True, FP8, torch.bfloat16), libtype, 12345, 0.0071, solution,
         default_ms=0.0081, speedup=1.14, tflops=4.7, gbps=2400.0, max_rel_err=0.002,
-        device=device, sm_count=132, lib_version=lib, torch_version="2.11.0", tuned_at="2026-11-27T03:00:00",
+        device=device, sm_count=132, lib_version=lib, torch_version="2.11.0",
+        tuned_at="2026-11-27T03:00:00",
     )
 
 
@@ -147,7 +148,8 @@ def test_empty_and_missing_file(tmp_path: Path) -> None:
         read_shapes(tmp_path / "nope.csv")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=300))
 def test_random_bytes_raise_only_csv_error(tmp_path: Path, data: bytes) -> None:
     path = tmp_path / "fuzz.csv"
@@ -166,10 +168,12 @@ cell = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(header=st.permutations(list(TUNED_COLUMNS)).map(lambda c: c[:9]),
        rows=st.lists(st.lists(cell, min_size=0, max_size=11), max_size=4))
-def test_random_csv_text_raises_only_csv_error(tmp_path: Path, header: list[str], rows: list[list[str]]) -> None:
+def test_random_csv_text_raises_only_csv_error(tmp_path: Path, header: list[str],
+                                               rows: list[list[str]]) -> None:
     path = tmp_path / "fuzz.csv"
     path.write_text("\n".join([",".join(header)] + [",".join(r) for r in rows]))
     for reader in (read_shapes, read_tuned):
@@ -218,7 +222,8 @@ def test_tuned_file_merge_replaces_same_build(tmp_path: Path) -> None:
 
 
 def test_select_rows_by_device_and_build() -> None:
-    rows = [tuned_row(), tuned_row(n=2, device="NVIDIA H100 80GB HBM3"), tuned_row(n=4, lib="cublasLt-1"),
+    rows = [tuned_row(), tuned_row(n=2, device="NVIDIA H100 80GB HBM3"),
+            tuned_row(n=4, lib="cublasLt-1"),
             tuned_row(n=8, libtype="triton", solution="triton:kernel=skinny"),
             tuned_row(n=16, libtype="default", solution="default:", lib="torch-9")]
     versions = {"cublaslt": "cublasLt-130100", "triton": None}

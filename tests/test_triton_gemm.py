@@ -30,8 +30,10 @@ def _check(problem: GemmProblem, spec: str, seed: int = 0) -> None:
 
 CASES = [
     # (M, N, K, bias, dtype, outdtype, spec): odd M, N = 1 or 3, K not a multiple of bk.
-    (40, 1, 200, True, FP8, torch.bfloat16, "triton:kernel=gemv,bn=1,bm=16,bk=64,splitk=2,progs=0,warps=4"),
-    (40, 2, 256, False, FP8, torch.bfloat16, "triton:kernel=gemv,bn=2,bm=8,bk=64,splitk=1,progs=1,warps=2"),
+    (40, 1, 200, True, FP8, torch.bfloat16,
+     "triton:kernel=gemv,bn=1,bm=16,bk=64,splitk=2,progs=0,warps=4"),
+    (40, 2, 256, False, FP8, torch.bfloat16,
+     "triton:kernel=gemv,bn=2,bm=8,bk=64,splitk=1,progs=1,warps=2"),
     (40, 3, 200, True, FP8, torch.bfloat16,
      "triton:kernel=skinny,bn=16,bm=16,bk=32,splitk=3,progs=1,warps=4,stages=2"),
     (40, 1, 256, False, FP8, torch.bfloat16,
@@ -58,8 +60,8 @@ def test_kernels_match_reference(case: tuple) -> None:
 def test_split_k_resets_counters_and_repeats_exactly() -> None:
     problem = GemmProblem(40, 3, 200, bias=True)
     ops = make_operands(problem, DEVICE, torch.Generator().manual_seed(1))
-    sol = backend.from_spec("triton:kernel=skinny,bn=16,bm=16,bk=32,splitk=4,progs=1,warps=4,stages=2",
-                            problem)
+    sol = backend.from_spec(
+        "triton:kernel=skinny,bn=16,bm=16,bk=32,splitk=4,progs=1,warps=4,stages=2", problem)
     first, second = sol.run(ops), sol.run(ops)
     assert torch.equal(first, second)
     assert int(workspace(first.device)[1].abs().sum()) == 0
@@ -67,8 +69,8 @@ def test_split_k_resets_counters_and_repeats_exactly() -> None:
 
 def test_runs_fewer_tokens_than_built_for() -> None:
     problem = GemmProblem(40, 3, 128)
-    sol = backend.from_spec("triton:kernel=skinny,bn=16,bm=16,bk=64,splitk=2,progs=0,warps=4,stages=2",
-                            problem)
+    sol = backend.from_spec(
+        "triton:kernel=skinny,bn=16,bm=16,bk=64,splitk=2,progs=0,warps=4,stages=2", problem)
     assert sol.accepts(1) and sol.accepts(16) and not sol.accepts(17)
     small = problem.with_tokens(1)
     ops = make_operands(small, DEVICE, torch.Generator().manual_seed(2))
@@ -159,8 +161,8 @@ def test_split_k_in_a_cuda_graph_resets_its_counters() -> None:
     problem = GemmProblem(4096, 4, 4096, bias=True)
     gen = torch.Generator().manual_seed(4)
     ops = make_operands(problem, "cuda", gen)
-    sol = backend.from_spec("triton:kernel=skinny,bn=16,bm=64,bk=256,splitk=8,progs=1,warps=4,stages=4",
-                            problem)
+    sol = backend.from_spec(
+        "triton:kernel=skinny,bn=16,bm=64,bk=256,splitk=8,progs=1,warps=4,stages=4", problem)
     sol.run(ops)  # compile outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()

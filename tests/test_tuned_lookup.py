@@ -43,7 +43,8 @@ def fake_from_spec(spec: str, problem: GemmProblem) -> Solution:
     return FakeSolution(spec, problem, limit=int(spec.split("limit=")[1]))
 
 
-def row(n: int, spec: str, device: str = HERE.name, libtype: str = "triton", m: int = 64) -> TunedRow:
+def row(n: int, spec: str, device: str = HERE.name, libtype: str = "triton",
+        m: int = 64) -> TunedRow:
     return TunedRow(GemmProblem(m, n, 32), libtype, 1, 0.01, spec, device=device,
                     sm_count=HERE.sm_count, lib_version="fake-1")
 
@@ -56,8 +57,8 @@ def fake_backend(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_nearest_n_rule(tmp_path: Path, fake_backend: None) -> None:
     path = tmp_path / "tuned.csv"
-    write_tuned(path, [row(4, "triton:limit=8"), row(16, "triton:limit=16"), row(64, "triton:limit=32"),
-                       row(8, "default:", libtype="default")])
+    write_tuned(path, [row(4, "triton:limit=8"), row(16, "triton:limit=16"),
+                       row(64, "triton:limit=32"), row(8, "default:", libtype="default")])
     tuned = TunedGemms.load(str(path), "cpu")
     spec = lambda n: tuned.solution(GemmProblem(64, n, 32)).spec  # noqa: E731
     assert spec(4) == "triton:limit=8"        # exact row
@@ -70,8 +71,8 @@ def test_nearest_n_rule(tmp_path: Path, fake_backend: None) -> None:
     assert tuned.hits["tuned"] == 3
 
 
-def test_rows_for_other_devices_are_skipped_and_broken_dropped(tmp_path: Path, fake_backend: None,
-                                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_rows_for_other_devices_are_skipped_and_broken_dropped(
+        tmp_path: Path, fake_backend: None, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "tuned.csv"
     write_tuned(path, [row(1, "triton:limit=1"), row(2, "triton:limit=2", device="NVIDIA H200"),
                        row(4, "triton:broken=1,limit=4")])
