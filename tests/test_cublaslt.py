@@ -231,7 +231,7 @@ class FakeLt:
 
 @pytest.fixture
 def fake_backend(monkeypatch):
-    import solidx.gradlib.backends.cublaslt_plan as module
+    import solidx.gradlib.backends.lt_plan as module
 
     lib = FakeLt()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -239,7 +239,7 @@ def fake_backend(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "fake GPU")
     monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(api, "load", lambda: (lib, "fake"))
-    monkeypatch.setattr(module, "_device", lambda index: module._Device(
+    monkeypatch.setattr(module, "_device", lambda vendor, lib, device: module._Device(
         ctypes.c_void_p(1), torch.empty(16, dtype=torch.uint8)))
     return CublasLtBackend()
 

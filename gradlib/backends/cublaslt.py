@@ -10,18 +10,20 @@ Candidates, best guesses first (the order of
 within ``WORKSPACE_BYTES``.
 
 Around this module: :mod:`~solidx.gradlib.backends.cublaslt_configs` (configurations, their
-specs, candidate order), :mod:`~solidx.gradlib.backends.cublaslt_plan` (the operand layout and
-the library calls of one problem), :mod:`~solidx.gradlib.backends.cublaslt_api` (loading the
-library, its enums and structs).
+specs, candidate order), :mod:`~solidx.gradlib.backends.cublaslt_plan` (cuBLASLt's algorithm
+enumeration over the Lt calls hipBLASLt shares, :mod:`~solidx.gradlib.backends.lt_plan`),
+:mod:`~solidx.gradlib.backends.cublaslt_api` (loading the library, cuBLASLt-only enums).
 """
 from __future__ import annotations
 
 import torch
 
 from solidx.gradlib.backends import cublaslt_api as api
+from solidx.gradlib.backends import lt_plan
 from solidx.gradlib.backends.base import WORKSPACE_BYTES, Backend, Solution
 from solidx.gradlib.backends.cublaslt_configs import LIBTYPE, AlgoConfig, candidate_configs
 from solidx.gradlib.backends.cublaslt_plan import MatmulPlan
+from solidx.gradlib.backends.lt_vendor import CUBLASLT
 from solidx.gradlib.dtypes import dtype_name
 from solidx.gradlib.operands import GemmOperands
 from solidx.gradlib.problem import GemmProblem
@@ -117,7 +119,8 @@ class CublasLtBackend(Backend):
     def version(self) -> str:
         """e.g. ``cublasLt-130100``; RuntimeError if the backend is unavailable."""
         self._require_available()
-        return f"cublasLt-{api.library().cublasLtGetVersion()}"
+        device = torch.device("cuda", torch.cuda.current_device())
+        return f"cublasLt-{lt_plan.library_version(CUBLASLT, api.library(), device)}"
 
     def _plan(self, problem: GemmProblem) -> MatmulPlan:
         index = torch.cuda.current_device()
@@ -134,7 +137,7 @@ class CublasLtBackend(Backend):
             return []
         limit = max_candidates or self.max_candidates
         plan = self._plan(problem)
-        picks = plan.heuristic(problem.N, self.heuristic_count)
+        picks = plan.heuristic_algos(problem.N, self.heuristic_count)
         heuristic = [plan.config_of(algo) for algo in picks]
         if not heuristic:
             return []

@@ -1,55 +1,28 @@
-"""Raw ctypes bindings to libcublasLt: finding and loading the library, the enum values and
-structs solidx uses (from cublasLt.h, cublas_api.h and library_types.h), and status checking.
-
-Nothing here launches work: :mod:`solidx.gradlib.backends.cublaslt_plan` makes the calls, and
-:mod:`solidx.gradlib.backends.cublaslt` builds the backend on top.
+"""cuBLASLt's side of the Lt binding: finding and loading libcublasLt, and the enums and
+prototypes of the algorithm enumeration only cuBLASLt has (``AlgoGetIds``, ``AlgoInit``,
+``AlgoCheck``, capability and configuration attributes; from cublasLt.h). What both Lt vendors
+share lives in :mod:`~solidx.gradlib.backends.lt_vendor` (values) and
+:mod:`~solidx.gradlib.backends.lt_plan` (calls).
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import glob
 import importlib.util
-import os
 from functools import cache
 
 import torch
 
-# cudaDataType_t (library_types.h)
-CUDA_R_32F = 0
-CUDA_R_16F = 2
-CUDA_R_16BF = 14
-CUDA_R_8F_E4M3 = 28
-CUDA_R_8F_E5M2 = 29
+from solidx.gradlib.backends import lt_api
+from solidx.gradlib.backends.lt_vendor import CUBLASLT
 
-CUDA_DTYPES: dict[torch.dtype, int] = {
-    torch.float32: CUDA_R_32F,
-    torch.float16: CUDA_R_16F,
-    torch.bfloat16: CUDA_R_16BF,
-    torch.float8_e4m3fn: CUDA_R_8F_E4M3,
-    torch.float8_e5m2: CUDA_R_8F_E5M2,
-}
-
-# cublasComputeType_t, cublasOperation_t (cublas_api.h)
-CUBLAS_COMPUTE_32F = 68
-CUBLAS_OP_N = 0
-CUBLAS_OP_T = 1
-
-# cublasLtMatmulDescAttributes_t
-MATMUL_DESC_TRANSA = 3  # int32
-MATMUL_DESC_TRANSB = 4  # int32
-MATMUL_DESC_EPILOGUE = 7  # uint32
-MATMUL_DESC_BIAS_POINTER = 8  # void*
-MATMUL_DESC_A_SCALE_POINTER = 17  # void*
-MATMUL_DESC_B_SCALE_POINTER = 18  # void*
-MATMUL_DESC_BIAS_DATA_TYPE = 26  # int32
-
-# cublasLtEpilogue_t
-EPILOGUE_DEFAULT = 1
-EPILOGUE_BIAS = 4
-
-# cublasLtMatmulPreferenceAttributes_t
-PREF_MAX_WORKSPACE_BYTES = 1  # uint64
+CUDA_DTYPES: dict[torch.dtype, int] = CUBLASLT.dtypes
+CUBLAS_COMPUTE_32F = CUBLASLT.compute_32f
+CUDA_R_32F = CUBLASLT.r_32f
+EPILOGUE_DEFAULT = CUBLASLT.epilogue_default
+EPILOGUE_BIAS = CUBLASLT.epilogue_bias
+MatmulAlgo = CUBLASLT.algo
+HeuristicResult = CUBLASLT.result
 
 # cublasLtReductionScheme_t: bits of a mask; NONE is 0
 REDUCTION_SCHEMES = (1, 2, 4)  # INPLACE, COMPUTE_TYPE, OUTPUT_TYPE
@@ -87,66 +60,22 @@ CONFIG_CTYPES: dict[int, type] = {
 
 CUBLAS_STATUS_SUCCESS = 0
 CUBLAS_STATUS_INVALID_VALUE = 7
-CUBLAS_STATUS_NOT_SUPPORTED = 15
-_STATUS_NAMES = {
-    0: "CUBLAS_STATUS_SUCCESS",
-    1: "CUBLAS_STATUS_NOT_INITIALIZED",
-    3: "CUBLAS_STATUS_ALLOC_FAILED",
-    7: "CUBLAS_STATUS_INVALID_VALUE",
-    8: "CUBLAS_STATUS_ARCH_MISMATCH",
-    11: "CUBLAS_STATUS_MAPPING_ERROR",
-    13: "CUBLAS_STATUS_EXECUTION_FAILED",
-    14: "CUBLAS_STATUS_INTERNAL_ERROR",
-    15: "CUBLAS_STATUS_NOT_SUPPORTED",
-    16: "CUBLAS_STATUS_LICENSE_ERROR",
-}
+CUBLAS_STATUS_NOT_SUPPORTED = CUBLASLT.status_not_supported
 
-
-class MatmulAlgo(ctypes.Structure):
-    """``cublasLtMatmulAlgo_t``: 8 opaque uint64."""
-
-    _fields_ = [("data", ctypes.c_uint64 * 8)]
-
-
-class HeuristicResult(ctypes.Structure):
-    """``cublasLtMatmulHeuristicResult_t``."""
-
-    _fields_ = [
-        ("algo", MatmulAlgo),
-        ("workspaceSize", ctypes.c_size_t),
-        ("state", ctypes.c_int),
-        ("wavesCount", ctypes.c_float),
-        ("reserved", ctypes.c_int * 4),
-    ]
-
-
-_p = ctypes.c_void_p
-_i = ctypes.c_int
-_sz = ctypes.c_size_t
-_pp, _pi, _psz = ctypes.POINTER(_p), ctypes.POINTER(_i), ctypes.POINTER(_sz)
+_p, _i, _sz = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
+_pi, _psz = ctypes.POINTER(_i), ctypes.POINTER(_sz)
 _palgo, _presult = ctypes.POINTER(MatmulAlgo), ctypes.POINTER(HeuristicResult)
-_u64, _i64 = ctypes.c_uint64, ctypes.c_int64
-_SIGNATURES: dict[str, list] = {
-    "cublasLtCreate": [_pp],
-    "cublasLtMatmulDescCreate": [_pp, _i, _i],
-    "cublasLtMatmulDescDestroy": [_p],
-    "cublasLtMatmulDescSetAttribute": [_p, _i, _p, _sz],
-    "cublasLtMatrixLayoutCreate": [_pp, _i, _u64, _u64, _i64],
-    "cublasLtMatrixLayoutDestroy": [_p],
-    "cublasLtMatmulPreferenceCreate": [_pp],
-    "cublasLtMatmulPreferenceDestroy": [_p],
-    "cublasLtMatmulPreferenceSetAttribute": [_p, _i, _p, _sz],
-    "cublasLtMatmulAlgoGetHeuristic": [_p, _p, _p, _p, _p, _p, _p, _i, _presult, _pi],
+_ONLY_CUBLASLT: dict[str, list] = {  # the algorithm enumeration hipBLASLt's C API lacks
     "cublasLtMatmulAlgoGetIds": [_p, _i, _i, _i, _i, _i, _i, _i, _pi, _pi],
     "cublasLtMatmulAlgoInit": [_p, _i, _i, _i, _i, _i, _i, _i, _palgo],
     "cublasLtMatmulAlgoCheck": [_p, _p, _p, _p, _p, _p, _palgo, _presult],
     "cublasLtMatmulAlgoCapGetAttribute": [_palgo, _i, _p, _sz, _psz],
     "cublasLtMatmulAlgoConfigSetAttribute": [_palgo, _i, _p, _sz],
     "cublasLtMatmulAlgoConfigGetAttribute": [_palgo, _i, _p, _sz, _psz],
-    "cublasLtMatmul": [_p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _palgo, _p, _sz, _p],
 }
+SIGNATURES = {**CUBLASLT.signatures(), **_ONLY_CUBLASLT}
 
-LIBRARY_GLOB = "libcublasLt.so*"
+LIBRARY_GLOB = CUBLASLT.library_glob
 
 
 def library_candidates(
@@ -155,28 +84,16 @@ def library_candidates(
     """Where to look for libcublasLt, best first: the copy this process already loaded (torch's,
     from ``/proc/self/maps``), NVIDIA's pip wheels (``nvidia/*/lib``), ``CUDA_HOME/lib64``, then
     the loader's search path. Duplicates are dropped."""
-    paths = [line.split(maxsplit=5)[-1] for line in maps_text.splitlines()
-             if "libcublasLt.so" in line]
-    for base in nvidia_dirs:
-        paths += sorted(glob.glob(os.path.join(base, "*", "lib", LIBRARY_GLOB)))
-    if cuda_home:
-        paths += sorted(glob.glob(os.path.join(cuda_home, "lib64", LIBRARY_GLOB)))
-    if loader_name:
-        paths.append(loader_name)
-    return list(dict.fromkeys(p.strip() for p in paths))
+    paths = lt_api.mapped_paths(maps_text, "libcublasLt.so")
+    paths += lt_api.globbed([f"{base}/*/lib" for base in nvidia_dirs], LIBRARY_GLOB)
+    paths += lt_api.globbed([f"{cuda_home}/lib64"] if cuda_home else [], LIBRARY_GLOB)
+    paths += [loader_name] if loader_name else []
+    return list(dict.fromkeys(paths))
 
 
 def _nvidia_dirs() -> list[str]:
     spec = importlib.util.find_spec("nvidia")
     return list(spec.submodule_search_locations or []) if spec else []
-
-
-def _maps_text() -> str:
-    try:
-        with open("/proc/self/maps") as f:
-            return f.read()
-    except OSError:
-        return ""
 
 
 def _cuda_home() -> str | None:
@@ -191,25 +108,9 @@ def load() -> tuple[ctypes.CDLL | None, str]:
     if torch.cuda.is_available():
         torch.cuda.init()  # torch's CUDA libraries (cuBLASLt among them) are mapped by now
     candidates = library_candidates(
-        _maps_text(), _nvidia_dirs(), _cuda_home(), ctypes.util.find_library("cublasLt")
-    )
-    errors = []
-    for path in candidates:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError as exc:
-            errors.append(f"{path}: {exc}")
-            continue
-        for name, argtypes in _SIGNATURES.items():
-            fn = getattr(lib, name)
-            fn.argtypes = argtypes
-            fn.restype = ctypes.c_int
-        lib.cublasLtGetVersion.restype = ctypes.c_size_t
-        lib.cublasLtGetVersion.argtypes = []
-        return lib, path
-    tried = "; ".join(errors) or (
-        "none found in torch's libraries, nvidia/*/lib, CUDA_HOME/lib64 or the loader path")
-    return None, f"cannot load libcublasLt: {tried}"
+        lt_api.maps_text(), _nvidia_dirs(), _cuda_home(), ctypes.util.find_library("cublasLt"))
+    return lt_api.load_first(candidates, SIGNATURES, "libcublasLt (searched torch's libraries, "
+                             "nvidia/*/lib, CUDA_HOME/lib64 and the loader path)")
 
 
 def library() -> ctypes.CDLL:
@@ -220,13 +121,12 @@ def library() -> ctypes.CDLL:
 
 
 def status_name(status: int) -> str:
-    return _STATUS_NAMES.get(status, f"cublasStatus {status}")
+    return CUBLASLT.status_name(status)
 
 
 def check(status: int, what: str) -> None:
     """Raise RuntimeError naming the call and the status unless it succeeded."""
-    if status != CUBLAS_STATUS_SUCCESS:
-        raise RuntimeError(f"{what} failed: {status_name(status)}")
+    lt_api.check(CUBLASLT, status, what)
 
 
 def call(lib: ctypes.CDLL, name: str, *args: object) -> None:
