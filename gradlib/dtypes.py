@@ -49,3 +49,15 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def is_fp8(dtype: torch.dtype) -> bool:
     return dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2)
+
+
+FNUZ_ARCHS = ("gfx940", "gfx941", "gfx942")
+"""MI300-class GPUs: their fp8 is the "fnuz" encoding (exponent bias 8, no -0, one NaN 0x80);
+gfx950 (MI350) and NVIDIA GPUs use OCP e4m3 (``float8_e4m3fn``)."""
+
+
+def fp8_dtype_for_arch(arch: str | None) -> torch.dtype:
+    """The e4m3 dtype of a GPU architecture (``gcnArchName`` such as ``'gfx942:sramecc+:xnack-'``;
+    None for NVIDIA or the CPU)."""
+    name = (arch or "").split(":")[0].strip()
+    return torch.float8_e4m3fnuz if name in FNUZ_ARCHS else torch.float8_e4m3fn

@@ -23,6 +23,7 @@ from solidx.gradlib.schema import (
 )
 
 _LIBTYPE_WITHOUT_COLUMN = "hipblaslt"  # gradlib files before the libtype column
+_INDEXED = ("hipblaslt", "rocblas")  # libtypes whose solidx is the library's solution index
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,9 @@ def parse_tuned(
             solidx = parse_cell(path, line, record, "solidx", parse_int, -1)
             soltimems = parse_cell(path, line, record, "soltimems", parse_float, math.nan)
             solution = parse_cell(path, line, record, "solution", parse_text, "")
-            if libtype not in ("hipblaslt", "rocblas") and not solution and libtype != "default":
+            if libtype in _INDEXED and not solution:  # ROCm's gradlib: the index alone
+                solution = f"{libtype}:index={solidx}"
+            if not solution and libtype != "default":
                 raise CsvError(path, line, f"empty for libtype {libtype!r}", "solution")
             row = TunedRow(
                 problem, libtype, solidx, soltimems, solution,
@@ -153,11 +156,15 @@ def select_rows(
     """Keep the rows tuned on this device (name and SM count) with this library build.
 
     ``lib_version(libtype)`` gives the running build of a backend, or None where it is
-    unavailable. A ``default`` row needs no library match.
+    unavailable. A ``default`` row needs no library match. A row of ROCm's gradlib (no device,
+    no build: a hipblaslt/rocblas solution index) applies to any device and build; its index is
+    checked against the running library when its solution is built.
     """
     selection = Selection()
     for row in rows:
-        if row.device != device or (row.sm_count and row.sm_count != sm_count):
+        rocm_gradlib = row.libtype in _INDEXED and not row.device and not row.lib_version
+        if not rocm_gradlib and (
+                row.device != device or (row.sm_count and row.sm_count != sm_count)):
             selection.skipped[f"for device {row.device or 'unknown'!r}"] += 1
             continue
         if row.libtype != "default":
@@ -165,7 +172,7 @@ def select_rows(
             if running is None:
                 selection.skipped[f"{row.libtype} unavailable"] += 1
                 continue
-            if row.lib_version != running:
+            if row.lib_version != running and not rocm_gradlib:
                 selection.skipped[f"{row.libtype} build {row.lib_version or 'unknown'!r}"] += 1
                 continue
         selection.rows.append(row)

@@ -46,7 +46,8 @@ def unsupported_reason(problem: GemmProblem) -> str | None:
     no kernel: its heuristic then returns nothing)."""
     if problem.is_fp8:
         if problem.dtype not in FP8_TYPES:
-            return f"hipBLASLt fp8 needs e4m3fnuz or e4m3fn operands, not {dtype_name(problem.dtype)}"
+            return (f"hipBLASLt fp8 needs e4m3fnuz or e4m3fn operands, not "
+                    f"{dtype_name(problem.dtype)}")
         if problem.outdtype not in (torch.bfloat16, torch.float16, torch.float32):
             return f"fp8 into {dtype_name(problem.outdtype)} is unsupported (bf16, fp16, fp32 are)"
         if problem.bias and problem.outdtype == torch.float32:

@@ -135,7 +135,8 @@ static int supported(const desc_t *d, const layout_t *a, const layout_t *b, cons
     if (is_fp8(a->type) ? dl->type == a->type || is_fp8(dl->type) : dl->type != a->type)
         return NOT_SUPPORTED;
     uint64_t m = d->trans_a == OP_T ? a->cols : a->rows, k = d->trans_a == OP_T ? a->rows : a->cols;
-    uint64_t kb = d->trans_b == OP_T ? b->cols : b->rows, n = d->trans_b == OP_T ? b->rows : b->cols;
+    uint64_t kb = d->trans_b == OP_T ? b->cols : b->rows;
+    uint64_t n = d->trans_b == OP_T ? b->rows : b->cols;
     if (k != kb || dl->rows != m || dl->cols != n) return INVALID_VALUE;
     return OK;
 }
