@@ -6,17 +6,20 @@ from dataclasses import dataclass, field
 
 from solidx.gradlib.timing import TimingConfig
 
-ALL_BACKENDS = ("cublaslt", "triton")  # hipblaslt and rocblas join when their backends exist
+ALL_BACKENDS = ("cublaslt", "hipblaslt", "rocblas", "triton")  # unavailable ones are skipped
 
 
 @dataclass(frozen=True)
 class TuneOptions:
     """How to tune. ``backends`` are tried besides ``default`` (unavailable ones are reported
     and skipped); ``max_candidates`` bounds each backend's list per problem; ``finalists`` is
-    how many screened candidates are re-timed against the default."""
+    how many screened candidates are re-timed against the default. ``rocblas_margin`` is
+    gradlib's preference rule: a rocBLAS finalist beats the fastest hipBLASLt one only if it is
+    at least that much faster (0.005: 0.5%)."""
 
     backends: tuple[str, ...] = ALL_BACKENDS
     margin: float = 0.03
+    rocblas_margin: float = 0.005
     gpus: tuple[int, ...] | None = None
     max_candidates: int | None = None
     finalists: int = 4
@@ -29,6 +32,8 @@ class TuneOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.margin < 1:
             raise ValueError(f"margin must be in [0, 1), got {self.margin}")
+        if not 0 <= self.rocblas_margin < 1:
+            raise ValueError(f"rocblas_margin must be in [0, 1), got {self.rocblas_margin}")
         if self.max_candidates is not None and self.max_candidates < 1:
             raise ValueError(f"max_candidates must be ≥ 1, got {self.max_candidates}")
         if self.finalists < 1:

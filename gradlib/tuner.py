@@ -189,11 +189,19 @@ def _final(worker: Worker, setup: Setup, finalists: list[Outcome]) -> dict[str, 
     return {DEFAULT_SPEC: setup.default}
 
 
-def choose_winner(timings: Mapping[str, Timing], margin: float) -> str:
+def choose_winner(timings: Mapping[str, Timing], margin: float,
+                  rocblas_margin: float = 0.0) -> str:
     """The fastest spec if it beats ``timings[DEFAULT_SPEC]`` by ``margin`` (``default_ms / ms ≥
-    1 + margin``), else the default's spec."""
+    1 + margin``), else the default's spec. gradlib's preference: a fastest ``rocblas`` spec
+    gives way to the fastest ``hipblaslt`` one unless
+    ``ms ≤ (1 - rocblas_margin) · hipblaslt_ms``."""
     default = timings[DEFAULT_SPEC].median_ms
     best = min(timings, key=lambda spec: timings[spec].median_ms)
+    lt = [s for s in timings if s.startswith("hipblaslt:")]
+    if best.startswith("rocblas:") and lt:
+        fastest_lt = min(lt, key=lambda spec: timings[spec].median_ms)
+        if timings[best].median_ms > (1 - rocblas_margin) * timings[fastest_lt].median_ms:
+            best = fastest_lt
     if best != DEFAULT_SPEC and default / timings[best].median_ms >= 1 + margin:
         return best
     return DEFAULT_SPEC
@@ -223,7 +231,7 @@ def tune_one(run: _Run, worker: Worker, problem: GemmProblem) -> ShapeResult:
         outcome = Outcome(spec, True, timing, errors.get(spec, setup.default_err))
         run.record(worker, problem, outcome, "final")
     default = timings[DEFAULT_SPEC]
-    winner = choose_winner(timings, run.options.margin)
+    winner = choose_winner(timings, run.options.margin, run.options.rocblas_margin)
     result.row = _row(problem, hello, winner, timings[winner], default,
                       errors.get(winner, setup.default_err))
     result.spread = max(default.spread, timings[winner].spread)
