@@ -1,4 +1,5 @@
-"""Which device a tuned row belongs to (the name and SM count written in every tuned row), and\nthe fp8 encoding the device computes with."""
+"""Which device a tuned row belongs to (the name and SM count written in every tuned row), and
+the fp8 encoding the device computes with."""
 from __future__ import annotations
 
 import os

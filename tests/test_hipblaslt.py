@@ -46,7 +46,8 @@ def test_every_candidate_matches_torch(backend, problem):
     solutions = backend.solutions(problem)
     # the stand-in offers 1001, 2002 (1 MiB), 3003 (4 MiB, N >= 8) and 4004 (64 MiB: more than
     # the preference's max workspace, so the library itself leaves it out)
-    assert [s.solidx for s in solutions] == ([1001, 2002, 3003] if problem.N >= 8 else [1001, 2002])
+    expected = [1001, 2002, 3003] if problem.N >= 8 else [1001, 2002]
+    assert [s.solidx for s in solutions] == expected
     ops = _operands(problem)
     ref = reference_gemm(problem, ops)
     for solution in solutions:
@@ -96,9 +97,11 @@ def test_a_faulting_algorithm_reports_its_status(backend):
     problem = PROBLEMS[4]
     data = (6666).to_bytes(4, "little") + bytes((6666 * 7 + j) & 0xFF for j in range(4, 16))
     faulting = backend.from_spec(f"hipblaslt:index=6666,algo={data.hex()},max_ws=0,ws=0", problem)
-    with pytest.raises(RuntimeError, match="hipblasLtMatmul failed: HIPBLAS_STATUS_EXECUTION_FAILED"):
+    with pytest.raises(RuntimeError,
+                       match="hipblasLtMatmul failed: HIPBLAS_STATUS_EXECUTION_FAILED"):
         faulting.run(_operands(problem))
-    unknown = f"hipblaslt:index=1001,algo={(1001).to_bytes(4, 'little').hex()}{'0' * 24},max_ws=0,ws=0"
+    head = (1001).to_bytes(4, "little").hex()
+    unknown = f"hipblaslt:index=1001,algo={head}{'0' * 24},max_ws=0,ws=0"
     with pytest.raises(RuntimeError, match="HIPBLAS_STATUS_INVALID_VALUE"):
         backend.from_spec(unknown, problem).run(_operands(problem))
 
@@ -107,7 +110,7 @@ def test_a_faulting_algorithm_reports_its_status(backend):
     ("hipblaslt:index=x", "not a number"),
     ("hipblaslt:index=1,algo=00", "expected index=I alone"),
     ("hipblaslt:index=1,algo=0011,max_ws=0,ws=0", "16 bytes"),
-    ("hipblaslt:index=1,algo=" + "00" * 16 + ",max_ws=0,ws=0", "is not the algo data's first int32"),
+    ("hipblaslt:index=1,algo=" + "00" * 16 + ",max_ws=0,ws=0", "not the algo data's first int32"),
     ("hipblaslt:index=0,algo=" + "00" * 16 + ",max_ws=0,ws=999999999", "ws <="),
     ("cublaslt:index=1", "not a hipblaslt spec"),
 ])
