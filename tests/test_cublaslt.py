@@ -18,6 +18,8 @@ from solidx.gradlib.backends.cublaslt import CublasLtBackend, unsupported_reason
 from solidx.gradlib.backends.cublaslt_configs import (
     AlgoCaps, AlgoConfig, _distance, candidate_configs,
 )
+from solidx.gradlib.backends.lt_plan import LtPlan
+from solidx.gradlib.backends.lt_vendor import CUBLASLT
 from solidx.gradlib.operands import make_operands, max_rel_err, reference_gemm, tolerance
 from solidx.gradlib.problem import GemmProblem
 
@@ -319,6 +321,27 @@ def test_every_candidate_matches_reference(backend, dtype, outdtype, bias, n, mk
         assert backend.from_spec(solution.spec, problem).spec == solution.spec
     assert not bad, (
         f"{len(bad)}/{len(solutions)} wrong (tolerance {tolerance(problem):.2e}): {bad[:8]}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,outdtype,bias", DTYPES)
+def test_shared_lt_calls_through_cublaslt(backend, dtype, outdtype, bias):
+    """The calls hipBLASLt runs (LtPlan with a vendor table), here with cuBLASLt's table: every
+    heuristic pick run through LtPlan directly matches the reference and the backend's own
+    first candidate."""
+    problem = GemmProblem(4096, 16, 4096, bias=bias, dtype=dtype, outdtype=outdtype)
+    device = torch.device("cuda", torch.cuda.current_device())
+    plan = LtPlan(CUBLASLT, api.library(), problem, device)
+    results = plan.heuristic(problem.N, 8)
+    assert results, f"no heuristic results for {problem}"
+    ops = _operands(problem)
+    ref = reference_gemm(problem, ops)
+    for result in results:
+        out = plan.matmul(result.algo, ops, result.workspaceSize)
+        assert max_rel_err(out, ref) <= tolerance(problem)
+    first = backend.solutions(problem, max_candidates=1)[0].run(ops)
+    direct = plan.matmul(results[0].algo, ops, results[0].workspaceSize)
+    assert max_rel_err(direct, first) <= tolerance(problem)
 
 
 @pytest.mark.gpu
