@@ -133,12 +133,6 @@ def library_candidates(maps_text: str, torch_lib: str, rocm_home: str | None,
     return list(dict.fromkeys(paths))
 
 
-def _rocm_home() -> str | None:
-    from torch.utils.cpp_extension import ROCM_HOME  # resolves ROCM_HOME / ROCM_PATH / hipcc
-
-    return ROCM_HOME
-
-
 @cache
 def load(path: str | None = None) -> tuple[ctypes.CDLL | None, str]:
     """``(library, path)`` of ``path`` or of the first libhipblaslt found, or ``(None, why)``."""
@@ -147,9 +141,8 @@ def load(path: str | None = None) -> tuple[ctypes.CDLL | None, str]:
     else:
         if torch.cuda.is_available():
             torch.cuda.init()
-        candidates = library_candidates(
-            lt_api.maps_text(), os.path.join(os.path.dirname(torch.__file__), "lib"),
-            _rocm_home(), ctypes.util.find_library("hipblaslt"))
+        candidates = library_candidates(lt_api.maps_text(), lt_api.torch_lib_dir(),
+                                        lt_api.rocm_home(), ctypes.util.find_library("hipblaslt"))
     return lt_api.load_first(candidates, HIPBLASLT.signatures(), "libhipblaslt")
 
 

@@ -1,5 +1,6 @@
-"""Finding and loading an Lt library (cuBLASLt or hipBLASLt) through ctypes, binding the shared
-prototypes of :mod:`~solidx.gradlib.backends.lt_vendor`, and status checking.
+"""Finding and loading an Lt library (cuBLASLt or hipBLASLt; rocBLAS uses the search helpers too)
+through ctypes, binding the shared prototypes of :mod:`~solidx.gradlib.backends.lt_vendor`, and
+status checking.
 
 Nothing here launches work: :mod:`~solidx.gradlib.backends.lt_plan` makes the calls.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+
+import torch
 
 from solidx.gradlib.backends.lt_vendor import STATUS_SUCCESS, LtVendor
 
@@ -21,6 +24,18 @@ def mapped_paths(maps_text: str, name: str) -> list[str]:
 def globbed(dirs: list[str], pattern: str) -> list[str]:
     """Every file matching ``pattern`` in each of ``dirs``, in order."""
     return [path for base in dirs for path in sorted(glob.glob(os.path.join(base, pattern)))]
+
+
+def rocm_home() -> str | None:
+    """The ROCm install as torch resolves it (``ROCM_HOME``, ``ROCM_PATH``, hipcc's), or None."""
+    from torch.utils.cpp_extension import ROCM_HOME  # heavy: imported only when searching
+
+    return ROCM_HOME
+
+
+def torch_lib_dir() -> str:
+    """torch's bundled libraries (a ROCm wheel carries libhipblaslt and librocblas there)."""
+    return os.path.join(os.path.dirname(torch.__file__), "lib")
 
 
 def maps_text() -> str:

@@ -81,11 +81,8 @@ def load(path: str | None = None) -> tuple[ctypes.CDLL | None, str]:
     if path is not None:
         candidates = [path]
     else:
-        from torch.utils.cpp_extension import ROCM_HOME  # resolves ROCM_HOME / ROCM_PATH
-
-        candidates = library_candidates(
-            lt_api.maps_text(), os.path.join(os.path.dirname(torch.__file__), "lib"), ROCM_HOME,
-            ctypes.util.find_library("rocblas"))
+        candidates = library_candidates(lt_api.maps_text(), lt_api.torch_lib_dir(),
+                                        lt_api.rocm_home(), ctypes.util.find_library("rocblas"))
     return lt_api.load_first(candidates, SIGNATURES, "librocblas")
 
 
