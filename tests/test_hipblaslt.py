@@ -14,6 +14,7 @@ from solidx.gradlib.backends.hipblaslt import (
 )
 from solidx.gradlib.operands import make_operands, max_rel_err, reference_gemm, tolerance
 from solidx.gradlib.problem import GemmProblem
+from solidx.runtime.bench import lt_vendors
 
 FNUZ, OCP = torch.float8_e4m3fnuz, torch.float8_e4m3fn
 PROBLEMS = [
@@ -161,3 +162,15 @@ def test_library_search_order(tmp_path):
     assert found[:3] == ["/opt/x/libhipblaslt.so.0", str(torch_lib / "libhipblaslt.so.0"),
                          str(rocm / "lib" / "libhipblaslt.so.0")]
     assert found[-1] == "libhipblaslt.so.0"
+
+
+def test_shared_lt_bench_table_and_cpu_refusal(capsys):
+    rows = [{"problem": "M=1 N=1 K=1", "vendor": "cublaslt", "heuristic": 0},
+            {"problem": "M=2 N=2 K=2", "vendor": "cublaslt", "heuristic": 3,
+             "worst_err_over_tol": 0.5, "first_ms": 0.01, "default_ms": 0.02}]
+    lines = lt_vendors.format_table(rows).splitlines()
+    assert lines[0].split()[:3] == ["problem", "vendor", "picks"] and len(lines) == 3
+    assert "nan" in lines[1] and "0.0100" in lines[2]
+    if not torch.cuda.is_available():
+        assert lt_vendors.main([]) == 2
+        assert "needs a CUDA or ROCm GPU" in capsys.readouterr().err
