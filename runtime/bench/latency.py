@@ -22,7 +22,7 @@ from solidx.runtime import attention
 from solidx.runtime.bench.hf import hf_generate_seconds, load_hf_model
 from solidx.runtime.bench.result import BenchResult, device_name, tuned_gemm_line
 from solidx.runtime.bench.workload import engine_for, random_prompts
-from solidx.runtime.quantization.fp8 import tuned_gemm_report
+from solidx.runtime.layers.linear import tuned_gemms
 from solidx.runtime.sampling_params import SamplingParams
 
 
@@ -34,8 +34,9 @@ class LatencyResult(BenchResult):
     reads on one GPU: every parameter of its shard but the embedding table); ``copy_gb_per_s``:
     device-to-device copy bandwidth (read + write) measured in the same run;
     ``bound_steps_per_s``: the decode steps/s that reading the weights at copy bandwidth allows;
-    ``tuned_gemm``: for an fp8 model, the tuned file's summary and how many GEMM problems ran
-    with a tuned solution (hits) or the default (misses)."""
+    ``tuned_gemm``: the tuned file's summary and how many distinct GEMM problems ran with a
+    tuned solution (hits) or the default (misses), in all and by layer kind (``by_kind``: qkv,
+    o, gate_up, down, lm_head)."""
 
     model: str
     device: str
@@ -168,7 +169,7 @@ def bench_latency(
         copy_gb_per_s=copy_gbps,
         bound_steps_per_s=copy_gbps * 1e9 / weight_bytes,
         attention_kernels=dict(Counter(attention.KERNEL_COUNTS) - kernels_before),
-        tuned_gemm=tuned_gemm_report(runner.model),
+        tuned_gemm=tuned_gemms(runner.model).report(),
     )
     if compare_hf:
         config, device = llm.llm_engine.config, runner.device
