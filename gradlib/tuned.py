@@ -45,7 +45,7 @@ def library_version(libtype: str) -> str | None:
 @dataclass
 class TunedGemms:
     """Per-weight tuned solutions sorted by N, and the decision taken for every (layer kind,
-    problem) looked up (``decisions``: kind -> problem -> libtype)."""
+    problem) looked up (``decisions``: kind -> problem -> spec of the solution it runs)."""
 
     by_weight: dict[tuple, list[tuple[int, Solution]]] = field(default_factory=dict)
     summary: str = "no tuned file"
@@ -87,7 +87,7 @@ class TunedGemms:
         cached = self._cache.get(problem)
         if cached is None:
             cached = self._cache[problem] = self._choose(problem)
-        self.decisions.setdefault(kind, {}).setdefault(problem, cached.libtype)
+        self.decisions.setdefault(kind, {}).setdefault(problem, cached.spec)
         return cached
 
     def _choose(self, problem: GemmProblem) -> Solution:
@@ -107,7 +107,7 @@ class TunedGemms:
         many the default (``misses``)."""
         out = {}
         for kind, problems in sorted(self.decisions.items()):
-            tuned = sum(1 for libtype in problems.values() if libtype != "default")
+            tuned = sum(1 for spec in problems.values() if not spec.startswith("default:"))
             out[kind] = {"hits": tuned, "misses": len(problems) - tuned}
         return out
 

@@ -1,0 +1,93 @@
+"""The one GEMM dispatch point of every linear layer, on a 16-bit tiny model: tuned rows are used
+(hits and the solution recorded per layer kind), rows of another device skipped with the reason
+logged, the tuned file read once per engine, ``VLLM_TUNE_GEMM=1`` capture with the LM head."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import solidx.gradlib.tuned as tuned_mod
+from solidx.gradlib.backends.triton import TritonBackend
+from solidx.gradlib.device import device_identity
+from solidx.gradlib.dtypes import FP8
+from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.shapes_file import read_shapes
+from solidx.gradlib.tuned import library_version
+from solidx.gradlib.tuned_file import TunedRow, write_tuned
+from solidx.runtime import LLM, SamplingParams
+from solidx.runtime.layers.linear import layer_kind, tuned_gemms
+
+HERE = device_identity("cpu")
+BF16 = torch.bfloat16
+PROMPT = {"prompt_token_ids": [1, 5, 9, 13, 17]}
+ENGINE = {"load_format": "dummy", "dtype": "bfloat16", "max_num_seqs": 2, "max_model_len": 64}
+
+
+def row(problem: GemmProblem, spec: str, device: str = HERE.name) -> TunedRow:
+    libtype = spec.partition(":")[0]
+    return TunedRow(problem, libtype, 1, 0.01, spec, device=device, sm_count=HERE.sm_count,
+                    lib_version=library_version(libtype) or "")
+
+
+def generate(llm: LLM, tokens: int = 3) -> list[int]:
+    params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
+    return llm.generate([PROMPT], params, use_tqdm=False)[0].outputs[0].token_ids
+
+
+def test_layer_kinds() -> None:
+    assert [layer_kind(p) for p in ("model.layers.3.self_attn.qkv_proj", "model.layers.0.mlp."
+            "gate_up_proj", "model.layers.1.mlp.down_proj", "x.o_proj", "lm_head")] == [
+        "qkv", "gate_up", "down", "o", "lm_head"]
+
+
+def test_16bit_model_runs_its_tuned_rows(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    o_proj = GemmProblem(64, 1, 64, False, BF16, BF16)  # tiny-llama: hidden 64
+    lm_head = GemmProblem(512, 1, 64, False, BF16, BF16)  # vocab 512
+    triton = TritonBackend().solutions(o_proj)[0]
+    path = tmp_path / "tuned.csv"
+    write_tuned(path, [row(o_proj, triton.spec), row(lm_head, "default:"),
+                       row(GemmProblem(128, 1, 64, False, BF16, BF16), triton.spec,
+                           device="NVIDIA H200"),
+                       row(GemmProblem(64, 1, 64, False, FP8, BF16), "default:")])
+    reads = []
+    real_read = tuned_mod.read_tuned
+    monkeypatch.setattr(tuned_mod, "read_tuned", lambda p: reads.append(p) or real_read(p))
+    with caplog.at_level(logging.INFO):
+        llm = LLM("tiny-llama", tuned_gemm=str(path), **ENGINE)
+    assert reads == [str(path)]  # once per engine, for every layer
+    assert "3 rows loaded, 1 skipped (1 for device 'NVIDIA H200')" in caplog.text
+    tokens = generate(llm)
+    tuned = tuned_gemms(llm.llm_engine.model_runner.model)
+    assert tuned.decisions["o"][o_proj] == triton.spec
+    assert tuned.decisions["lm_head"][lm_head] == "default:"
+    report = tuned.report()
+    assert report["by_kind"]["o"] == {"hits": 1, "misses": 1}  # decode N=1 tuned; prefill N=5
+    assert report["by_kind"]["qkv"] == {"hits": 0, "misses": 2}
+    assert report["by_kind"]["lm_head"] == {"hits": 0, "misses": 1}  # a default row: no hit
+    assert reads == [str(path)]
+    assert tokens == generate(LLM("tiny-llama", **ENGINE))  # the triton row computes the same
+
+
+def test_vllm_tune_gemm_records_16bit_problems_with_the_lm_head(tmp_path: Path) -> None:
+    untuned = tmp_path / "vllm_untuned.csv"
+    code = ("from solidx import LLM, SamplingParams\n"
+            f"llm = LLM('tiny-llama', **{ENGINE!r})\n"
+            f"llm.generate([{PROMPT!r}], SamplingParams(temperature=0, max_tokens=3, "
+            "ignore_eos=True), use_tqdm=False)\n")
+    root = str(Path(__file__).parents[1])
+    env = {**os.environ, "VLLM_TUNE_GEMM": "1", "VLLM_UNTUNE_FILE": str(untuned),
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
+    got = {(r.problem.M, r.problem.N, r.problem.K, r.layers) for r in read_shapes(untuned)}
+    assert (512, 1, 64, ("lm_head",)) in got  # the LM head, N=1 at prefill and decode
+    assert (64, 1, 64, ("model.layers.*.self_attn.o_proj",)) in got
+    assert (256, 5, 64, ("model.layers.*.mlp.gate_up_proj",)) in got
+    assert all(r.problem.dtype == BF16 for r in read_shapes(untuned))
