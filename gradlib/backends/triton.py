@@ -59,13 +59,16 @@ _SKINNY = (  # (bm, bk, warps, stages), measured on an H200 at decode sizes
     (64, 128, 4, 3), (64, 128, 4, 5), (64, 128, 4, 8), (64, 256, 4, 3), (64, 256, 8, 4),
     (128, 256, 4, 3), (128, 128, 8, 3), (256, 128, 8, 3), (32, 256, 4, 4),
 )
-_STREAM = (  # (bm, bk in bytes, warps): 128 fp32 products per thread and step at bn = 4
-    (4, 1024, 4), (8, 512, 4), (8, 1024, 8), (16, 512, 8),
-)
+_STREAM = {  # bn -> (bm, bk in bytes, warps): at most 128 fp32 products per thread and step
+    1: ((8, 2048, 4), (16, 1024, 4), (16, 2048, 8)),
+    2: ((8, 1024, 4), (16, 512, 4), (8, 2048, 8)),
+    4: ((4, 1024, 4), (8, 512, 4), (8, 1024, 8)),
+}
 _STREAM_DOT = (  # (bm, bk, warps, stages): 16-row blocks fill the SMs of small weights
     (16, 256, 4, 4), (32, 256, 4, 4), (32, 128, 4, 6), (64, 128, 4, 4), (64, 256, 8, 3),
 )
-_STREAM_PROGS = (1, 2, 4)
+_STREAM_PROGS = {"stream": (2, 4, 8), "streamdot": (1, 2, 4)}
+"""Programs per SM: FMA programs keep one tile of loads in flight, dot ones ``stages`` tiles."""
 _DOT_KERNELS = ("skinny", "tiled", "streamdot")
 _FMA_KERNELS = ("gemv", "stream")
 _TILED = (  # (bn, bm, bk, warps, stages); 128 x 256 tiles spill registers
@@ -183,9 +186,10 @@ def _splits(problem: GemmProblem, tiles: int, bm: int, bk: int) -> list[int]:
     return under[-2:] + over[:2]
 
 
-def _stream_progs(tiles: int) -> list[int]:
+def _stream_progs(kernel: str, tiles: int) -> list[int]:
     """Programs per SM worth listing for ``tiles`` row blocks: each that changes the grid."""
-    return [p for p in _STREAM_PROGS if p == 1 or tiles > _SMS * (p // 2)]
+    options = _STREAM_PROGS[kernel]
+    return [p for p in options if p == options[0] or tiles > _SMS * (p // 2)]
 
 
 def _stream_configs(problem: GemmProblem) -> list[TritonConfig]:
@@ -193,15 +197,16 @@ def _stream_configs(problem: GemmProblem) -> list[TritonConfig]:
     n, elt = problem.N, problem.dtype.itemsize
     out: list[TritonConfig] = []
     if n <= 4:
-        for bm, bk_bytes, warps in _STREAM:
-            for progs in _stream_progs(triton.cdiv(problem.M, bm)):
-                out.append(TritonConfig("stream", _next_pow2(n), bm, bk_bytes // elt, 1, warps,
-                                        1, progs=progs))
+        bn = _next_pow2(n)
+        for bm, bk_bytes, warps in _STREAM[bn]:
+            for progs in _stream_progs("stream", triton.cdiv(problem.M, bm)):
+                out.append(TritonConfig("stream", bn, bm, bk_bytes // elt, 1, warps, 1,
+                                        progs=progs))
     if n <= 16:
         for bm, bk, warps, stages in _STREAM_DOT:
             while stages > 2 and stages * (16 + bm) * bk * elt > SMEM_BYTES - 32 * 1024:
                 stages -= 1
-            for progs in _stream_progs(triton.cdiv(problem.M, bm)):
+            for progs in _stream_progs("streamdot", triton.cdiv(problem.M, bm)):
                 out.append(TritonConfig("streamdot", 16, bm, bk, 1, warps, stages, progs=progs))
     return out
 
