@@ -26,7 +26,7 @@ from solidx.shape_capture.presets import PRESETS
 @click.option("--output-len", default=256, show_default=True, help="Generated tokens per sequence.")
 @click.option("--batch-size", default=1, show_default=True, help="Sequences in the batch.")
 @click.option("--batch-sizes", default=None,
-              help="Comma-separated batch sizes, each timed in one engine (overrides --batch-size).")
+              help="Comma-separated batch sizes, timed in one engine (overrides --batch-size).")
 @click.option(
     "--compare",
     type=click.Choice(["none", "hf"]),

@@ -91,3 +91,24 @@ def test_vllm_tune_gemm_records_16bit_problems_with_the_lm_head(tmp_path: Path) 
     assert (64, 1, 64, ("model.layers.*.self_attn.o_proj",)) in got
     assert (256, 5, 64, ("model.layers.*.mlp.gate_up_proj",)) in got
     assert all(r.problem.dtype == BF16 for r in read_shapes(untuned))
+
+
+@pytest.mark.gpu
+def test_tuned_stream_rows_are_warmed_and_captured_in_cuda_graphs(tmp_path: Path) -> None:
+    cuda = device_identity("cuda")
+    engine = {**ENGINE, "device": "cuda", "kv_cache_memory_bytes": 1 << 26}
+    spec = "triton:kernel=streamdot,bn=16,bm=16,bk=64,progs=1,warps=4,stages=2"
+    rows = [TunedRow(GemmProblem(m, 1, k, False, BF16, BF16), "triton", 1, 0.01, spec,
+                     device=cuda.name, sm_count=cuda.sm_count,
+                     lib_version=library_version("triton") or "")
+            for m, k in ((128, 64), (64, 64), (256, 64), (64, 128), (512, 64))]
+    path = tmp_path / "tuned.csv"
+    write_tuned(path, rows)
+    llm = LLM("tiny-llama", tuned_gemm=str(path), **engine)
+    assert llm.llm_engine.model_runner.graphs is not None
+    tokens = generate(llm, 6)
+    report = tuned_gemms(llm.llm_engine.model_runner.model).report()
+    assert all(report["by_kind"][kind]["hits"] == 1
+               for kind in ("qkv", "o", "gate_up", "down", "lm_head")), report
+    untuned = generate(LLM("tiny-llama", **engine), 6)
+    assert tokens[0] == untuned[0]  # bf16 rounding may part greedy paths later on
