@@ -22,7 +22,7 @@ from solidx.gradlib.shapes_file import read_shapes
 from solidx.gradlib.tuned import library_version
 from solidx.gradlib.tuned_file import TunedRow, write_tuned
 from solidx.runtime import LLM, SamplingParams
-from solidx.runtime.layers.linear import layer_kind, tuned_gemms
+from solidx.runtime.layers.linear import ColumnParallelLinear, layer_kind, tuned_gemms
 
 HERE = device_identity("cpu")
 BF16 = torch.bfloat16
@@ -45,6 +45,13 @@ def test_layer_kinds() -> None:
     assert [layer_kind(p) for p in ("model.layers.3.self_attn.qkv_proj", "model.layers.0.mlp."
             "gate_up_proj", "model.layers.1.mlp.down_proj", "x.o_proj", "lm_head")] == [
         "qkv", "gate_up", "down", "o", "lm_head"]
+
+
+def test_a_call_without_tokens_gives_an_empty_result() -> None:
+    layer = ColumnParallelLinear(64, 32, params_dtype=BF16, prefix="model.layers.0.mlp.up_proj")
+    layer.weight.data.normal_()
+    assert layer(torch.empty(0, 64, dtype=BF16)).shape == (0, 32)
+    assert tuned_gemms(layer).decisions == {}
 
 
 def test_16bit_model_runs_its_tuned_rows(tmp_path: Path, caplog: pytest.LogCaptureFixture,

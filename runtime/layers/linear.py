@@ -80,6 +80,8 @@ class GemmDispatch:
     def __call__(self, ops: GemmOperands, outdtype: torch.dtype) -> torch.Tensor:
         """``[N, out]`` in ``outdtype`` for the operands of one call (``ops.x`` is ``[N, in]``)."""
         key = (ops.x.shape[0], ops.bias is not None, ops.x.dtype, outdtype)
+        if key[0] == 0:  # no tokens (a step that samples nothing): no GEMM problem
+            return ops.x.new_empty((0, self.out_features), dtype=outdtype)
         problem = self._problems.get(key)
         if problem is None:
             problem = self._problems[key] = GemmProblem.for_linear(
