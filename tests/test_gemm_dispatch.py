@@ -119,3 +119,22 @@ def test_tuned_stream_rows_are_warmed_and_captured_in_cuda_graphs(tmp_path: Path
                for kind in ("qkv", "o", "gate_up", "down", "lm_head")), report
     untuned = generate(LLM("tiny-llama", **engine), 6)
     assert tokens[0] == untuned[0]  # bf16 rounding may part greedy paths later on
+
+
+def test_tuned_file_sources_rocm_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from solidx.runtime import tuned_gemm
+    from solidx.runtime.config import Config
+
+    config = Config("tiny-llama", load_format="dummy", dtype="bfloat16")
+    fp8_file, bf16_file = tmp_path / "tuned_fp8_16.csv", tmp_path / "tuned.csv"
+    write_tuned(fp8_file, [row(GemmProblem(64, 1, 64, False, FP8, BF16), "default:")])
+    write_tuned(bf16_file, [row(GemmProblem(64, 1, 64, False, BF16, BF16), "default:")])
+    monkeypatch.setattr(tuned_gemm, "ROCM_TUNED_FILE", str(fp8_file))
+    monkeypatch.setattr(tuned_gemm, "ROCM_TUNE_FILE", str(bf16_file))
+    both = tuned_gemm.load_tuned_gemms(config)  # ROCm's defaults, both kinds, where they exist
+    assert both.rows == 2 and str(fp8_file) in both.summary and str(bf16_file) in both.summary
+    monkeypatch.setenv("VLLM_TUNE_FILE", str(bf16_file))
+    assert tuned_gemm.load_tuned_gemms(config).summary.startswith(f"{bf16_file}: 1 rows loaded")
+    monkeypatch.setenv("VLLM_TUNE_FILE", str(tmp_path / "none.csv"))
+    with pytest.raises(FileNotFoundError, match="VLLM_TUNE_FILE"):
+        tuned_gemm.load_tuned_gemms(config)
