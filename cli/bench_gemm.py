@@ -13,6 +13,8 @@ from solidx.gradlib.dtypes import parse_dtype
 from solidx.gradlib.schema import CsvError
 from solidx.gradlib.timing import TimingConfig
 
+NAN = math.nan
+
 HEADER = ["M", "N", "K", "dtype", "libtype", "default_us", "tuned_us", "speedup", "tunableop_us",
           "floor_us", "x_floor", "%copy_bw", "TFLOP/s", "%peak", "note"]
 _SHORT = {"float8_e4m3fn": "fp8", "bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
@@ -51,7 +53,26 @@ def render(report: BenchReport) -> str:
         table(HEADER, [_line(r) for r in report.results]),
         f"geometric-mean speedup over default: {report.geomean_speedup:.3f}x "
         f"over {len(report.results)} problems",
+        *_floor_lines(report.results),
     ])
+
+
+def _floor_lines(results: list[BenchResult]) -> list[str]:
+    """Per operand dtype: how many problems run within 1.10x / 1.15x of the read floor, the
+    worst multiple, the geometric-mean speedup and how many fell below 0.98x of default."""
+    lines = []
+    for dtype in dict.fromkeys(r.dtype for r in results):
+        rows = [r for r in results if r.dtype == dtype]
+        floors = [r.floor_multiple for r in rows if not math.isnan(r.floor_multiple)]
+        speedups = [r.speedup for r in rows if r.speedup > 0]
+        geomean = math.exp(sum(map(math.log, speedups)) / len(speedups)) if speedups else NAN
+        line = (f"{_short(dtype)}: {len(rows)} problems, geomean speedup {geomean:.3f}x, "
+                f"{sum(s < 0.98 for s in speedups)} below 0.98x")
+        if floors:
+            line += (f"; of the floor: {sum(f <= 1.10 for f in floors)} within 1.10x, "
+                     f"{sum(f <= 1.15 for f in floors)} within 1.15x, worst {max(floors):.2f}x")
+        lines.append(line)
+    return lines
 
 
 @click.command("gemm")

@@ -1,10 +1,13 @@
 """``solidx bench latency``: one batch through the engine (CUDA graphs unless --enforce-eager),
 decode tokens/s, weight bandwidth and its share of the copy-bandwidth bound, optionally beside
-Hugging Face transformers ``generate``."""
+Hugging Face transformers ``generate``. ``--batch-sizes 1,32,128`` runs one batch of each size in
+one engine instead (JSON: a list of results)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import json
 
 import click
 
@@ -22,6 +25,8 @@ from solidx.shape_capture.presets import PRESETS
 @click.option("--input-len", default=128, show_default=True, help="Prompt tokens per sequence.")
 @click.option("--output-len", default=256, show_default=True, help="Generated tokens per sequence.")
 @click.option("--batch-size", default=1, show_default=True, help="Sequences in the batch.")
+@click.option("--batch-sizes", default=None,
+              help="Comma-separated batch sizes, timed in one engine (overrides --batch-size).")
 @click.option(
     "--compare",
     type=click.Choice(["none", "hf"]),
@@ -36,6 +41,7 @@ def latency(
     input_len: int,
     output_len: int,
     batch_size: int,
+    batch_sizes: str | None,
     compare: str,
     output_json: str | None,
     **options: Any,
@@ -45,6 +51,10 @@ def latency(
 
     kwargs = given_config_kwargs(options)
     enforce_eager, seed = kwargs.pop("enforce_eager", False), kwargs.pop("seed", 0)
+    if batch_sizes is not None:
+        _sweep(model, _sizes(batch_sizes), input_len, output_len, enforce_eager, seed, compare,
+               output_json, kwargs)
+        return
     try:
         result = bench_latency(
             model,
@@ -59,3 +69,35 @@ def latency(
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     report(result, output_json)
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"takes positive integers like 1,32,128, not {text!r}",
+                                 param_hint="--batch-sizes")
+    return sizes
+
+
+def _sweep(model: str, sizes: list[int], input_len: int, output_len: int, enforce_eager: bool,
+           seed: int, compare: str, output_json: str | None, kwargs: dict[str, Any]) -> None:
+    from solidx.runtime.bench.latency import bench_latency_sweep
+    from solidx.runtime.distributed import get_tp_rank
+
+    if compare != "none":
+        raise click.BadParameter("--compare needs a single --batch-size", param_hint="--compare")
+    try:
+        results = bench_latency_sweep(model, sizes, input_len, output_len,
+                                      enforce_eager=enforce_eager, seed=seed, **kwargs)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if get_tp_rank() != 0:
+        return
+    for result in results:
+        click.echo(result.summary())
+    if output_json:
+        with open(output_json, "w") as f:
+            json.dump([result.as_dict() for result in results], f, indent=2)

@@ -1,17 +1,19 @@
-"""The tuned solutions a process runs with: rows of a tuned file that match this device and
+"""The tuned solutions a process runs with: rows of tuned files that match this device and
 library build, each solution built once at load.
 
 Lookup for a call with ``n`` tokens: the exact row; else the row of the same weight (M, K, bias,
-dtypes) with the smallest tuned N ≥ n whose solution accepts n; else ``default``. Decisions are
-cached per problem, so a call costs one dict lookup. Generation never fails because of a tuned
-file: a row whose solution cannot be built is dropped with a warning naming it.
+dtypes) with the smallest tuned N ≥ n whose solution accepts n; else ``default``. fp8 and 16-bit
+rows live side by side (the dtypes are part of the weight's key). Decisions are cached per
+problem, and each (layer kind, problem) decision is noted once: hits (a tuned solution) and
+misses (the default) are counts of distinct problems, never of calls. Generation never fails
+because of a tuned file: a row whose solution cannot be built is dropped with a warning.
 """
 from __future__ import annotations
 
 import bisect
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -19,6 +21,7 @@ from solidx.gradlib.backends import get_backend, solution_from_spec
 from solidx.gradlib.backends.base import Solution
 from solidx.gradlib.backends.default import DefaultSolution
 from solidx.gradlib.device import device_identity
+from solidx.gradlib.operands import GemmOperands
 from solidx.gradlib.problem import GemmProblem
 from solidx.gradlib.tuned_file import TunedRow, read_tuned, select_rows
 
@@ -41,41 +44,50 @@ def library_version(libtype: str) -> str | None:
 
 @dataclass
 class TunedGemms:
-    """Per-weight tuned solutions sorted by N, and how many calls ran a tuned solution and how
-    many the default (``hits["tuned"]``, ``hits["default"]``)."""
+    """Per-weight tuned solutions sorted by N, and the decision taken for every (layer kind,
+    problem) looked up (``decisions``: kind -> problem -> spec of the solution it runs)."""
 
     by_weight: dict[tuple, list[tuple[int, Solution]]] = field(default_factory=dict)
     summary: str = "no tuned file"
-    hits: Counter = field(default_factory=Counter)
+    decisions: dict[str, dict[GemmProblem, str]] = field(default_factory=dict)
     _cache: dict[GemmProblem, Solution] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: str, device: torch.device | str) -> TunedGemms:
-        """Load the rows of ``path`` that apply to ``device``; raises CsvError for a malformed
-        file."""
+    def load(cls, paths: str | list[str], device: torch.device | str) -> TunedGemms:
+        """Load the rows of ``paths`` (one file or several, later files win per problem) that
+        apply to ``device``; raises CsvError for a malformed file."""
         identity = device_identity(device)
-        selection = select_rows(read_tuned(path), identity.name, identity.sm_count, library_version)
         tuned = cls()
-        built = []
-        for row in selection.rows:
-            solution = _build(row)
-            if solution is None:
-                selection.skipped["unbuildable (see warnings)"] += 1
-                continue
-            built.append(row)
-            entries = tuned.by_weight.setdefault(_weight_key(row.problem), [])
-            bisect.insort(entries, (row.problem.N, solution), key=lambda e: e[0])
-        selection.rows = built
-        tuned.summary = f"{path}: {selection.summary()}"
+        summaries = []
+        for path in [paths] if isinstance(paths, str) else paths:
+            selection = select_rows(read_tuned(path), identity.name, identity.sm_count,
+                                    library_version)
+            built = []
+            for row in selection.rows:
+                solution = _build(row)
+                if solution is None:
+                    selection.skipped["unbuildable (see warnings)"] += 1
+                    continue
+                built.append(row)
+                tuned._add(row.problem, solution)
+            selection.rows = built
+            summaries.append(f"{path}: {selection.summary()}")
+        tuned.summary = "; ".join(summaries) or tuned.summary
         logger.info("tuned GEMMs: %s", tuned.summary)
         return tuned
 
-    def solution(self, problem: GemmProblem) -> Solution:
-        """The solution to run ``problem`` with (see the module docstring for the rule)."""
+    def _add(self, problem: GemmProblem, solution: Solution) -> None:
+        entries = self.by_weight.setdefault(_weight_key(problem), [])
+        entries[:] = [e for e in entries if e[0] != problem.N]
+        bisect.insort(entries, (problem.N, solution), key=lambda e: e[0])
+
+    def solution(self, problem: GemmProblem, kind: str = "") -> Solution:
+        """The solution to run ``problem`` with (see the module docstring for the rule); the
+        decision is noted under the layer kind ``kind`` (``qkv``, ``lm_head``, ...)."""
         cached = self._cache.get(problem)
         if cached is None:
             cached = self._cache[problem] = self._choose(problem)
-        self.hits["tuned" if cached.libtype != "default" else "default"] += 1
+        self.decisions.setdefault(kind, {}).setdefault(problem, cached.spec)
         return cached
 
     def _choose(self, problem: GemmProblem) -> Solution:
@@ -89,6 +101,57 @@ class TunedGemms:
     @property
     def rows(self) -> int:
         return sum(len(v) for v in self.by_weight.values())
+
+    def hits(self) -> dict[str, dict[str, int]]:
+        """Per layer kind, how many distinct problems ran a tuned solution (``hits``) and how
+        many the default (``misses``)."""
+        out = {}
+        for kind, problems in sorted(self.decisions.items()):
+            tuned = sum(1 for spec in problems.values() if not spec.startswith("default:"))
+            out[kind] = {"hits": tuned, "misses": len(problems) - tuned}
+        return out
+
+    def report(self) -> dict[str, Any]:
+        """The file's summary, and hits and misses in all and by layer kind."""
+        by_kind = self.hits()
+        return {
+            "tuned_file": self.summary,
+            "problems_tuned": sum(v["hits"] for v in by_kind.values()),
+            "problems_default": sum(v["misses"] for v in by_kind.values()),
+            "by_kind": by_kind,
+        }
+
+    def warm_up(self, device: torch.device | str) -> int:
+        """Run every tuned solution once on operands of its own problem on ``device``,
+        so that libraries are initialised and kernels compiled before a CUDA graph captures
+        them; returns how many ran. A solution that fails here is dropped with a warning."""
+        ran = 0
+        for key, entries in self.by_weight.items():
+            kept = []
+            for n, solution in entries:
+                if solution.libtype == "default" and not solution.problem.is_fp8:
+                    kept.append((n, solution))  # F.linear: warmed by the eager forward
+                    continue
+                try:
+                    solution.run(_zero_operands(solution.problem, torch.device(device)))
+                except Exception as exc:  # a broken row must never stop generation
+                    logger.warning("tuned row %s: %s failed its warm-up (%s): dropped",
+                                   solution.problem, solution.spec, exc)
+                    continue
+                kept.append((n, solution))
+                ran += 1
+            entries[:] = kept
+        self._cache.clear()
+        return ran
+
+
+def _zero_operands(problem: GemmProblem, device: torch.device) -> GemmOperands:
+    """Operands of ``problem`` filled with zeros (a warm-up needs shapes, not values)."""
+    x = torch.zeros(problem.N, problem.K, dtype=problem.dtype, device=device)
+    w = torch.zeros(problem.M, problem.K, dtype=problem.dtype, device=device)
+    scale = torch.ones((), dtype=torch.float32, device=device) if problem.is_fp8 else None
+    bias = torch.zeros(problem.M, dtype=problem.outdtype, device=device) if problem.bias else None
+    return GemmOperands(x, w, scale, scale, bias)
 
 
 def _build(row: TunedRow) -> Solution | None:

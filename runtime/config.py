@@ -79,8 +79,8 @@ class Config:
     enable_prefix_caching: bool = _opt(False, "Reuse the KV blocks of a common prompt prefix.")
     tuned_gemm: str | None = _opt(
         None,
-        "Tuned GEMM file for the fp8 layers [default: $SOLIDX_TUNED_GEMM, else "
-        "/tmp/tuned_fp8_16.csv if it exists].",
+        "Tuned GEMM file for every linear layer [default: $SOLIDX_TUNED_GEMM, else "
+        "$VLLM_TUNE_FILE, else /tmp/tuned_fp8_16.csv and tuned.csv where they exist].",
     )
     device: str = _opt("auto", "auto (cuda when available), cuda, cuda:N or cpu.")
 

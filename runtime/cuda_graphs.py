@@ -6,7 +6,10 @@ to the smallest bucket >= n; a padded row is token 0 at position 0 with cache sl
 stored), context length 0 (attention gives zeros) and a block-table row of -1, so it touches no
 real sequence's cache and its hidden state is never sampled.
 
-``DecodeGraphs.capture`` runs after the KV cache is allocated: largest bucket first, every graph
+``DecodeGraphs.capture`` runs after the KV cache is allocated and after the model runner has run
+every tuned GEMM solution once (``TunedGemms.warm_up``: a first call inside a capture must never
+initialise a library or allocate); then each bucket gets an eager warm-up forward (kernels
+compiled for its exact sizes) and its capture, largest bucket first, every graph
 in one shared memory pool, each reading views of one set of static input buffers sized for the
 largest bucket, with ``max_context_len`` pinned to ``max_model_len``. ``replay`` copies a step's
 inputs into those buffers, replays the bucket's graph and returns its output rows (valid until

@@ -36,8 +36,13 @@ _READERS: dict[str, Callable[[], Any]] = {
     "TUNE_FP8": _flag("TUNE_FP8", False),
     # Where TUNE_FP8 / capture-shapes write (ROCm's default path).
     "SOLIDX_SHAPES_FILE": _str("SOLIDX_SHAPES_FILE", "/tmp/fp8_shapes.csv"),
-    # Tuned GEMM file loaded by the fp8 layers at startup (else ROCm's /tmp defaults are tried).
+    # Tuned GEMM file every linear layer uses (else VLLM_TUNE_FILE, else ROCm's defaults).
     "SOLIDX_TUNED_GEMM": _str("SOLIDX_TUNED_GEMM", None),
+    # ROCm's 16-bit capture: record every bf16/fp16 GEMM (LM head included) to VLLM_UNTUNE_FILE.
+    "VLLM_TUNE_GEMM": _flag("VLLM_TUNE_GEMM", False),
+    "VLLM_UNTUNE_FILE": _str("VLLM_UNTUNE_FILE", "/tmp/vllm_untuned.csv"),
+    # ROCm's tuned file (unset: tuned.csv, loaded only when it exists).
+    "VLLM_TUNE_FILE": _str("VLLM_TUNE_FILE", None),
     # Prefill attention: solidx's Triton kernel (default) or the framework's flash attention.
     "VLLM_USE_TRITON_FLASH_ATTN": _triton_flash_attn,
     # Decode attention: custom paged attention where it applies (default) or PagedAttention v2.

@@ -19,10 +19,11 @@ from torch import nn
 from solidx.gradlib.dtypes import is_fp8
 from solidx.runtime.checkpoint import CheckpointTensor, checkpoint_tensors, dummy_tensors
 from solidx.runtime.config import Config
-from solidx.runtime.layers.linear import LinearBase, copy_shard, unquantized
+from solidx.runtime.layers.linear import LinearBase, copy_shard, unquantized, use_tuned_gemms
 from solidx.runtime.layers.quantization import get_quantization
 from solidx.runtime.models import get_model_class
 from solidx.runtime.quantization.kv_cache import set_kv_cache_scales
+from solidx.runtime.tuned_gemm import load_tuned_gemms, start_gemm_capture
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -30,7 +31,8 @@ IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 def load_model(config: Config) -> nn.Module:
     """The model of ``config`` on its device with every weight loaded, in inference mode.
     A quantized model's checkpoint tensors pass through its quantization's adapter (names,
-    scales, a separate quantized-weights file); the KV-cache scales are set last."""
+    scales, a separate quantized-weights file); the KV-cache scales are set last. The tuned GEMM
+    file is loaded here, once, and handed to every linear layer."""
     args = config.model_args
     cls = get_model_class(args.architecture)
     quant = get_quantization(config)
@@ -51,6 +53,8 @@ def load_model(config: Config) -> nn.Module:
         if isinstance(module, LinearBase):
             module.linear_method.process_weights_after_loading(module)
     set_kv_cache_scales(model, config, quant.kv_scales if quant else {})
+    use_tuned_gemms(model, load_tuned_gemms(config))
+    start_gemm_capture()
     return model.eval()
 
 

@@ -28,6 +28,7 @@ from solidx.runtime.context import ForwardContext, forward_context
 from solidx.runtime.cuda_graphs import DecodeGraphs, capture_sizes
 from solidx.runtime.distributed import tp_min
 from solidx.runtime.layers.attention import Attention
+from solidx.runtime.layers.linear import tuned_gemms
 from solidx.runtime.layers.sampler import Sampler, SamplingTensors
 from solidx.runtime.loader import load_model
 from solidx.runtime.scheduler import ScheduledSeq
@@ -242,6 +243,7 @@ class ModelRunner:
         max_blocks = -(-config.max_model_len // self.block_size)
         graphs = DecodeGraphs(self._run_model, sizes, max_blocks, config.max_model_len, self.device)
         start, used = time.perf_counter(), torch.cuda.memory_allocated(self.device)
+        tuned_gemms(self.model).warm_up(self.device)  # no library first initialised in a capture
         graphs.capture()
         logger.info(
             "CUDA graphs: decode batch sizes %s captured in %.1f s (%.2f GiB)",

@@ -37,11 +37,14 @@ class ShapeRecorder:
 
     def __init__(self, dtypes: frozenset[torch.dtype] | None = None) -> None:
         self.dtypes = dtypes
+        self.also: list[ShapeRecorder] = []  # recorders of other files that see every call too
         self._lock = threading.Lock()
         self._counts: Counter[GemmProblem] = Counter()
         self._layers: dict[GemmProblem, list[str]] = {}
 
     def record(self, problem: GemmProblem, layer: str) -> None:
+        for other in self.also:
+            other.record(problem, layer)
         if self.dtypes is not None and problem.dtype not in self.dtypes:
             return
         pattern = layer_pattern(layer)
@@ -89,15 +92,26 @@ def recording(path: str | None = None) -> Iterator[ShapeRecorder]:
             recorder.flush(path)
 
 
+_started: dict[str, ShapeRecorder] = {}
+
+
 def start_recording(path: str, dtypes: frozenset[torch.dtype] | None = None) -> ShapeRecorder:
-    """Turn capture on for the rest of the process (``TUNE_FP8=1``): the rows are merged into
-    ``path`` at exit. Calling it again returns the recorder already running."""
+    """Turn capture on for the rest of the process (``TUNE_FP8=1``, ``VLLM_TUNE_GEMM=1``): the
+    rows of ``dtypes`` (None: all) are merged into ``path`` at exit. Another path gets its own
+    recorder, fed every call too; the same path again widens its recorder's dtypes."""
     global _active
+    recorder = _started.get(path)
+    if recorder is not None:
+        if recorder.dtypes is not None:
+            recorder.dtypes = None if dtypes is None else recorder.dtypes | dtypes
+        return recorder
+    recorder = _started[path] = ShapeRecorder(dtypes)
+    atexit.register(recorder.flush, path)
     if _active is None:
-        recorder = ShapeRecorder(dtypes)
         _active = recorder
-        atexit.register(recorder.flush, path)
-    return _active
+    else:
+        _active.also.append(recorder)
+    return recorder
 
 
 def _linear_hook(recorder: ShapeRecorder, name: str):

@@ -16,7 +16,7 @@ from solidx.gradlib.dtypes import FP8
 from solidx.gradlib.shapes_file import read_shapes
 from solidx.gradlib.tuned_file import read_tuned
 from solidx.runtime import LLM, SamplingParams
-from solidx.runtime.quantization.fp8 import tuned_gemm_report
+from solidx.runtime.layers.linear import tuned_gemms
 from solidx.shape_capture.presets import PRESETS
 
 pytestmark = pytest.mark.gpu
@@ -88,8 +88,9 @@ def test_capture_tune_generate_pipeline(tmp_path: Path) -> None:
     outputs = llm.generate(list(EXAMPLE_PROMPTS), params, use_tqdm=False)
     assert all(len(out.outputs[0].token_ids) == 8 for out in outputs)
     model = llm.llm_engine.model_runner.model
-    report = tuned_gemm_report(model)
+    report = tuned_gemms(model).report()
     assert f"{len(captured)} rows loaded, 0 skipped" in report["tuned_file"], report
-    issued = set(model.model.layers[0].mlp.down_proj.linear_method.config.problems)
+    decisions = tuned_gemms(model).decisions
+    issued = {p for kind, problems in decisions.items() if kind != "lm_head" for p in problems}
     assert issued == captured  # the same N values: every problem has its exact row
     print(report)

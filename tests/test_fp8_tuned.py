@@ -22,8 +22,12 @@ from solidx.gradlib.shapes_file import read_shapes
 from solidx.gradlib.tuned_file import TunedRow, write_tuned
 from solidx.gradlib.tuned import library_version
 from solidx.runtime import LLM, SamplingParams
-from solidx.runtime.quantization import fp8
-from solidx.runtime.quantization.fp8 import tuned_gemm_report
+from solidx.runtime import tuned_gemm
+from solidx.runtime.layers.linear import tuned_gemms
+
+
+def tuned_gemm_report(model: torch.nn.Module) -> dict:
+    return tuned_gemms(model).report()
 from tests.checkpoints import make_checkpoint
 
 HERE = device_identity("cpu")
@@ -80,8 +84,8 @@ def test_tuned_rows_run_other_devices_skipped_broken_dropped(
         report["tuned_file"]
     )
     # decode steps run o_proj (N=1) with the triton row in both layers; all else is default
-    assert report["problems_tuned"] == 1 and report["problems_default"] == 7
-    assert report["calls_tuned"] == 2 * (NEW_TOKENS - 1)
+    assert report["problems_tuned"] == 1 and report["problems_default"] == 8  # LM head: N=1
+    assert report["by_kind"]["o"] == {"hits": 1, "misses": 1}  # N=1 (tuned), N=5 (prefill)
     untuned_tokens, untuned_logprobs = generate(LLM(str(base), quantization="fp8"))
     assert tokens == untuned_tokens
     torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(untuned_logprobs),
@@ -104,15 +108,15 @@ def test_tuned_file_sources(base: Path, tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(FileNotFoundError, match="does not exist"):
         LLM(str(base), quantization="fp8", tuned_gemm=str(tmp_path / "none.csv"))
 
-    monkeypatch.setattr(fp8, "ROCM_TUNED_FILE", str(good))  # ROCm's default, when it exists
+    monkeypatch.setattr(tuned_gemm, "ROCM_TUNED_FILE", str(good))  # ROCm's default, when it exists
     llm = LLM(str(base), quantization="fp8")
     assert tuned_gemm_report(llm.llm_engine.model_runner.model)["tuned_file"].startswith(str(good))
-    monkeypatch.setattr(fp8, "ROCM_TUNED_FILE", str(bad))  # a stale default never stops a run
+    monkeypatch.setattr(tuned_gemm, "ROCM_TUNED_FILE", str(bad))  # a stale default never stops a run
     with caplog.at_level(logging.WARNING):
         llm = LLM(str(base), quantization="fp8")
     assert "ignoring the default tuned GEMM file" in caplog.text
     assert tuned_gemm_report(llm.llm_engine.model_runner.model)["tuned_file"] == "no tuned file"
-    assert tuned_gemm_report(LLM(str(base)).llm_engine.model_runner.model) is None
+    assert tuned_gemm_report(LLM(str(base)).llm_engine.model_runner.model)["problems_tuned"] == 0
 
 
 def test_tune_fp8_records_exactly_the_fp8_problems(base: Path, tmp_path: Path) -> None:
@@ -148,7 +152,7 @@ def test_benchmarks_report_tuned_hits_and_misses(tmp_path: Path) -> None:
     path = tmp_path / "tuned.csv"  # tiny-llama's o_proj at N=1 (decode) runs a "tuned" default
     write_tuned(path, [row(decode_problem(64, 64), "default:")])
     assert bench_latency("tiny-llama", input_len=4, output_len=3,
-                         dtype="float32").tuned_gemm is None
+                         dtype="float32").tuned_gemm["problems_tuned"] == 0
     latency = bench_latency("tiny-llama", input_len=4, output_len=3, dtype="float32",
                             quantization="fp8", tuned_gemm=str(path))
     assert latency.tuned_gemm["tuned_file"].startswith(f"{path}: 1 rows loaded, 0 skipped")

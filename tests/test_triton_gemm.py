@@ -95,9 +95,12 @@ def test_every_listed_spec_round_trips(problem: GemmProblem) -> None:
 
 def test_skinny_family_lists_decode_kernels_only_for_few_tokens() -> None:
     kernels = {c.kernel for c in candidate_configs(GemmProblem(4096, 1, 4096))}
-    assert kernels == {"gemv", "skinny"}
-    assert {c.kernel for c in candidate_configs(GemmProblem(4096, 2, 4096))} == {"skinny"}
-    assert {c.kernel for c in candidate_configs(GemmProblem(4096, 16, 4096))} == {"skinny"}
+    assert kernels == {"gemv", "skinny", "stream", "streamdot"}
+    assert {c.kernel for c in candidate_configs(GemmProblem(4096, 2, 4096))} == {
+        "skinny", "stream", "streamdot"}
+    assert {c.kernel for c in candidate_configs(GemmProblem(4096, 16, 4096))} == {
+        "skinny", "streamdot"}
+    assert {c.kernel for c in candidate_configs(GemmProblem(4096, 32, 4096))} == {"skinny"}
     assert {c.kernel for c in candidate_configs(GemmProblem(4096, 64, 4096))} == {"tiled"}
 
 

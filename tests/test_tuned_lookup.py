@@ -68,7 +68,9 @@ def test_nearest_n_rule(tmp_path: Path, fake_backend: None) -> None:
     assert spec(40) == "default:"             # N=64 row exists but its solution does not accept 40
     assert spec(100) == "default:"            # nothing tuned that large
     assert tuned.solution(GemmProblem(128, 4, 32)).spec == "default:"  # another weight
-    assert tuned.hits["tuned"] == 3
+    assert tuned.hits() == {"": {"hits": 3, "misses": 4}}  # distinct problems, not calls
+    tuned.solution(GemmProblem(64, 4, 32), "qkv")
+    assert tuned.hits()["qkv"] == {"hits": 1, "misses": 0}
 
 
 def test_rows_for_other_devices_are_skipped_and_broken_dropped(

@@ -1,11 +1,16 @@
 """``triton``: solidx's own GEMM kernels (gradlib/kernels) with an enumerated config space.
 
-Three kernels, each named with its whole configuration in the spec:
+Five kernels, each named with its whole configuration in the spec:
 
-* ``triton:kernel=gemv,bn=1,bm=8,bk=1024,splitk=1,progs=0,warps=4``: fp32 FMAs, no tensor
-  cores (N ≤ bn ≤ 8; listed for N = 1);
+* ``triton:kernel=stream,bn=4,bm=8,bk=512,progs=2,warps=4,stages=1``: the streaming skinny
+  GEMM in fp32 FMAs (N ≤ bn ≤ 8; listed for N ≤ 4) and
+* ``triton:kernel=streamdot,bn=16,bm=32,bk=256,progs=1,warps=4,stages=4``: the same with
+  ``tl.dot`` (N ≤ bn = 16): a persistent grid of ``progs`` programs per SM, each owning whole
+  rows and reducing all of K in registers (``kernels.stream_gemm``, after ROCm's wvSplitK);
+* ``triton:kernel=gemv,bn=1,bm=8,bk=1024,splitk=1,progs=0,warps=4``: fp32 FMAs, split-K
+  (N ≤ bn ≤ 8; listed for N = 1);
 * ``triton:kernel=skinny,bn=16,bm=64,bk=256,splitk=8,progs=2,warps=4,stages=4``: swap-AB
-  ``tl.dot`` for decode (N ≤ bn ≤ 32);
+  ``tl.dot`` with split-K for decode (N ≤ bn ≤ 32);
 * ``triton:kernel=tiled,bn=128,bm=128,bk=128,gm=8,splitk=1,warps=8,stages=3``: tiles of
   ``bn`` tokens × ``bm`` features, any N.
 
@@ -13,8 +18,9 @@ Three kernels, each named with its whole configuration in the spec:
 ``splitk`` > 1 splits K over programs and reduces in the same launch (no zeroing pass).
 ``progs`` > 0 launches that many programs per SM, each looping over work units (tile, split)
 with a stride of the grid, like a persistent read of the weight; 0 launches one per unit.
-``solutions`` lists only ``progs=0``: on an H200 at decode sizes the persistent grids measured
-3–40% slower (each unit drains and refills the pipeline), and gemv lost to skinny from N=2.
+For gemv and skinny ``solutions`` lists only ``progs=0``: on an H200 at decode sizes their
+persistent grids measured 3–40% slower (each unit drains and refills the pipeline), and gemv
+lost to skinny from N=2. The stream kernels are persistent by design (``progs`` ≥ 1).
 Runs on CUDA, and on CPU under ``TRITON_INTERPRET=1`` (slow; for tests).
 """
 from __future__ import annotations
@@ -26,12 +32,14 @@ import torch
 import triton
 
 from solidx.gradlib.backends.base import WORKSPACE_BYTES, Backend, Solution, format_spec, parse_spec
-from solidx.gradlib.kernels import skinny_gemm, tiled_gemm
+from solidx.gradlib.kernels import skinny_gemm, stream_gemm, tiled_gemm
 from solidx.gradlib.kernels.splitk import MAX_TILES, partial_bytes
 from solidx.gradlib.operands import GemmOperands
 from solidx.gradlib.problem import GemmProblem
 
 FIELDS: dict[str, tuple[str, ...]] = {
+    "stream": ("bn", "bm", "bk", "progs", "warps", "stages"),
+    "streamdot": ("bn", "bm", "bk", "progs", "warps", "stages"),
     "gemv": ("bn", "bm", "bk", "splitk", "progs", "warps"),
     "skinny": ("bn", "bm", "bk", "splitk", "progs", "warps", "stages"),
     "tiled": ("bn", "bm", "bk", "gm", "splitk", "warps", "stages"),
@@ -51,6 +59,18 @@ _SKINNY = (  # (bm, bk, warps, stages), measured on an H200 at decode sizes
     (64, 128, 4, 3), (64, 128, 4, 5), (64, 128, 4, 8), (64, 256, 4, 3), (64, 256, 8, 4),
     (128, 256, 4, 3), (128, 128, 8, 3), (256, 128, 8, 3), (32, 256, 4, 4),
 )
+_STREAM = {  # bn -> (bm, bk in bytes, warps): at most 128 fp32 products per thread and step
+    1: ((8, 2048, 4), (16, 1024, 4), (16, 2048, 8)),
+    2: ((8, 1024, 4), (16, 512, 4), (8, 2048, 8)),
+    4: ((4, 1024, 4), (8, 512, 4), (8, 1024, 8)),
+}
+_STREAM_DOT = (  # (bm, bk, warps, stages): 16-row blocks fill the SMs of small weights
+    (16, 256, 4, 4), (32, 256, 4, 4), (32, 128, 4, 6), (64, 128, 4, 4), (64, 256, 8, 3),
+)
+_STREAM_PROGS = {"stream": (2, 4, 8), "streamdot": (1, 2, 4)}
+"""Programs per SM: FMA programs keep one tile of loads in flight, dot ones ``stages`` tiles."""
+_DOT_KERNELS = ("skinny", "tiled", "streamdot")
+_FMA_KERNELS = ("gemv", "stream")
 _TILED = (  # (bn, bm, bk, warps, stages); 128 x 256 tiles spill registers
     (64, 64, 128, 4, 4), (64, 128, 128, 4, 4), (64, 256, 128, 8, 3), (128, 64, 128, 4, 4),
     (128, 128, 64, 8, 4), (128, 128, 128, 8, 3), (256, 128, 64, 8, 3), (256, 128, 128, 8, 3),
@@ -73,8 +93,8 @@ class TritonConfig:
     bn: int
     bm: int
     bk: int
-    splitk: int
-    warps: int
+    splitk: int = 1
+    warps: int = 4
     stages: int = 1
     gm: int = 1
     progs: int = 0
@@ -89,8 +109,8 @@ class TritonConfig:
         return None if self.kernel == "tiled" else self.bn
 
     def smem_bytes(self, elt: int) -> int:
-        """Shared memory of the pipelined dot kernels (gemv keeps its tiles in registers)."""
-        if self.kernel == "gemv":
+        """Shared memory of the pipelined dot kernels (FMA kernels keep tiles in registers)."""
+        if self.kernel in _FMA_KERNELS:
             return 0
         return self.stages * (self.bn + self.bm) * self.bk * elt
 
@@ -106,12 +126,17 @@ class TritonConfig:
             return "warps must be 1, 2, 4, 8 or 16; stages, gm and splitk at least 1"
         if not 0 <= self.progs <= 64:
             return "progs (programs per SM, 0 for one per work unit) must be 0 to 64"
-        if self.bk * elt < 16 or (self.kernel != "gemv" and (self.bk < 32 or self.bm < 16)):
+        if self.kernel.startswith("stream") and (self.progs < 1 or self.splitk != 1):
+            return "stream kernels are persistent (progs >= 1) and never split K"
+        dot = self.kernel in _DOT_KERNELS
+        if self.bk * elt < 16 or (dot and (self.bk < 32 or self.bm < 16)):
             return "bk too small for 16-byte loads (dot kernels: bk >= 32, bm >= 16)"
-        if self.kernel == "gemv" and self.bn > 8:
-            return "gemv handles at most 8 tokens (bn <= 8)"
-        if self.kernel != "gemv" and self.bn < 16:
+        if not dot and self.bn > 8:
+            return f"{self.kernel} handles at most 8 tokens (bn <= 8)"
+        if dot and self.bn < 16:
             return "dot kernels need bn >= 16"
+        if self.kernel == "streamdot" and self.bn != 16:
+            return "streamdot handles 16 tokens (bn = 16)"
         limit = self.max_tokens()
         if limit is not None and n > limit:
             return f"N={n} exceeds bn={self.bn}"
@@ -161,14 +186,40 @@ def _splits(problem: GemmProblem, tiles: int, bm: int, bk: int) -> list[int]:
     return under[-2:] + over[:2]
 
 
+def _stream_progs(kernel: str, tiles: int) -> list[int]:
+    """Programs per SM worth listing for ``tiles`` row blocks: each that changes the grid."""
+    options = _STREAM_PROGS[kernel]
+    return [p for p in options if p == options[0] or tiles > _SMS * (p // 2)]
+
+
+def _stream_configs(problem: GemmProblem) -> list[TritonConfig]:
+    """The streaming kernels' configs: FMAs for N ≤ 4, ``tl.dot`` for N ≤ 16."""
+    n, elt = problem.N, problem.dtype.itemsize
+    out: list[TritonConfig] = []
+    if n <= 4:
+        bn = _next_pow2(n)
+        for bm, bk_bytes, warps in _STREAM[bn]:
+            for progs in _stream_progs("stream", triton.cdiv(problem.M, bm)):
+                out.append(TritonConfig("stream", bn, bm, bk_bytes // elt, 1, warps, 1,
+                                        progs=progs))
+    if n <= 16:
+        for bm, bk, warps, stages in _STREAM_DOT:
+            while stages > 2 and stages * (16 + bm) * bk * elt > SMEM_BYTES - 32 * 1024:
+                stages -= 1
+            for progs in _stream_progs("streamdot", triton.cdiv(problem.M, bm)):
+                out.append(TritonConfig("streamdot", 16, bm, bk, 1, warps, stages, progs=progs))
+    return out
+
+
 def candidate_configs(problem: GemmProblem) -> list[TritonConfig]:
     """The config space listed for a problem (every config valid for it)."""
     n, elt = problem.N, problem.dtype.itemsize
-    out: list[TritonConfig] = []
+    out: list[TritonConfig] = _stream_configs(problem)
     if n == 1:  # at 2 tokens and more, fp32 FMAs cost more than the skinny kernel's MMA
         for bm, bk, warps in _GEMV:
             bk //= elt  # the same 16-byte vectors for 16-bit weights
-            for s in _splits(problem, triton.cdiv(problem.M, bm), bm, bk):
+            splits = _splits(problem, triton.cdiv(problem.M, bm), bm, bk)
+            for s in splits[2:3] or splits[-1:]:  # the stream kernel covers the others' ground
                 out.append(TritonConfig("gemv", 1, bm, bk, s, warps))
     if n <= 32:
         bn = 16 if n <= 16 else 32
@@ -224,6 +275,10 @@ class TritonSolution(Solution):
                   "num_warps": c.warps}
         args = (x, w, ops.scale_x, ops.scale_w, ops.bias, out)
         with torch.cuda.device(x.device) if x.device.type == "cuda" else nullcontext():
+            if c.kernel.startswith("stream"):
+                return stream_gemm.stream(*args, dot=c.kernel == "streamdot", block_n=c.bn,
+                                          block_m=c.bm, block_k=c.bk, progs=c.progs,
+                                          num_warps=c.warps, num_stages=c.stages)
             if c.kernel == "gemv":
                 return skinny_gemm.gemv(*args, **common, progs=c.progs)
             if c.kernel == "skinny":

@@ -22,7 +22,7 @@ from solidx.runtime import attention
 from solidx.runtime.bench.hf import hf_generate_seconds, load_hf_model
 from solidx.runtime.bench.result import BenchResult, device_name, tuned_gemm_line
 from solidx.runtime.bench.workload import engine_for, random_prompts
-from solidx.runtime.quantization.fp8 import tuned_gemm_report
+from solidx.runtime.layers.linear import tuned_gemms
 from solidx.runtime.sampling_params import SamplingParams
 
 
@@ -34,8 +34,9 @@ class LatencyResult(BenchResult):
     reads on one GPU: every parameter of its shard but the embedding table); ``copy_gb_per_s``:
     device-to-device copy bandwidth (read + write) measured in the same run;
     ``bound_steps_per_s``: the decode steps/s that reading the weights at copy bandwidth allows;
-    ``tuned_gemm``: for an fp8 model, the tuned file's summary and how many GEMM problems ran
-    with a tuned solution (hits) or the default (misses)."""
+    ``tuned_gemm``: the tuned file's summary and how many distinct GEMM problems ran with a
+    tuned solution (hits) or the default (misses), in all and by layer kind (``by_kind``: qkv,
+    o, gate_up, down, lm_head)."""
 
     model: str
     device: str
@@ -129,6 +130,42 @@ def bench_latency(
         seed=seed,
         **engine_kwargs,
     )
+    result, requests = _measure(llm, model, batch_size, input_len, output_len, seed)
+    if compare_hf:
+        config, device = llm.llm_engine.config, llm.llm_engine.model_runner.device
+        del llm
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        prompts = torch.tensor([r["prompt_token_ids"] for r in requests], device=device)
+        hf = load_hf_model(model, device, config.torch_dtype)
+        hf_total = hf_generate_seconds(hf, prompts, torch.ones_like(prompts), output_len)
+        result.hf_total_s = hf_total
+        result.hf_tokens_per_s = batch_size * output_len / hf_total
+    return result
+
+
+def bench_latency_sweep(
+    model: str,
+    batch_sizes: list[int],
+    input_len: int = 128,
+    output_len: int = 256,
+    enforce_eager: bool = False,
+    seed: int = 0,
+    **engine_kwargs: Any,
+) -> list[LatencyResult]:
+    """:func:`bench_latency` at each of ``batch_sizes`` in one engine (sized for the largest),
+    so that a sweep loads the model and captures its graphs once (each result's ``tuned_gemm``
+    counts the problems of every batch run so far)."""
+    llm = engine_for(model, max(batch_sizes), input_len + output_len,
+                     enforce_eager=enforce_eager, seed=seed, **engine_kwargs)
+    return [_measure(llm, model, b, input_len, output_len, seed)[0] for b in batch_sizes]
+
+
+def _measure(
+    llm: Any, model: str, batch_size: int, input_len: int, output_len: int, seed: int
+) -> tuple[LatencyResult, list[dict[str, Any]]]:
+    """One timed batch on ``llm`` (after a short warm-up), and the prompts it ran."""
     runner = llm.llm_engine.model_runner
     requests = random_prompts(runner.vocab_size, batch_size, input_len, seed)
     params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
@@ -168,17 +205,6 @@ def bench_latency(
         copy_gb_per_s=copy_gbps,
         bound_steps_per_s=copy_gbps * 1e9 / weight_bytes,
         attention_kernels=dict(Counter(attention.KERNEL_COUNTS) - kernels_before),
-        tuned_gemm=tuned_gemm_report(runner.model),
+        tuned_gemm=tuned_gemms(runner.model).report(),
     )
-    if compare_hf:
-        config, device = llm.llm_engine.config, runner.device
-        del llm, runner, outputs
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        prompts = torch.tensor([r["prompt_token_ids"] for r in requests], device=device)
-        hf = load_hf_model(model, device, config.torch_dtype)
-        hf_total = hf_generate_seconds(hf, prompts, torch.ones_like(prompts), output_len)
-        result.hf_total_s = hf_total
-        result.hf_tokens_per_s = batch_size * output_len / hf_total
-    return result
+    return result, requests

@@ -31,8 +31,11 @@ def device_name(device: torch.device) -> str:
 
 
 def tuned_gemm_line(report: dict[str, Any]) -> str:
-    """One summary line of ``runtime.quantization.fp8.tuned_gemm_report``."""
+    """Summary lines of ``gradlib.tuned.TunedGemms.report``: hits and misses, then by kind."""
+    kinds = ", ".join(f"{kind} {n['hits']}/{n['hits'] + n['misses']}"
+                      for kind, n in report.get("by_kind", {}).items())
     return (
         f"  tuned GEMMs ({report['tuned_file']}): {report['problems_tuned']} problems tuned "
         f"(hits), {report['problems_default']} with the default solution (misses)"
+        + (f"\n  hits/problems by layer kind: {kinds}" if kinds else "")
     )

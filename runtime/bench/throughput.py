@@ -26,7 +26,7 @@ from solidx.runtime.bench.hf import hf_generate_seconds, left_pad, load_hf_model
 from solidx.runtime.bench.result import BenchResult, device_name, tuned_gemm_line
 from solidx.runtime.bench.workload import engine_for, with_dummy
 from solidx.runtime.config import Config
-from solidx.runtime.quantization.fp8 import tuned_gemm_report
+from solidx.runtime.layers.linear import tuned_gemms
 from solidx.runtime.sampling_params import SamplingParams
 from solidx.runtime.tokenizer import get_tokenizer
 from solidx.shape_capture.presets import load_model_config
@@ -249,7 +249,7 @@ def bench_throughput(
         elapsed_s=elapsed,
         num_preemptions=engine.scheduler.num_preemptions - preemptions_before,
         attention_kernels=dict(Counter(attention.KERNEL_COUNTS) - kernels_before),
-        tuned_gemm=tuned_gemm_report(engine.model_runner.model),
+        tuned_gemm=tuned_gemms(engine.model_runner.model).report(),
     )
     if compare_hf:
         dtype = engine.config.torch_dtype

@@ -2,7 +2,8 @@
 
 Each rank holds ``ceil(vocab / tp)`` consecutive rows of the ``[vocab, hidden]`` table (the last
 rank's tail zero-padded). The embedding looks up the ids it owns and sums over ranks; the LM head
-computes its slice of the logits and gathers them.
+computes its slice of the logits through the same GEMM dispatch as every linear layer (layer kind
+``lm_head``: recorded, tuned, counted like the others) and gathers them.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.operands import GemmOperands
 from solidx.runtime.distributed import get_tp_rank, get_tp_size, tp_all_gather, tp_all_reduce
-from solidx.shape_capture.recorder import active_recorder
+from solidx.runtime.layers.linear import GemmDispatch
 from solidx.shape_capture.sharding import vocab_shard
 
 
@@ -54,20 +55,15 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    """``logits[n, vocab] = hidden[n, H] @ Wᵀ``, recorded as layer ``lm_head``."""
+    """``logits[n, vocab] = hidden[n, H] @ Wᵀ``, dispatched (and recorded) as layer ``lm_head``."""
+
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, params_dtype: torch.dtype = torch.float32
+    ) -> None:
+        super().__init__(num_embeddings, embedding_dim, params_dtype)
+        self.gemm_dispatch = GemmDispatch(self.rows_per_rank, embedding_dim, "lm_head")
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight)
-        recorder = active_recorder()
-        if recorder is not None:
-            recorder.record(
-                GemmProblem.for_linear(
-                    self.rows_per_rank,
-                    hidden.shape[0],
-                    hidden.shape[1],
-                    dtype=self.weight.dtype,
-                    outdtype=logits.dtype,
-                ),
-                "lm_head",
-            )
+        ops = GemmOperands(hidden, self.weight, None, None, None)
+        logits = self.gemm_dispatch(ops, hidden.dtype)
         return tp_all_gather(logits, dim=-1)[:, : self.num_embeddings]

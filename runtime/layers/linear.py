@@ -3,9 +3,11 @@
 A layer computes ``y[tokens, out] = x[tokens, in] @ W[out, in]ᵀ (+ b)`` on its shard:
 column-parallel layers split ``out`` over the ranks, row-parallel ones split ``in`` and sum
 the partial results (the split rules: ``shape_capture.sharding``, which shape capture derives
-problems from too). How the weight is stored and multiplied (in the model dtype, or fp8:
-``runtime.quantization.fp8``) is the layer's ``LinearMethod``; the layer owns sharding, loading
-and shape recording.
+problems from too). How the weight is stored and the operands prepared (in the model dtype, or
+fp8: ``runtime.quantization.fp8``) is the layer's ``LinearMethod``; the layer owns sharding and
+loading, and runs every GEMM through its :class:`GemmDispatch`, the one dispatch point of every
+linear layer (the LM head too): it builds the problem once per token count, records it when
+shape capture is on, looks up the tuned solution and runs it.
 
 Loading: every parameter carries ``weight_loader(param, loaded, shard_id=None)``, which checks
 the full checkpoint tensor's shape and copies this rank's slice (``shard_id`` picks q/k/v or
@@ -19,10 +21,11 @@ from abc import ABC, abstractmethod
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from solidx.gradlib.operands import GemmOperands
 from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.tuned import TunedGemms
 from solidx.runtime.distributed import get_tp_rank, get_tp_size, tp_all_reduce
 from solidx.shape_capture.recorder import active_recorder
 from solidx.shape_capture.sharding import divide, head_shard
@@ -56,13 +59,65 @@ def copy_shard(
         param.data.narrow(dim, param_offset, size).copy_(loaded.narrow(dim, loaded_offset, size))
 
 
-class LinearMethod(ABC):
-    """How a linear layer stores its weight and runs its GEMM.
+def layer_kind(prefix: str) -> str:
+    """The kind of layer a module name is (``model.layers.3.self_attn.qkv_proj`` -> ``qkv``,
+    ``lm_head`` -> ``lm_head``): what hits and misses are counted by."""
+    return prefix.rsplit(".", 1)[-1].removesuffix("_proj")
 
-    ``create_weights`` registers the parameters on ``layer`` (a ``weight`` at least, so the layer
-    can report its dtype); a parameter may set its own ``weight_loader``, else the layer's is used.
-    ``process_weights_after_loading`` runs once after the whole checkpoint is loaded.
-    ``apply`` computes ``x @ Wᵀ + bias`` for ``x`` of shape ``[tokens, in]``.
+
+class GemmDispatch:
+    """Runs the GEMMs of one layer with the weight ``[out_features, in_features]``: problems are
+    built once per (tokens, bias, dtypes) and recorded to the active shape recorder; each call
+    runs the solution ``tuned`` gives for its problem (the engine hands every layer its one
+    :class:`TunedGemms`; until then, none is tuned)."""
+
+    def __init__(self, out_features: int, in_features: int, prefix: str) -> None:
+        self.out_features, self.in_features = out_features, in_features
+        self.prefix, self.kind = prefix, layer_kind(prefix)
+        self.tuned = TunedGemms()
+        self._problems: dict[tuple[int, bool, torch.dtype, torch.dtype], GemmProblem] = {}
+
+    def __call__(self, ops: GemmOperands, outdtype: torch.dtype) -> torch.Tensor:
+        """``[N, out]`` in ``outdtype`` for the operands of one call (``ops.x`` is ``[N, in]``)."""
+        key = (ops.x.shape[0], ops.bias is not None, ops.x.dtype, outdtype)
+        if key[0] == 0:  # no tokens (a step that samples nothing): no GEMM problem
+            return ops.x.new_empty((0, self.out_features), dtype=outdtype)
+        problem = self._problems.get(key)
+        if problem is None:
+            problem = self._problems[key] = GemmProblem.for_linear(
+                self.out_features, key[0], self.in_features, bias=key[1], dtype=key[2],
+                outdtype=outdtype)
+        recorder = active_recorder()
+        if recorder is not None:
+            recorder.record(problem, self.prefix)
+        return self.tuned.solution(problem, self.kind).run(ops)
+
+
+def use_tuned_gemms(model: nn.Module, tuned: TunedGemms) -> None:
+    """Hand ``tuned`` to the GEMM dispatch of every layer of ``model``."""
+    for module in model.modules():
+        dispatch = getattr(module, "gemm_dispatch", None)
+        if isinstance(dispatch, GemmDispatch):
+            dispatch.tuned = tuned
+
+
+def tuned_gemms(model: nn.Module) -> TunedGemms:
+    """The tuned solutions the layers of ``model`` run with (ValueError if it has no layer)."""
+    for module in model.modules():
+        dispatch = getattr(module, "gemm_dispatch", None)
+        if isinstance(dispatch, GemmDispatch):
+            return dispatch.tuned
+    raise ValueError(f"{type(model).__name__} has no linear layer")
+
+
+class LinearMethod(ABC):
+    """How a linear layer stores its weight and prepares its GEMM's operands.
+
+    ``create_weights`` registers the parameters on ``layer`` (a ``weight`` at least); a parameter
+    may set its own ``weight_loader``, else the layer's is used. ``process_weights_after_loading``
+    runs once after the whole checkpoint is loaded. ``operands`` gives the operands of
+    ``x [tokens, in] @ Wᵀ + bias`` in the layout of :class:`GemmOperands` (capturable in a CUDA
+    graph); the layer runs the GEMM.
     """
 
     @abstractmethod
@@ -74,13 +129,13 @@ class LinearMethod(ABC):
         return None
 
     @abstractmethod
-    def apply(
+    def operands(
         self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
-    ) -> torch.Tensor: ...
+    ) -> GemmOperands: ...
 
 
 class UnquantizedLinearMethod(LinearMethod):
-    """The weight in the model dtype; ``F.linear``."""
+    """The weight in the model dtype, used as it is."""
 
     def create_weights(
         self, layer: nn.Module, input_size: int, output_sizes: list[int], params_dtype: torch.dtype
@@ -91,8 +146,10 @@ class UnquantizedLinearMethod(LinearMethod):
         set_weight_attrs(weight, {"output_dim": 0, "input_dim": 1})
         layer.register_parameter("weight", weight)
 
-    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return F.linear(x, layer.weight, bias)
+    def operands(
+        self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
+    ) -> GemmOperands:
+        return GemmOperands(x, layer.weight, None, None, bias)
 
 
 LinearMethodFactory = Callable[[str], LinearMethod]
@@ -122,6 +179,7 @@ class LinearBase(nn.Module, ABC):
         self.output_sizes = output_sizes
         self.output_size = sum(output_sizes)
         self.prefix = prefix
+        self.gemm_dispatch = GemmDispatch(self.output_size, input_size, prefix)
         self.linear_method = linear_method or UnquantizedLinearMethod()
         self.linear_method.create_weights(self, input_size, output_sizes, params_dtype)
         if bias:
@@ -152,23 +210,10 @@ class LinearBase(nn.Module, ABC):
         copy_shard(param, loaded, dim, 0, self.tp_rank * size, size, size * self.tp_size)
 
     def gemm(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """Run the linear method and report the problem to the shape recorder when one is active."""
-        y = self.linear_method.apply(self, x, bias)
-        recorder = active_recorder()
-        if recorder is not None:
-            tokens = x.numel() // x.shape[-1]
-            recorder.record(
-                GemmProblem.for_linear(
-                    self.output_size,
-                    tokens,
-                    self.input_size,
-                    bias=bias is not None,
-                    dtype=self.weight.dtype,
-                    outdtype=y.dtype,
-                ),
-                self.prefix,
-            )
-        return y
+        """``x @ Wᵀ + bias`` for ``x [..., in]``: the method's operands through the dispatch."""
+        x2 = x.reshape(-1, x.shape[-1])
+        y = self.gemm_dispatch(self.linear_method.operands(self, x2, bias), x.dtype)
+        return y.view(*x.shape[:-1], self.output_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.gemm(x, self.bias)

@@ -18,9 +18,6 @@ def get_quantization(config: Config) -> Fp8Config | None:
         return Fp8Config(config)
     if config.quantization is not None:
         raise ValueError(f"quantization={config.quantization!r} is not supported")
-    if config.tuned_gemm:
-        logger.warning("tuned_gemm=%r is unused: tuned GEMMs run in fp8 layers "
-                       "(pass quantization='fp8')", config.tuned_gemm)
     if envs.TUNE_FP8:
         logger.warning("TUNE_FP8=1 records fp8 GEMMs, and this model has none "
                        "(pass quantization='fp8')")

@@ -1,6 +1,7 @@
 """fp8 linear layers (``quantization="fp8"``): e4m3 weights with one scale per tensor, inputs
-quantized per tensor (the checkpoint's static scale, or one computed per call), every GEMM run
-with the tuned solution for its problem.
+quantized per tensor (the checkpoint's static scale, or one computed per call). The method only
+prepares the operands (the quantized input and the scales); the layer's GEMM dispatch runs them
+with the tuned solution for their problem (``runtime.layers.linear``).
 
 Where the weights come from (see ``checkpoint_formats``): a Quark, Quark-"fp8" or AMMO export,
 a separate quantized-weights file, or (dynamic) a bf16/fp16/fp32 checkpoint or dummy weights
@@ -8,15 +9,10 @@ quantized at load. A linear layer is quantized when its checkpoint weight is sto
 with no fp8 weight in the checkpoint every decoder linear layer is (the LM head and embeddings
 stay in the model dtype). Fused layers (qkv, gate_up) whose parts carry different scales are
 requantized at load to one shared scale, the largest.
-
-The tuned file (``tuned_gemm``, else ``SOLIDX_TUNED_GEMM``, else ROCm's ``/tmp/tuned_fp8_16.csv``
-when it exists) is loaded once at startup; a call costs a dict lookup. ``TUNE_FP8=1`` records
-every fp8 GEMM the engine issues into ``SOLIDX_SHAPES_FILE`` (written at exit).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,14 +22,10 @@ from torch import nn
 
 from solidx.gradlib.dtypes import FP8
 from solidx.gradlib.operands import GemmOperands
-from solidx.gradlib.problem import GemmProblem
-from solidx.gradlib.schema import CsvError
-from solidx.gradlib.tuned import TunedGemms
 from solidx.runtime import envs
 from solidx.runtime.checkpoint import CheckpointTensor, checkpoint_files
 from solidx.runtime.config import Config
 from solidx.runtime.layers.linear import (
-    LinearBase,
     LinearMethod,
     UnquantizedLinearMethod,
     set_weight_attrs,
@@ -47,48 +39,17 @@ from solidx.runtime.quantization.checkpoint_formats import (
 )
 from solidx.runtime.quantization.fp8_math import quantize, requantize_shards
 from solidx.runtime.quantization.input_quant import quantize_input
-from solidx.shape_capture.recorder import start_recording
-
-logger = logging.getLogger(__name__)
-
-ROCM_TUNED_FILE = "/tmp/tuned_fp8_16.csv"
-
-
-def load_tuned_gemms(config: Config) -> TunedGemms:
-    """The tuned solutions for this engine's device. An explicit file (``tuned_gemm`` or
-    ``SOLIDX_TUNED_GEMM``) must exist and be well formed (FileNotFoundError / CsvError); ROCm's
-    default file is used when it exists, and ignored with a warning when it is malformed."""
-    explicit = config.tuned_gemm or envs.SOLIDX_TUNED_GEMM
-    if explicit:
-        if not Path(explicit).is_file():
-            raise FileNotFoundError(
-                f"tuned GEMM file {explicit!r} (tuned_gemm / SOLIDX_TUNED_GEMM) does not exist"
-            )
-        return TunedGemms.load(explicit, config.torch_device)
-    if Path(ROCM_TUNED_FILE).is_file():
-        try:
-            return TunedGemms.load(ROCM_TUNED_FILE, config.torch_device)
-        except CsvError as exc:
-            logger.warning("ignoring the default tuned GEMM file: %s", exc)
-    logger.info("fp8 GEMMs: no tuned file, every GEMM runs with the default solution")
-    return TunedGemms()
 
 
 class Fp8Config:
-    """One engine's fp8 state: what the checkpoint holds, the tuned solutions, and which
-    solution each problem the engine issued ran with (``report()``)."""
+    """One engine's fp8 state: what the checkpoint holds and which layers are quantized."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         cls = get_model_class(config.model_args.architecture)
         self.packed: dict[str, tuple[str, object]] = getattr(cls, "packed_modules_mapping", {})
         self.checkpoint = _inspect(config)
-        self.tuned = load_tuned_gemms(config)
         self.static_modules: set[str] = set()
-        self.problems: dict[GemmProblem, str] = {}  # problem -> libtype it ran with
-        if envs.TUNE_FP8:
-            start_recording(envs.SOLIDX_SHAPES_FILE, dtypes=frozenset({FP8}))
-            logger.info("TUNE_FP8: recording fp8 GEMM problems to %s", envs.SOLIDX_SHAPES_FILE)
 
     @property
     def kv_scales(self) -> dict[int, dict[str, float]]:
@@ -99,7 +60,7 @@ class Fp8Config:
         """The method of the linear layer ``prefix`` (a fused layer: all its parts agree)."""
         stored = self.checkpoint.fp8_modules if self.checkpoint else frozenset()
         if not stored:
-            return Fp8LinearMethod(self, serialized=False, static_input=False)
+            return Fp8LinearMethod(serialized=False, static_input=False)
         parts = fused_parts(prefix, self.packed)
         fp8_parts = [part for part in parts if part in stored]
         if not fp8_parts:
@@ -112,7 +73,7 @@ class Fp8Config:
                 "quantized whole (exclude all of its parts or none)"
             )
         self.static_modules.update(parts)
-        return Fp8LinearMethod(self, serialized=True, static_input=self.checkpoint.static_input)
+        return Fp8LinearMethod(serialized=True, static_input=self.checkpoint.static_input)
 
     def checkpoint_tensors(self, tensors: Iterable[CheckpointTensor]) -> Iterator[CheckpointTensor]:
         """The checkpoint's tensors in canonical form (after the model is built)."""
@@ -121,18 +82,6 @@ class Fp8Config:
         return CanonicalTensors(
             self.checkpoint, self.config.model_args, self.config.torch_dtype, self.static_modules
         )(tensors)
-
-    def report(self) -> dict[str, Any]:
-        """The tuned file's summary, how many distinct problems ran tuned or with the default
-        solution, and how many calls did (eager calls and CUDA-graph captures)."""
-        tuned = sum(1 for libtype in self.problems.values() if libtype != "default")
-        return {
-            "tuned_file": self.tuned.summary,
-            "problems_tuned": tuned,
-            "problems_default": len(self.problems) - tuned,
-            "calls_tuned": self.tuned.hits["tuned"],
-            "calls_default": self.tuned.hits["default"],
-        }
 
 
 def _inspect(config: Config) -> Fp8Checkpoint | None:
@@ -160,14 +109,12 @@ class Fp8LinearMethod(LinearMethod):
     ``serialized``: the checkpoint stores the weight as fp8 with ``weight_scale`` (one per fused
     part, unified at load); else the weight loads in the model dtype and is quantized at load.
     ``static_input``: ``input_scale`` comes from the checkpoint; else it is computed per call.
-    ``apply`` is capturable in a CUDA graph.
+    ``operands`` quantizes the input (capturable in a CUDA graph).
     """
 
-    def __init__(self, config: Fp8Config, serialized: bool, static_input: bool) -> None:
-        self.config = config
+    def __init__(self, serialized: bool, static_input: bool) -> None:
         self.serialized = serialized
         self.static_input = static_input
-        self._problems: dict[tuple[int, bool, torch.dtype], GemmProblem] = {}
 
     def create_weights(
         self, layer: nn.Module, input_size: int, output_sizes: list[int], params_dtype: torch.dtype
@@ -198,19 +145,11 @@ class Fp8LinearMethod(LinearMethod):
         layer.weight = _parameter(weight)
         layer.weight_scale = _parameter(scale)
 
-    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1])
-        q, scale = quantize_input(x2, layer.input_scale if self.static_input else None)
-        key = (x2.shape[0], bias is not None, x.dtype)
-        problem = self._problems.get(key)
-        if problem is None:
-            problem = self._problems[key] = GemmProblem.for_linear(
-                layer.output_size, key[0], layer.input_size, bias=key[1], dtype=FP8, outdtype=key[2]
-            )
-        solution = self.config.tuned.solution(problem)
-        self.config.problems.setdefault(problem, solution.libtype)
-        y = solution.run(GemmOperands(q, layer.weight, scale, layer.weight_scale, bias))
-        return y.view(*x.shape[:-1], y.shape[-1])
+    def operands(
+        self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
+    ) -> GemmOperands:
+        q, scale = quantize_input(x, layer.input_scale if self.static_input else None)
+        return GemmOperands(q, layer.weight, scale, layer.weight_scale, bias)
 
 
 def _parameter(tensor: torch.Tensor) -> nn.Parameter:
@@ -232,11 +171,3 @@ def _load_scale(param: nn.Parameter, loaded: torch.Tensor, shard_id: Any = None)
     else:
         index = "qkv".index(shard_id) if isinstance(shard_id, str) else int(shard_id)
         param.data[index].copy_(loaded.reshape(()))
-
-
-def tuned_gemm_report(model: nn.Module) -> dict[str, Any] | None:
-    """``Fp8Config.report()`` of a model's fp8 layers, or None when it has none."""
-    for module in model.modules():
-        if isinstance(module, LinearBase) and isinstance(module.linear_method, Fp8LinearMethod):
-            return module.linear_method.config.report()
-    return None
