@@ -7,9 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
 from solidx.gradlib.device import device_fp8_dtype
 from solidx.gradlib.dtypes import fp8_dtype_for_arch
+from solidx.runtime.quantization.fp8 import Fp8LinearMethod
 from solidx.runtime.quantization.fp8_math import dequantize, e4m3fn_to_e4m3fnuz, quantize
 
 FN, FNUZ = torch.float8_e4m3fn, torch.float8_e4m3fnuz
@@ -73,3 +75,48 @@ def test_device_fp8_dtype(monkeypatch):
     assert device_fp8_dtype(0) == FNUZ
     monkeypatch.setattr(torch.version, "hip", None)
     assert device_fp8_dtype(0) == FN
+
+
+def _fp8_layer(method: Fp8LinearMethod, output_sizes: list[int], k: int) -> nn.Module:
+    layer = nn.Module()
+    layer.output_sizes = output_sizes
+    method.create_weights(layer, k, output_sizes, torch.bfloat16)
+    return layer
+
+
+@pytest.mark.parametrize("static_input", [False, True])
+def test_e4m3fn_checkpoint_loads_as_fnuz_on_fnuz_hardware(static_input: bool) -> None:
+    """The load path an MI300 takes (``Fp8Config`` picks fnuz from the device): the checkpoint's
+    e4m3fn weight becomes fnuz with doubled scales, the product it stands for unchanged, and the
+    inputs are quantized to fnuz."""
+    torch.manual_seed(0)
+    fn, fnuz = torch.float8_e4m3fn, torch.float8_e4m3fnuz
+    weight = (torch.randn(24, 32) * 100).clamp(-448, 448).to(fn)
+    weight.view(torch.int8)[0, 0] = -128  # e4m3fn's -0.0: fnuz's NaN pattern, must become 0
+    method = Fp8LinearMethod(serialized=True, static_input=static_input, fp8_dtype=fnuz)
+    layer = _fp8_layer(method, [8, 16], 32)
+    layer.weight.data.copy_(weight)
+    layer.weight_scale.data.fill_(0.01)
+    if static_input:
+        layer.input_scale.data.fill_(0.02)
+    method.process_weights_after_loading(layer)
+
+    assert layer.weight.dtype == fnuz and not torch.isnan(layer.weight.float()).any()
+    torch.testing.assert_close(layer.weight.float() * layer.weight_scale,
+                               weight.float() * 0.01, rtol=0, atol=0)
+    if static_input:
+        assert float(layer.input_scale) == pytest.approx(0.04)
+    x = torch.randn(3, 32, dtype=torch.bfloat16)
+    ops = method.operands(layer, x, None)
+    assert ops.x.dtype == fnuz
+    torch.testing.assert_close((ops.x.float() * ops.scale_x), x.float(), rtol=0.07, atol=0.05)
+
+
+def test_dynamic_quantization_targets_fnuz_directly() -> None:
+    method = Fp8LinearMethod(serialized=False, static_input=False,
+                             fp8_dtype=torch.float8_e4m3fnuz)
+    layer = _fp8_layer(method, [16], 32)
+    layer.weight.data.copy_(torch.randn(16, 32))
+    method.process_weights_after_loading(layer)
+    assert layer.weight.dtype == torch.float8_e4m3fnuz
+    assert float(layer.weight.float().abs().max()) == pytest.approx(240.0)

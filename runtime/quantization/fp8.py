@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from solidx.gradlib.device import device_fp8_dtype
 from solidx.gradlib.dtypes import FP8
 from solidx.gradlib.operands import GemmOperands
 from solidx.runtime import envs
@@ -37,7 +38,7 @@ from solidx.runtime.quantization.checkpoint_formats import (
     fused_parts,
     inspect_checkpoint,
 )
-from solidx.runtime.quantization.fp8_math import quantize, requantize_shards
+from solidx.runtime.quantization.fp8_math import e4m3fn_to_e4m3fnuz, quantize, requantize_shards
 from solidx.runtime.quantization.input_quant import quantize_input
 
 
@@ -50,6 +51,7 @@ class Fp8Config:
         self.packed: dict[str, tuple[str, object]] = getattr(cls, "packed_modules_mapping", {})
         self.checkpoint = _inspect(config)
         self.static_modules: set[str] = set()
+        self.fp8_dtype = device_fp8_dtype(config.torch_device)
 
     @property
     def kv_scales(self) -> dict[int, dict[str, float]]:
@@ -60,7 +62,7 @@ class Fp8Config:
         """The method of the linear layer ``prefix`` (a fused layer: all its parts agree)."""
         stored = self.checkpoint.fp8_modules if self.checkpoint else frozenset()
         if not stored:
-            return Fp8LinearMethod(serialized=False, static_input=False)
+            return Fp8LinearMethod(serialized=False, static_input=False, fp8_dtype=self.fp8_dtype)
         parts = fused_parts(prefix, self.packed)
         fp8_parts = [part for part in parts if part in stored]
         if not fp8_parts:
@@ -73,7 +75,8 @@ class Fp8Config:
                 "quantized whole (exclude all of its parts or none)"
             )
         self.static_modules.update(parts)
-        return Fp8LinearMethod(serialized=True, static_input=self.checkpoint.static_input)
+        return Fp8LinearMethod(serialized=True, static_input=self.checkpoint.static_input,
+                               fp8_dtype=self.fp8_dtype)
 
     def checkpoint_tensors(self, tensors: Iterable[CheckpointTensor]) -> Iterator[CheckpointTensor]:
         """The checkpoint's tensors in canonical form (after the model is built)."""
@@ -110,11 +113,16 @@ class Fp8LinearMethod(LinearMethod):
     part, unified at load); else the weight loads in the model dtype and is quantized at load.
     ``static_input``: ``input_scale`` comes from the checkpoint; else it is computed per call.
     ``operands`` quantizes the input (capturable in a CUDA graph).
+    ``fp8_dtype``: the e4m3 encoding the device computes with. On fnuz hardware (MI300-class) an
+    e4m3fn checkpoint is converted at load as ROCm's vLLM does (``e4m3fn_to_e4m3fnuz``: bits
+    reinterpreted, scales doubled) and inputs are quantized to fnuz.
     """
 
-    def __init__(self, serialized: bool, static_input: bool) -> None:
+    def __init__(self, serialized: bool, static_input: bool,
+                 fp8_dtype: torch.dtype = torch.float8_e4m3fn) -> None:
         self.serialized = serialized
         self.static_input = static_input
+        self.fp8_dtype = fp8_dtype
 
     def create_weights(
         self, layer: nn.Module, input_size: int, output_sizes: list[int], params_dtype: torch.dtype
@@ -132,7 +140,7 @@ class Fp8LinearMethod(LinearMethod):
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         if not self.serialized:
-            weight, scale = quantize(layer.weight.data)
+            weight, scale = quantize(layer.weight.data, dtype=self.fp8_dtype)
         else:
             weight, scales = layer.weight.data, layer.weight_scale.data
             if bool((scales == scales[0]).all()):
@@ -140,15 +148,19 @@ class Fp8LinearMethod(LinearMethod):
             else:
                 shards = list(weight.split(layer.output_sizes))
                 weight, scale = requantize_shards(shards, list(scales))
-            if self.static_input:
-                layer.input_scale = _parameter(layer.input_scale.data.max())
+            input_scale = layer.input_scale.data.max() if self.static_input else None
+            if self.fp8_dtype == torch.float8_e4m3fnuz and weight.dtype == torch.float8_e4m3fn:
+                weight, scale, input_scale = e4m3fn_to_e4m3fnuz(weight, scale, input_scale)
+            if input_scale is not None:
+                layer.input_scale = _parameter(input_scale)
         layer.weight = _parameter(weight)
         layer.weight_scale = _parameter(scale)
 
     def operands(
         self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
     ) -> GemmOperands:
-        q, scale = quantize_input(x, layer.input_scale if self.static_input else None)
+        q, scale = quantize_input(x, layer.input_scale if self.static_input else None,
+                                  self.fp8_dtype)
         return GemmOperands(q, layer.weight, scale, layer.weight_scale, bias)
 
 

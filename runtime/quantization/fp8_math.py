@@ -12,18 +12,19 @@ FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8_DTYPE).max  # 448.0
 
 
-def scale_for(t: torch.Tensor) -> torch.Tensor:
-    """The per-tensor scale (0-d float32) that maps ``max |t|`` onto the fp8 range; computed on the
-    tensor's device without a host sync."""
-    return (t.abs().amax().float() / FP8_MAX).clamp_min(1e-12)
+def scale_for(t: torch.Tensor, dtype: torch.dtype = FP8_DTYPE) -> torch.Tensor:
+    """The per-tensor scale (0-d float32) that maps ``max |t|`` onto the range of the fp8
+    ``dtype``; computed on the tensor's device without a host sync."""
+    return (t.abs().amax().float() / torch.finfo(dtype).max).clamp_min(1e-12)
 
 
-def quantize(t: torch.Tensor,
-             scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(q, scale)`` with ``q = clamp(t / scale)`` in e4m3; the scale is computed when not
-    given."""
-    scale = scale_for(t) if scale is None else scale.float()
-    q = (t.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+def quantize(t: torch.Tensor, scale: torch.Tensor | None = None,
+             dtype: torch.dtype = FP8_DTYPE) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q, scale)`` with ``q = clamp(t / scale)`` in the e4m3 ``dtype`` (``float8_e4m3fn``, or
+    ``float8_e4m3fnuz`` on MI300-class GPUs); the scale is computed when not given."""
+    scale = scale_for(t, dtype) if scale is None else scale.float()
+    limit = torch.finfo(dtype).max
+    q = (t.float() / scale).clamp(-limit, limit).to(dtype)
     return q, scale
 
 

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from solidx.runtime.quantization.fp8_math import FP8_DTYPE, FP8_MAX, quantize
+from solidx.runtime.quantization.fp8_math import FP8_DTYPE, quantize
 
 MIN_SCALE = 1e-12  # as fp8_math.scale_for: an all-zero input gets a tiny scale, not 0
 ONE_PROGRAM_MAX = 16384  # dynamic inputs up to this many elements: one program (decode)
@@ -54,27 +54,29 @@ def _quantize_blocks(x_ptr, q_ptr, scale_in_ptr, scale_out_ptr, numel, FROM_AMAX
 
 
 def quantize_input(
-    x: torch.Tensor, scale: torch.Tensor | None = None
+    x: torch.Tensor, scale: torch.Tensor | None = None, dtype: torch.dtype = FP8_DTYPE
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(q, scale)`` for ``x`` (any shape): the static ``scale`` (0-d float32) when given, else
-    a dynamic one (0-d float32, on ``x``'s device)."""
+    """``(q, scale)`` for ``x`` (any shape), ``q`` in the e4m3 ``dtype`` (fn, or fnuz on
+    MI300-class GPUs): the static ``scale`` (0-d float32) when given, else a dynamic one (0-d
+    float32, on ``x``'s device)."""
     if x.device.type != "cuda":
-        return quantize(x, scale)
+        return quantize(x, scale, dtype)
     x = x.contiguous()
-    q = torch.empty(x.shape, dtype=FP8_DTYPE, device=x.device)
+    q = torch.empty(x.shape, dtype=dtype, device=x.device)
+    fp8_max = torch.finfo(dtype).max
     numel = x.numel()
     with torch.cuda.device(x.device):
         if scale is None and numel <= ONE_PROGRAM_MAX:
             scale = torch.empty((), dtype=torch.float32, device=x.device)
             block = triton.next_power_of_2(numel)
-            _quantize_one_program[(1,)](x, q, scale, numel, FP8_MAX, MIN_SCALE, block,
+            _quantize_one_program[(1,)](x, q, scale, numel, fp8_max, MIN_SCALE, block,
                                         num_warps=max(4, min(16, block // 1024)))
             return q, scale
         grid = (triton.cdiv(numel, BLOCK),)
         if scale is None:
             amax = torch.linalg.vector_norm(x, ord=float("inf"))
             scale = torch.empty((), dtype=torch.float32, device=x.device)
-            _quantize_blocks[grid](x, q, amax, scale, numel, True, FP8_MAX, MIN_SCALE, BLOCK)
+            _quantize_blocks[grid](x, q, amax, scale, numel, True, fp8_max, MIN_SCALE, BLOCK)
         else:
-            _quantize_blocks[grid](x, q, scale, scale, numel, False, FP8_MAX, MIN_SCALE, BLOCK)
+            _quantize_blocks[grid](x, q, scale, scale, numel, False, fp8_max, MIN_SCALE, BLOCK)
     return q, scale
