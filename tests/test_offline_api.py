@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+from solidx.cli.generate import generate
 from solidx.runtime import LLM, SamplingParams
 from tests.checkpoints import make_checkpoint
 
@@ -226,6 +228,20 @@ def test_bad_sampling_params_are_refused_naming_the_field(kwargs, field):
         SamplingParams(**kwargs)
 
 
+def test_generate_cli_passes_the_sampling_flags():
+    base = ["--model", "tiny-llama", "--load-format", "dummy", "--dtype", "float32"]
+    base += ["--prompt", "Hi"]
+    bad = CliRunner().invoke(generate, [*base, "--repetition-penalty", "0"])
+    assert bad.exit_code != 0 and "repetition_penalty must be > 0" in bad.output
+    good = CliRunner().invoke(
+        generate,
+        [*base, "--max-tokens", "3", "--min-tokens", "3", "--min-p", "0.1", "--temperature",
+         "0.7", "--presence-penalty", "0.5", "--frequency-penalty", "0.5"],
+    )
+    assert good.exit_code == 0, good.output
+    assert "(3 tokens, length)" in good.output
+
+
 def test_bad_requests_are_refused_up_front_and_the_llm_keeps_working(llm):
     with pytest.raises(ValueError, match=r"prompt_token_ids\[1\]"):
         llm.generate({"prompt_token_ids": [1, 3.7]}, greedy(max_tokens=2), use_tqdm=False)
@@ -270,3 +286,39 @@ def test_a_request_failing_inside_a_step_leaves_the_engine_usable(llm, monkeypat
     monkeypatch.undo()
     again = llm.generate(PROMPTS, greedy(max_tokens=4), use_tqdm=False)
     assert again[0].outputs[0].token_ids == good.outputs[0].token_ids
+
+
+@pytest.mark.gpu
+def test_every_setting_on_the_gpu_with_cuda_graphs(checkpoint, llm):
+    gpu = LLM(str(checkpoint), dtype="float32", max_model_len=128, kv_cache_memory_bytes=1 << 26)
+    assert gpu.llm_engine.model_runner.graphs is not None
+    penalized = SamplingParams(
+        n=2,
+        temperature=0,
+        max_tokens=12,
+        min_tokens=3,
+        stop_token_ids=[7],
+        repetition_penalty=1.5,
+        presence_penalty=0.5,
+        frequency_penalty=0.3,
+        logprobs=3,
+        prompt_logprobs=2,
+    )
+    want = llm.generate(PROMPTS, penalized, use_tqdm=False)
+    got = gpu.generate(PROMPTS, penalized, use_tqdm=False)
+    for expected, out in zip(want, got):
+        assert [c.token_ids for c in out.outputs] == [c.token_ids for c in expected.outputs]
+        for a, b in zip(expected.outputs[0].logprobs, out.outputs[0].logprobs):
+            assert set(a) == set(b)
+            assert all(a[t].logprob == pytest.approx(b[t].logprob, abs=1e-3) for t in a)
+        assert len(out.prompt_logprobs) == len(out.prompt_token_ids)
+    sampled = SamplingParams(
+        n=3, temperature=0.9, top_k=20, top_p=0.9, min_p=0.05, seed=5, max_tokens=12
+    )
+    first = gpu.generate(PROMPTS, sampled, use_tqdm=False)
+    again = gpu.generate(PROMPTS, sampled, use_tqdm=False)
+    assert [[c.token_ids for c in o.outputs] for o in first] == [
+        [c.token_ids for c in o.outputs] for o in again
+    ]
+    bm = gpu.llm_engine.scheduler.block_manager
+    assert bm.num_free_blocks == bm.num_blocks
