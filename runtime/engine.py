@@ -5,7 +5,9 @@
 One engine per rank: a torchrun process, or a Ray actor of the Ray executor. Every rank of a
 launch builds the same engine and makes the same calls. A request that fails (refused at
 admission, or an error inside a step) finishes with finish_reason "error" and a message in
-``RequestOutput.error``; the engine and its other requests carry on.
+``RequestOutput.error``; the engine and its other requests carry on. Under tensor parallelism
+an error inside the model's forward is raised instead: one rank may have failed alone (a peer
+lost, a device fault), and the ranks would no longer run the same steps.
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from tqdm import tqdm
 
 from solidx.runtime.block_manager import BlockManager
 from solidx.runtime.config import Config
-from solidx.runtime.distributed import get_tp_rank, init_distributed, peers_needed
+from solidx.runtime.distributed import (
+    get_tp_rank,
+    get_tp_size,
+    init_distributed,
+    peers_needed,
+)
 from solidx.runtime.layers.sampler import TokenLogprobs
 from solidx.runtime.model_runner import ModelRunner
 from solidx.runtime.outputs import RequestOutput
@@ -205,6 +212,8 @@ class LLMEngine:
         try:
             result = self.model_runner.run(batch)
         except Exception as exc:  # the batch's requests fail; the engine goes on
+            if get_tp_size() > 1:  # a rank may have failed alone: the ranks no longer agree
+                raise
             logger.exception("an engine step failed")
             failed = _unique(owner.values())
             for request in failed:

@@ -93,7 +93,6 @@ class Sequence:
         self.num_cached_tokens = 0
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None
-        self.error: str | None = None
         self.text = ""
         self.num_text_checked = 0  # characters of text already searched for stop strings
         wants_logprobs = params.logprobs is not None

@@ -28,7 +28,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def llm(checkpoint) -> LLM:
-    return LLM(str(checkpoint), dtype="float32", max_model_len=128)
+    return LLM(str(checkpoint), dtype="float32", max_model_len=128, kv_cache_memory_bytes=1 << 26)
 
 
 @pytest.fixture(scope="module")
@@ -290,7 +290,8 @@ def test_a_request_failing_inside_a_step_leaves_the_engine_usable(llm, monkeypat
 
 @pytest.mark.gpu
 def test_every_setting_on_the_gpu_with_cuda_graphs(checkpoint, llm):
-    gpu = LLM(str(checkpoint), dtype="float32", max_model_len=128, kv_cache_memory_bytes=1 << 26)
+    cpu = LLM(str(checkpoint), dtype="float32", max_model_len=128, device="cpu")
+    gpu = llm  # on the GPU, with CUDA graphs
     assert gpu.llm_engine.model_runner.graphs is not None
     penalized = SamplingParams(
         n=2,
@@ -304,7 +305,7 @@ def test_every_setting_on_the_gpu_with_cuda_graphs(checkpoint, llm):
         logprobs=3,
         prompt_logprobs=2,
     )
-    want = llm.generate(PROMPTS, penalized, use_tqdm=False)
+    want = cpu.generate(PROMPTS, penalized, use_tqdm=False)
     got = gpu.generate(PROMPTS, penalized, use_tqdm=False)
     for expected, out in zip(want, got):
         assert [c.token_ids for c in out.outputs] == [c.token_ids for c in expected.outputs]
