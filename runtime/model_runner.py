@@ -321,7 +321,8 @@ class ModelRunner:
 
     def profile_run(self) -> None:
         """A forward of ``max_num_batched_tokens`` tokens (sequences of at most ``max_model_len``)
-        plus logits and sampling for up to ``max_num_seqs`` of them, with no KV cache."""
+        plus logits, sampling with every setting and top-20 logprobs for up to ``max_num_seqs``
+        of them, with no KV cache."""
         config = self.config
         tokens = config.max_num_batched_tokens
         lengths = [
@@ -353,13 +354,21 @@ class ModelRunner:
         )
         hidden = self.forward(inputs)
         logits = self.model.compute_logits(hidden[inputs.sample_indices])
-        worst_case = SamplingTensors(  # sorting for top-k/top-p takes the most memory
-            temperatures=torch.ones(rows, device=self.device),
+        ones = torch.ones(rows, device=self.device)
+        no_tokens = torch.full((rows, 1), self.vocab_size, device=self.device)
+        worst_case = SamplingTensors(  # every setting on: penalties, min_p, top-k/top-p sorting
+            temperatures=ones,
             top_k=torch.full((rows,), self.vocab_size - 1, device=self.device),
             top_p=torch.full((rows,), 0.9, device=self.device),
             generators=[None] * rows,
             all_greedy=False,
             use_top_k_top_p=True,
+            min_p=ones * 0.01,
+            presence_penalties=ones,
+            frequency_penalties=ones,
+            repetition_penalties=ones,
+            prompt_tokens=no_tokens,
+            output_tokens=no_tokens,
         )
-        self.sampler(logits, worst_case)
+        compute_logprobs(logits, self.sampler(logits, worst_case), 20)
 
