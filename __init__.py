@@ -18,6 +18,8 @@ _EXPORTS = {
     "SamplingParams": "solidx.runtime.sampling_params",
     "RequestOutput": "solidx.runtime.outputs",
     "CompletionOutput": "solidx.runtime.outputs",
+    "Logprob": "solidx.runtime.sequence",
+    "LLMEngine": "solidx.runtime.engine",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

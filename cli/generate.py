@@ -58,6 +58,11 @@ def read_prompts(path: str) -> list[Any]:
 @click.option("--max-tokens", default=64, show_default=True, help="Most new tokens per prompt.")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past EOS tokens.")
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
+@click.option("--min-p", default=0.0, show_default=True, help="0 is off.")
+@click.option("--min-tokens", default=0, show_default=True, help="No EOS or stop before these.")
+@click.option("--repetition-penalty", default=1.0, show_default=True, help="1 is off.")
+@click.option("--presence-penalty", default=0.0, show_default=True, help="In [-2, 2].")
+@click.option("--frequency-penalty", default=0.0, show_default=True, help="In [-2, 2].")
 @engine_options
 def generate(
     model: str,
@@ -69,6 +74,11 @@ def generate(
     max_tokens: int,
     ignore_eos: bool,
     stop: tuple[str, ...],
+    min_p: float,
+    min_tokens: int,
+    repetition_penalty: float,
+    presence_penalty: float,
+    frequency_penalty: float,
     **options: Any,
 ) -> None:
     """Generate text for each prompt with MODEL and print it, then the throughput and the time to
@@ -87,6 +97,11 @@ def generate(
             max_tokens=max_tokens,
             ignore_eos=ignore_eos,
             stop=list(stop) or None,
+            min_p=min_p,
+            min_tokens=min_tokens,
+            repetition_penalty=repetition_penalty,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
         )
         llm = LLM(model, **config_kwargs(options))
     except (ValueError, FileNotFoundError) as exc:

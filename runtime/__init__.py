@@ -14,6 +14,8 @@ _EXPORTS = {
     "SamplingParams": "solidx.runtime.sampling_params",
     "RequestOutput": "solidx.runtime.outputs",
     "CompletionOutput": "solidx.runtime.outputs",
+    "Logprob": "solidx.runtime.sequence",
+    "LLMEngine": "solidx.runtime.engine",
     "Config": "solidx.runtime.config",
 }
 

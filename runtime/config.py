@@ -77,6 +77,7 @@ class Config:
         "auto", "auto (the folder's safetensors) or dummy (seeded random weights)."
     )
     enable_prefix_caching: bool = _opt(False, "Reuse the KV blocks of a common prompt prefix.")
+    max_logprobs: int = _opt(20, "Most logprobs a request may ask for (-1: no limit).")
     tuned_gemm: str | None = _opt(
         None,
         "Tuned GEMM file for every linear layer [default: $SOLIDX_TUNED_GEMM, else "
@@ -132,6 +133,8 @@ class Config:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_logprobs < -1:
+            raise ValueError(f"max_logprobs must be >= -1, got {self.max_logprobs}")
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "

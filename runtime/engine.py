@@ -1,28 +1,83 @@
-"""The engine loop: schedule -> run -> postprocess, one step at a time.
+"""The engine loop: schedule -> run -> postprocess, one step at a time, with vLLM's names:
+``add_request``, ``step`` (the partial outputs of every request that progressed),
+``abort_request``, ``has_unfinished_requests``.
 
 One engine per rank: a torchrun process, or a Ray actor of the Ray executor. Every rank of a
-launch builds the same engine and makes the same ``generate`` calls.
+launch builds the same engine and makes the same calls. A request that fails (refused at
+admission, or an error inside a step) finishes with finish_reason "error" and a message in
+``RequestOutput.error``; the engine and its other requests carry on. Under tensor parallelism
+an error inside the model's forward is raised instead: one rank may have failed alone (a peer
+lost, a device fault), and the ranks would no longer run the same steps.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-import time
+import numbers
+from collections.abc import Iterable
+from typing import Any, Union
 
 from tqdm import tqdm
 
 from solidx.runtime.block_manager import BlockManager
 from solidx.runtime.config import Config
-from solidx.runtime.distributed import get_tp_rank, init_distributed, peers_needed
+from solidx.runtime.distributed import (
+    get_tp_rank,
+    get_tp_size,
+    init_distributed,
+    peers_needed,
+)
+from solidx.runtime.layers.sampler import TokenLogprobs
 from solidx.runtime.model_runner import ModelRunner
 from solidx.runtime.outputs import RequestOutput
 from solidx.runtime.sampling_params import SamplingParams
 from solidx.runtime.scheduler import Scheduler
-from solidx.runtime.sequence import Sequence, SequenceStatus
+from solidx.runtime.sequence import Logprob, Request, Sequence
 from solidx.runtime.tokenizer import eos_token_ids, get_tokenizer
 from solidx.runtime.tunableop import configure_tunableop
 
 logger = logging.getLogger(__name__)
+
+PromptType = Union[str, list[int], dict[str, Any]]
+
+
+def prompt_input(prompt: object) -> str | list[int]:
+    """A prompt as text or token ids: a string, a list of int token ids, or a dict with
+    ``prompt_token_ids`` or ``prompt``. Anything else (a float or bool id included) is a
+    ValueError naming what is wrong."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+        return _token_ids(prompt["prompt_token_ids"])
+    if isinstance(prompt, dict) and isinstance(prompt.get("prompt"), str):
+        return prompt["prompt"]
+    if isinstance(prompt, (list, tuple)):
+        return _token_ids(prompt)
+    raise ValueError(
+        f"a prompt is a string or a dict with 'prompt_token_ids' or 'prompt', got {prompt!r}"
+    )
+
+
+def _token_ids(ids: object) -> list[int]:
+    if not isinstance(ids, (list, tuple)):
+        raise ValueError(f"prompt_token_ids must be a list of integers, got {ids!r}")
+    for i, token in enumerate(ids):
+        if isinstance(token, bool) or not isinstance(token, numbers.Integral):
+            raise ValueError(f"prompt_token_ids[{i}] must be an integer token id, got {token!r}")
+    return [int(t) for t in ids]
+
+
+def check_params(params: SamplingParams, config: Config) -> None:
+    """The engine's limits on ``params`` (``max_logprobs``), as ValueError naming the field."""
+    limit = config.max_logprobs
+    for name in ("logprobs", "prompt_logprobs"):
+        value = getattr(params, name)
+        if value is not None and limit != -1 and (value == -1 or value > limit):
+            raise ValueError(
+                f"{name}={value} is more than this engine's max_logprobs={limit} "
+                "(raise max_logprobs, -1 for no limit)"
+            )
 
 
 class LLMEngine:
@@ -38,74 +93,225 @@ class LLMEngine:
         block_manager = BlockManager(
             self.model_runner.num_kv_blocks, config.block_size, config.enable_prefix_caching
         )
-        self.scheduler = Scheduler(config, block_manager, eos_token_ids(config, self.tokenizer))
+        self.eos_token_ids = eos_token_ids(config, self.tokenizer)
+        self.scheduler = Scheduler(config, block_manager, self.eos_token_ids)
         self.vocab_size = self.model_runner.vocab_size
-        self._refused: list[Sequence] = []
+        self.requests: dict[str, Request] = {}  # unfinished, by id
+        self._of_seq: dict[int, Request] = {}
+        self._refused: list[Request] = []
+        self._ids = itertools.count()
+        self._token_texts: dict[int, str] = {}
+
+    # -- vLLM's engine API ---------------------------------------------------------------
+
+    def add_request(
+        self, request_id: str, prompt: PromptType, params: SamplingParams | None = None
+    ) -> None:
+        """Queue a prompt (text, token ids, or vLLM's prompt dict) with ``params.n``
+        sequences. Bad params, a bad prompt or a request id already running raise ValueError
+        and queue nothing; a prompt the model cannot run (empty, too long, ids outside the
+        vocabulary) finishes at the next step with finish_reason "error"."""
+        self._add(request_id, prompt, params)
+
+    def abort_request(self, request_id: str | Iterable[str]) -> None:
+        """Stop these requests (unknown or finished ids are ignored) and free their blocks;
+        ``step`` returns nothing more for them."""
+        for rid in [request_id] if isinstance(request_id, str) else list(request_id):
+            request = self.requests.pop(rid, None)
+            if request is not None:
+                for seq in request.seqs:
+                    if not seq.is_finished:
+                        self.scheduler.finish(seq, "abort")
+                    self._of_seq.pop(seq.seq_id, None)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._refused) or bool(self.requests)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.requests) + len(self._refused)
+
+    def step(self) -> list[RequestOutput]:
+        """Run one batch; the state of every request that progressed (new tokens, or finished),
+        in order of arrival: partial text and token ids, ``finished`` once done."""
+        progressed = self._step()
+        for request in progressed:
+            for seq in request.seqs:
+                if not seq.is_finished:
+                    self._guard(request, self._detokenize, seq)
+        return [RequestOutput.from_request(request) for request in progressed]
+
+    def check_params(self, params: SamplingParams) -> None:
+        check_params(params, self.config)
+
+    # -- offline generation --------------------------------------------------------------
 
     def generate(
         self, prompts: list[str | list[int]], params: list[SamplingParams], use_tqdm: bool
     ) -> list[RequestOutput]:
         """Run every prompt (text, or token ids) with its sampling params to completion; the
         outputs in the order of ``prompts``. A progress bar on rank 0 when ``use_tqdm``."""
+        for sp in params:  # nothing is queued unless every request is valid
+            self.check_params(sp)
+        sources = [prompt_input(p) for p in prompts]
         with peers_needed():
-            seqs = [self.add_request(p, sp) for p, sp in zip(prompts, params)]
-            show = use_tqdm and len(seqs) > 1 and get_tp_rank() == 0
-            with tqdm(total=len(seqs), desc="generate", unit="req", disable=not show) as bar:
+            requests = [
+                self._add(f"generate-{next(self._ids)}", source, sp)
+                for source, sp in zip(sources, params)
+            ]
+            show = use_tqdm and len(requests) > 1 and get_tp_rank() == 0
+            with tqdm(total=len(requests), desc="generate", unit="req", disable=not show) as bar:
                 while self.has_unfinished_requests():
-                    bar.update(len(self.step()))
-        return [RequestOutput.from_seq(seq) for seq in seqs]
+                    bar.update(sum(request.finished for request in self._step()))
+        return [RequestOutput.from_request(request) for request in requests]
 
-    def add_request(self, prompt: str | list[int], params: SamplingParams) -> Sequence:
-        """Queue a prompt (text, or token ids). A prompt that cannot run is finished at once with
-        finish_reason "error" and a message in ``seq.error``; the others are unaffected."""
-        text = prompt if isinstance(prompt, str) else None
-        token_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        seq = Sequence(token_ids, params, text)
+    # -- internals -----------------------------------------------------------------------
+
+    def _add(self, request_id: str, prompt: PromptType, params: SamplingParams | None) -> Request:
+        if not isinstance(request_id, str):
+            raise ValueError(f"request_id must be a string, got {request_id!r}")
+        if request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already running")
+        params = SamplingParams() if params is None else params
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}")
+        self.check_params(params)
+        source = prompt_input(prompt)
+        text = source if isinstance(source, str) else None
+        token_ids = self.tokenizer.encode(source) if isinstance(source, str) else source
+        first = Sequence(token_ids, params, text, 0, None, self.eos_token_ids)
+        seqs = [first] + [
+            Sequence(token_ids, params, text, i, first, self.eos_token_ids)
+            for i in range(1, params.n)
+        ]
+        request = Request(request_id, seqs)
         error = self._check(token_ids)
-        if error is None:
+        if error is not None:
+            logger.warning("request %s refused: %s", request_id, error)
+            request.error = error
+            for seq in seqs:
+                self.scheduler.finish(seq, "error")
+            self._refused.append(request)
+            return request
+        self.requests[request_id] = request
+        for seq in seqs:
+            self._of_seq[seq.seq_id] = request
             self.scheduler.add(seq)
-            return seq
-        logger.warning("request %d refused: %s", seq.seq_id, error)
-        seq.status, seq.finish_reason, seq.error = SequenceStatus.FINISHED, "error", error
-        seq.metrics.finished_time = time.perf_counter()
-        self._refused.append(seq)
-        return seq
+        return request
 
-    def has_unfinished_requests(self) -> bool:
-        return bool(self._refused) or self.scheduler.has_unfinished()
-
-    def step(self) -> list[Sequence]:
-        """Run one batch; return the sequences that finished (refused ones included)."""
-        finished, self._refused = self._refused, []
+    def _step(self) -> list[Request]:
+        """One batch; the requests that progressed (refused ones first)."""
+        progressed, self._refused = self._refused, []
         if not self.scheduler.has_unfinished():
-            return finished
+            return progressed
         batch = self.scheduler.schedule()
-        if not batch:
-            raise RuntimeError(
-                "the scheduler could not schedule any waiting sequence (KV cache too small)"
-            )
-        tokens, logprobs = self.model_runner.run(batch)
+        if not batch:  # cannot happen while one sequence fits the cache; fail it, not the engine
+            request = self._of_seq[self.scheduler.waiting[0].seq_id]
+            self._fail(request, "the scheduler could not fit it in the KV cache")
+            return progressed + [request]
+        owner = {item.seq.seq_id: self._of_seq[item.seq.seq_id] for item in batch}
+        try:
+            result = self.model_runner.run(batch)
+        except Exception as exc:  # the batch's requests fail; the engine goes on
+            if get_tp_size() > 1:  # a rank may have failed alone: the ranks no longer agree
+                raise
+            logger.exception("an engine step failed")
+            failed = _unique(owner.values())
+            for request in failed:
+                self._fail(request, f"the engine step failed: {type(exc).__name__}: {exc}")
+            return progressed + failed
         sampled = [item.seq for item in batch if item.samples]
-        for seq, entry in zip(sampled, logprobs):
-            if entry is not None:
-                seq.logprobs.append(entry)
-        finished += self.scheduler.postprocess(batch, tokens)
-        for seq in sampled:
-            if seq.params.stop_strings or seq.is_finished:
-                self._detokenize(seq)
-                if seq.is_finished and seq not in finished:
-                    finished.append(seq)
-        return finished
+        self.scheduler.postprocess(batch, result.token_ids)
+        for seq_id, entries in result.prompt_logprobs.items():
+            request = owner[seq_id]
+            self._guard(request, self._add_prompt_logprobs, request.seqs[0], entries)
+        for seq, entry in zip(sampled, result.logprobs):
+            if owner[seq.seq_id].error is None:
+                self._guard(owner[seq.seq_id], self._advance, seq, entry)
+        stepped = _unique(owner[seq.seq_id] for seq in sampled)
+        for request in stepped:
+            if request.finished:
+                self._forget(request)
+        return progressed + stepped
+
+    def _advance(self, seq: Sequence, entry: TokenLogprobs | None) -> None:
+        """Record a sampled token's logprobs; check stop strings; set the text when done."""
+        if entry is not None and seq.logprobs is not None:
+            seq.logprobs.append(self._logprob_dict(entry))
+            seq.cumulative_logprob = (seq.cumulative_logprob or 0.0) + entry.logprob
+        if seq.params.stop_strings or seq.is_finished:
+            self._detokenize(seq)
+
+    def _add_prompt_logprobs(self, seq: Sequence, entries: list[TokenLogprobs]) -> None:
+        if seq.prompt_logprobs is not None:
+            seq.prompt_logprobs.extend(self._logprob_dict(entry) for entry in entries)
+
+    def _logprob_dict(self, entry: TokenLogprobs) -> dict[int, Logprob]:
+        """vLLM's form: the chosen token with its rank, then the top tokens ranked 1, 2, ..."""
+        result = {entry.token_id: Logprob(entry.logprob, entry.rank, self._text(entry.token_id))}
+        for rank, (token, value) in enumerate(zip(entry.top_ids, entry.top_logprobs), 1):
+            if token not in result:
+                result[token] = Logprob(value, rank, self._text(token))
+        return result
+
+    def _text(self, token_id: int) -> str:
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self._token_texts[token_id] = self.tokenizer.decode(
+                [token_id], skip_special_tokens=False
+            )
+        return text
 
     def _detokenize(self, seq: Sequence) -> None:
-        """Set ``seq.text``; at a stop string, cut the text there and finish the sequence."""
-        text = self.tokenizer.decode(seq.output_token_ids, skip_special_tokens=True)
-        cuts = [i for i in (text.find(s) for s in seq.params.stop_strings) if i >= 0]
-        if cuts:
-            text = text[: min(cuts)]
-            if not seq.is_finished:
-                self.scheduler.finish(seq, "stop")
+        """Set ``seq.text`` (without a final EOS or stop token unless
+        ``include_stop_str_in_output``); at a stop string (from ``min_tokens`` outputs on), cut
+        the text there and finish the sequence with the string as its stop reason."""
+        params = seq.params
+        tokens = seq.output_token_ids
+        if seq.finish_reason == "stop" and not params.include_stop_str_in_output:
+            tokens = tokens[:-1]
+        text = self.tokenizer.decode(tokens, skip_special_tokens=params.skip_special_tokens)
+        searched = seq.num_text_checked
+        seq.num_text_checked = len(text)
+        if (
+            params.stop_strings
+            and seq.finish_reason in (None, "length")
+            and seq.num_output_tokens >= params.min_tokens
+        ):
+            start = max(0, searched - max(map(len, params.stop_strings)) + 1)
+            hits = [(text.find(s, start), s) for s in params.stop_strings]
+            found = min((hit for hit in hits if hit[0] >= 0), default=None)
+            if found is not None:
+                at, stop = found
+                text = text[: at + len(stop)] if params.include_stop_str_in_output else text[:at]
+                if seq.is_finished:
+                    seq.finish_reason, seq.stop_reason = "stop", stop
+                else:
+                    self.scheduler.finish(seq, "stop", stop)
         seq.text = text
+
+    def _guard(self, request: Request, work: Any, *args: Any) -> None:
+        """Run ``work(*args)``; if it raises, fail ``request`` alone."""
+        try:
+            work(*args)
+        except Exception as exc:
+            logger.exception("request %s failed", request.request_id)
+            self._fail(request, f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, request: Request, message: str) -> None:
+        """Finish every sequence of ``request`` with finish_reason "error" and free its blocks."""
+        logger.warning("request %s failed: %s", request.request_id, message)
+        request.error = message
+        for seq in request.seqs:
+            if not seq.is_finished:
+                self.scheduler.finish(seq, "error")
+            elif seq.finish_reason != "error":
+                seq.finish_reason, seq.stop_reason = "error", None
+        self._forget(request)
+
+    def _forget(self, request: Request) -> None:
+        self.requests.pop(request.request_id, None)
+        for seq in request.seqs:
+            self._of_seq.pop(seq.seq_id, None)
 
     def _check(self, token_ids: list[int]) -> str | None:
         limit = self.config.max_model_len
@@ -117,3 +323,8 @@ class LLMEngine:
         if bad:
             return f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})"
         return None
+
+
+def _unique(requests: Iterable[Request]) -> list[Request]:
+    """``requests`` without repeats, in first-seen order."""
+    return list({id(r): r for r in requests}.values())

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Union
 
 from solidx.runtime.config import Config
-from solidx.runtime.engine import LLMEngine
+from solidx.runtime.engine import LLMEngine, check_params, prompt_input
 from solidx.runtime.executor import RayExecutor
 from solidx.runtime.outputs import RequestOutput
 from solidx.runtime.sampling_params import SamplingParams
 
 Prompt = Union[str, dict[str, Any]]
+Conversation = list[dict[str, Any]]
 
 
 class LLM:
@@ -26,6 +28,7 @@ class LLM:
 
     def __init__(self, model: str, **kwargs: Any) -> None:
         config = Config(model=model, **kwargs)
+        self.config = config
         self._engine: LLMEngine | None = None
         if config.distributed_executor_backend == "ray":
             self.ray_executor = RayExecutor(config)
@@ -61,24 +64,58 @@ class LLM:
         if sampling_params is None:
             sampling_params = SamplingParams()
         params = (
-            sampling_params
-            if isinstance(sampling_params, list)
+            list(sampling_params)
+            if isinstance(sampling_params, (list, tuple))
             else [sampling_params] * len(prompts)
         )
         if len(params) != len(prompts):
             raise ValueError(f"{len(params)} sampling params for {len(prompts)} prompts")
-        inputs = [_prompt_input(p) for p in prompts]  # a bad prompt fails here, on no rank
+        for i, sp in enumerate(params):  # a bad request fails here, on no rank
+            if not isinstance(sp, SamplingParams):
+                raise ValueError(
+                    f"sampling_params[{i}] must be a SamplingParams, got {type(sp).__name__}"
+                )
+            check_params(sp, self.config)
+        inputs = [prompt_input(p) for p in prompts]
         runner = self._engine if self._engine is not None else self.ray_executor
         return runner.generate(inputs, params, use_tqdm)
 
-
-def _prompt_input(prompt: Prompt) -> str | list[int]:
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
-        return [int(t) for t in prompt["prompt_token_ids"]]
-    if isinstance(prompt, dict) and isinstance(prompt.get("prompt"), str):
-        return prompt["prompt"]
-    raise ValueError(
-        f"a prompt is a string or a dict with 'prompt_token_ids' or 'prompt', got {prompt!r}"
-    )
+    def chat(
+        self,
+        messages: Conversation | list[Conversation],
+        sampling_params: SamplingParams | list[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[RequestOutput]:
+        """``generate`` on each conversation (a list of ``{"role", "content"}`` messages, or a
+        list of such lists) rendered by the tokenizer's chat template (or ``chat_template``)
+        with the assistant's turn opened (``add_generation_prompt``), as vLLM's ``LLM.chat``."""
+        conversations = (
+            [messages] if messages and isinstance(messages[0], Mapping) else list(messages)
+        )
+        tokenizer = self.get_tokenizer()
+        if not hasattr(tokenizer, "apply_chat_template"):
+            raise ValueError(
+                f"the tokenizer of {self.config.model} (byte-level: the model has no tokenizer "
+                "files) has no chat template; give the model a tokenizer"
+            )
+        prompts: list[Prompt] = []
+        for i, conversation in enumerate(conversations):
+            if not isinstance(conversation, list) or not all(
+                isinstance(m, Mapping) for m in conversation
+            ):
+                raise ValueError(f"messages[{i}] must be a list of message dicts")
+            try:
+                ids = tokenizer.apply_chat_template(
+                    conversation,
+                    chat_template=chat_template,
+                    add_generation_prompt=add_generation_prompt,
+                    tokenize=True,
+                )
+            except ValueError as exc:  # no template
+                raise ValueError(f"chat: {exc}") from None
+            if isinstance(ids, Mapping):
+                ids = ids["input_ids"]
+            prompts.append({"prompt_token_ids": list(ids)})
+        return self.generate(prompts, sampling_params, use_tqdm)

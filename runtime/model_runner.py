@@ -29,10 +29,21 @@ from solidx.runtime.cuda_graphs import DecodeGraphs, capture_sizes
 from solidx.runtime.distributed import tp_min
 from solidx.runtime.layers.attention import Attention
 from solidx.runtime.layers.linear import tuned_gemms
-from solidx.runtime.layers.sampler import Sampler, SamplingTensors
+from solidx.runtime.layers.sampler import (
+    Sampler,
+    SamplingTensors,
+    TokenLogprobs,
+    compute_logprobs,
+    host_logprobs,
+)
 from solidx.runtime.loader import load_model
+from solidx.runtime.sampling_metadata import (
+    keep_top,
+    num_logprobs,
+    prompt_logprob_rows,
+    sampling_tensors,
+)
 from solidx.runtime.scheduler import ScheduledSeq
-from solidx.runtime.sequence import Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +57,17 @@ class ModelInputs:
     positions: torch.Tensor
     context: ForwardContext
     sample_indices: torch.Tensor
+
+
+@dataclass
+class StepResult:
+    """One step's results: for each batch entry that samples (in order) its next token and,
+    where its request asks for logprobs, their values (else None); and for each sequence that
+    asks for prompt logprobs, those of the prompt positions computed for the first time."""
+
+    token_ids: list[int]
+    logprobs: list[TokenLogprobs | None]
+    prompt_logprobs: dict[int, list[TokenLogprobs]]
 
 
 class ModelRunner:
@@ -83,16 +105,36 @@ class ModelRunner:
     # -- one step -------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def run(self, batch: list[ScheduledSeq]) -> tuple[list[int], list[dict[int, float] | None]]:
-        """Compute the batch's tokens; for each entry that ``samples`` (in order), the next token
-        and, where its request asks for logprobs, their dict (else None)."""
+    def run(self, batch: list[ScheduledSeq]) -> StepResult:
+        """Compute the batch's tokens, sample the next ones, and the logprobs asked for."""
         inputs = self.prepare(batch)
         hidden = self.forward(inputs)
+        prompt_logprobs = self._prompt_logprobs(batch, hidden)
         logits = self.model.compute_logits(hidden[inputs.sample_indices])
         seqs = [item.seq for item in batch if item.samples]
-        token_ids = self.sampler(logits, self.sampling_tensors(seqs))
-        tokens = token_ids.tolist()
-        return tokens, self._logprobs(logits, tokens, seqs)
+        token_ids = self.sampler(logits, sampling_tensors(seqs, self.vocab_size, self.device))
+        wanted = [num_logprobs(seq.params.logprobs, self.vocab_size) for seq in seqs]
+        if all(k is None for k in wanted):
+            return StepResult(token_ids.tolist(), [None] * len(seqs), prompt_logprobs)
+        top = compute_logprobs(logits, token_ids, max(k or 0 for k in wanted))
+        entries = host_logprobs(token_ids, top)
+        logprobs = [None if k is None else keep_top(e, k) for k, e in zip(wanted, entries)]
+        return StepResult([e.token_id for e in entries], logprobs, prompt_logprobs)
+
+    def _prompt_logprobs(
+        self, batch: list[ScheduledSeq], hidden: torch.Tensor
+    ) -> dict[int, list[TokenLogprobs]]:
+        """Per sequence id, the prompt logprobs this step adds (``prompt_logprob_rows``)."""
+        found = prompt_logprob_rows(batch, self.vocab_size)
+        if not found.rows:
+            return {}
+        logits = self.model.compute_logits(hidden[self._tensor(found.rows, torch.int64)])
+        targets = self._tensor(found.targets, torch.int64)
+        entries = iter(host_logprobs(targets, compute_logprobs(logits, targets, found.k)))
+        return {
+            seq_id: [keep_top(next(entries), k) for _ in range(count)]
+            for seq_id, count, k in found.owners
+        }
 
     def forward(self, inputs: ModelInputs) -> torch.Tensor:
         """The model over one step's inputs: hidden states [T, hidden]. A decode step whose T is
@@ -176,44 +218,6 @@ class ModelRunner:
             decode_only=decode_only,
         )
         return ModelInputs(ids, pos, context, sample)
-
-    def sampling_tensors(self, seqs: list[Sequence]) -> SamplingTensors:
-        """Per-row sampling settings; gives each seeded request its generator on first use."""
-        temperatures, top_k, top_p, generators = [], [], [], []
-        for seq in seqs:
-            params = seq.params
-            temperatures.append(params.temperature)
-            top_k.append(params.top_k if params.top_k > 0 else self.vocab_size)
-            top_p.append(params.top_p)
-            if params.seed is not None and seq.generator is None:
-                seq.generator = torch.Generator(self.device).manual_seed(params.seed)
-            generators.append(seq.generator)
-        return SamplingTensors(
-            temperatures=self._tensor(temperatures, torch.float32),
-            top_k=self._tensor(top_k, torch.int64),
-            top_p=self._tensor(top_p, torch.float32),
-            generators=generators,
-            all_greedy=all(t == 0 for t in temperatures),
-            use_top_k_top_p=any(k < self.vocab_size for k in top_k) or any(p < 1.0 for p in top_p),
-        )
-
-    def _logprobs(
-        self, logits: torch.Tensor, tokens: list[int], seqs: list[Sequence]
-    ) -> list[dict[int, float] | None]:
-        wanted = [seq.params.logprobs for seq in seqs]
-        if all(n is None for n in wanted):
-            return [None] * len(seqs)
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        result: list[dict[int, float] | None] = []
-        for row, (n, token) in enumerate(zip(wanted, tokens)):
-            if n is None:
-                result.append(None)
-                continue
-            values, ids = logprobs[row].topk(min(n, self.vocab_size))
-            entry = dict(zip(ids.tolist(), values.tolist()))
-            entry[token] = logprobs[row, token].item()
-            result.append(entry)
-        return result
 
     def _tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
         if self.device.type == "cpu":
@@ -319,7 +323,8 @@ class ModelRunner:
 
     def profile_run(self) -> None:
         """A forward of ``max_num_batched_tokens`` tokens (sequences of at most ``max_model_len``)
-        plus logits and sampling for up to ``max_num_seqs`` of them, with no KV cache."""
+        plus logits, sampling with every setting and top-20 logprobs for up to ``max_num_seqs``
+        of them, with no KV cache."""
         config = self.config
         tokens = config.max_num_batched_tokens
         lengths = [
@@ -351,12 +356,21 @@ class ModelRunner:
         )
         hidden = self.forward(inputs)
         logits = self.model.compute_logits(hidden[inputs.sample_indices])
-        worst_case = SamplingTensors(  # sorting for top-k/top-p takes the most memory
-            temperatures=torch.ones(rows, device=self.device),
+        ones = torch.ones(rows, device=self.device)
+        no_tokens = torch.full((rows, 1), self.vocab_size, device=self.device)
+        worst_case = SamplingTensors(  # every setting on: penalties, min_p, top-k/top-p sorting
+            temperatures=ones,
             top_k=torch.full((rows,), self.vocab_size - 1, device=self.device),
             top_p=torch.full((rows,), 0.9, device=self.device),
             generators=[None] * rows,
             all_greedy=False,
             use_top_k_top_p=True,
+            min_p=ones * 0.01,
+            presence_penalties=ones,
+            frequency_penalties=ones,
+            repetition_penalties=ones,
+            prompt_tokens=no_tokens,
+            output_tokens=no_tokens,
         )
-        self.sampler(logits, worst_case)
+        compute_logprobs(logits, self.sampler(logits, worst_case), 20)
+

@@ -6,6 +6,11 @@ token a decoding sequence just produced. There is no separate prefill or decode 
 sequences are admitted while budget, ``max_num_seqs`` and free blocks allow. When the KV cache
 runs out, the newest running sequence is preempted: its blocks are freed and it returns to the
 front of the queue to recompute its tokens later (greedy output is unchanged by this).
+
+The ``n`` sequences of one request are queued together; sequence 0 goes first, and the others
+wait until it has computed its prompt, then share its full prompt blocks (reference counts,
+as the prefix cache does) and compute only the rest. A request that asks for prompt logprobs
+computes its whole prompt (no sharing, no prefix cache).
 """
 
 from __future__ import annotations
@@ -77,7 +82,9 @@ class Scheduler:
             not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs
         ):
             seq = self.waiting[0]
-            prefix = self.block_manager.match_prefix(seq)
+            prefix = self._prefix(seq)
+            if prefix is None:
+                break
             n = min(seq.num_tokens - len(prefix) * self.block_manager.block_size, budget)
             if not self.block_manager.can_allocate(seq, n, prefix):
                 break
@@ -102,19 +109,37 @@ class Scheduler:
                 continue
             token = next(sampled)
             seq.append_token(token)
-            reason = self._stop_reason(seq, token)
+            reason, stop_reason = self._stop_reason(seq, token)
             if reason is not None:
-                self.finish(seq, reason)
+                self.finish(seq, reason, stop_reason)
                 finished.append(seq)
         return finished
 
-    def finish(self, seq: Sequence, reason: str) -> None:
-        """End a running sequence and release its blocks."""
-        self.running.remove(seq)
+    def finish(
+        self, seq: Sequence, reason: str, stop_reason: int | str | None = None
+    ) -> None:
+        """End a sequence (queued, running, or never queued) and release its blocks."""
+        if seq.status == SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq.status == SequenceStatus.WAITING and seq in self.waiting:
+            self.waiting.remove(seq)
         self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED
-        seq.finish_reason = reason
+        seq.finish_reason, seq.stop_reason = reason, stop_reason
         seq.metrics.finished_time = time.perf_counter()
+
+    def _prefix(self, seq: Sequence) -> list[int] | None:
+        """The blocks ``seq`` shares at admission: its parent's computed full prompt blocks, or
+        the prefix cache's; None while its running parent still computes the prompt."""
+        if seq.params.prompt_logprobs is not None:
+            return []
+        parent = seq.parent
+        if parent is None or parent.status != SequenceStatus.RUNNING:
+            return self.block_manager.match_prefix(seq)
+        if parent.num_computed_tokens < parent.num_prompt_tokens:
+            return None
+        shared = (seq.num_prompt_tokens - 1) // self.block_manager.block_size
+        return parent.block_table[:shared]
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)
@@ -122,14 +147,17 @@ class Scheduler:
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 
-    def _stop_reason(self, seq: Sequence, token: int) -> str | None:
+    def _stop_reason(self, seq: Sequence, token: int) -> tuple[str | None, int | None]:
+        """vLLM's finish and stop reasons: ("stop", token) for a stop token, ("stop", None) for
+        EOS, ("length", None) at the length limits; stop tokens count after ``min_tokens``."""
         params = seq.params
-        if token in params.stop_token_ids or (
-            not params.ignore_eos and token in self.eos_token_ids
-        ):
-            return "stop"
+        if seq.num_output_tokens > params.min_tokens:
+            if token in params.stop_token_ids:
+                return "stop", token
+            if not params.ignore_eos and token in self.eos_token_ids:
+                return "stop", None
         if params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
-            return "length"
+            return "length", None
         if seq.num_tokens >= self.max_model_len:
-            return "length"
-        return None
+            return "length", None
+        return None, None

@@ -147,7 +147,7 @@ def assert_close_to_reference(reference: torch.Tensor, got: torch.Tensor) -> Non
 
 @pytest.fixture(scope="module")
 def reference(base: Path) -> torch.Tensor:
-    return first_logprobs(LLM(str(base)))
+    return first_logprobs(LLM(str(base), max_logprobs=-1))
 
 
 def model_of(llm: LLM) -> torch.nn.Module:
@@ -180,7 +180,7 @@ def test_quark_checkpoint_from_solidx_quantize(quark: Path, reference: torch.Ten
     stored = load_file(quark / "model.safetensors")
     assert stored["model.layers.0.self_attn.q_proj.weight"].dtype == FP8_DTYPE
     assert stored["lm_head.weight"].dtype == torch.float32
-    llm = LLM(str(quark))  # quantization="fp8" from config.json
+    llm = LLM(str(quark), max_logprobs=-1)  # quantization="fp8" from config.json
     assert llm.llm_engine.config.quantization == "fp8"
     assert_weights_match(
         llm,
@@ -192,7 +192,7 @@ def test_quark_checkpoint_from_solidx_quantize(quark: Path, reference: torch.Ten
 
 def test_fused_parts_are_requantized_to_the_largest_scale(quark: Path) -> None:
     stored = load_file(quark / "model.safetensors")
-    layer = model_of(LLM(str(quark))).model.layers[1].self_attn.qkv_proj
+    layer = model_of(LLM(str(quark), max_logprobs=-1)).model.layers[1].self_attn.qkv_proj
     names = [f"model.layers.1.self_attn.{p}_proj" for p in "qkv"]
     scales = [stored[f"{n}.weight_scale"] for n in names]
     assert len(set(map(float, scales))) == 3  # the parts really carry different scales
@@ -210,7 +210,7 @@ def test_quark_fp8_export(quark: Path, tmp_path: Path, reference: torch.Tensor,
     folder = fp8_export(quark, tmp_path / "fp8-export")
     stored = load_file(folder / "model.safetensors")
     with caplog.at_level(logging.INFO):
-        llm = LLM(str(folder), kv_cache_dtype="fp8")
+        llm = LLM(str(folder), max_logprobs=-1, kv_cache_dtype="fp8")
     assert "lm_head is stored as fp8" in caplog.text
     head = model_of(llm).lm_head.weight
     assert head.dtype == torch.float32
@@ -231,7 +231,7 @@ def test_ammo_checkpoint(quark: Path, tmp_path: Path, reference: torch.Tensor,
     folder = ammo_export(quark, tmp_path / "ammo")
     stored = load_file(folder / "model.safetensors")
     monkeypatch.setenv("VLLM_FP8_USE_AMMO", "1")
-    llm = LLM(str(folder), quantization="fp8", kv_cache_dtype="fp8")
+    llm = LLM(str(folder), max_logprobs=-1, quantization="fp8", kv_cache_dtype="fp8")
     ammo = {"q_proj": "attention.qkv", "k_proj": "attention.qkv", "v_proj": "attention.qkv",
             "o_proj": "attention.dense", "gate_proj": "mlp.fc", "up_proj": "mlp.gate",
             "down_proj": "mlp.proj"}
@@ -257,7 +257,12 @@ def test_quantization_param_path_side_file(base: Path, quark: Path, tmp_path: Pa
                                            reference: torch.Tensor) -> None:
     folder = side_file_checkpoint(base, quark, tmp_path / "side")
     stored = load_file(quark / "model.safetensors")
-    llm = LLM(str(folder), quantization="fp8", quantization_param_path="fp8/llama.safetensors")
+    llm = LLM(
+        str(folder),
+        max_logprobs=-1,
+        quantization="fp8",
+        quantization_param_path="fp8/llama.safetensors",
+    )
     assert_weights_match(
         llm,
         lambda p: (stored[f"{p}.weight"], stored[f"{p}.weight_scale"]),
@@ -271,7 +276,7 @@ def test_quantization_param_path_side_file(base: Path, quark: Path, tmp_path: Pa
 
 
 def test_dynamic_quantization_of_a_float_checkpoint(base: Path, reference: torch.Tensor) -> None:
-    llm = LLM(str(base), quantization="fp8")
+    llm = LLM(str(base), max_logprobs=-1, quantization="fp8")
     stored = load_file(base / "model.safetensors")
     assert_weights_match(llm, lambda p: (stored[f"{p}.weight"], torch.tensor(1.0)), None)
     network = model_of(llm)
@@ -314,7 +319,7 @@ def test_bad_scales_are_refused_naming_the_tensor(quark: Path, tmp_path: Path, e
     config = json.loads((quark / "config.json").read_text())["quantization_config"]
     folder = derived(quark, tmp_path / "broken", tensors, config)
     with pytest.raises(ValueError, match=message):
-        LLM(str(folder))
+        LLM(str(folder), max_logprobs=-1)
 
 
 def test_unsupported_quantization_configs_are_refused(quark: Path, tmp_path: Path) -> None:
@@ -334,22 +339,23 @@ CHUNKED = {"max_num_batched_tokens": 3, "max_num_seqs": 1}  # later chunks read 
 
 def test_fp8_kv_cache_with_the_checkpoints_scales(quark: Path) -> None:
     stored = load_file(quark / "model.safetensors")
-    llm = LLM(str(quark), kv_cache_dtype="fp8", **CHUNKED)
+    llm = LLM(str(quark), max_logprobs=-1, kv_cache_dtype="fp8", **CHUNKED)
     runner = llm.llm_engine.model_runner
     assert runner.kv_cache.dtype == FP8_DTYPE
     for i, attention in enumerate(runner.attention_layers):
         assert attention.k_scale == float(stored[f"model.layers.{i}.self_attn.k_proj.output_scale"])
         assert attention.v_scale == float(stored[f"model.layers.{i}.self_attn.v_proj.output_scale"])
-    assert_close_to_reference(first_logprobs(LLM(str(quark), **CHUNKED)), first_logprobs(llm))
+    reference = first_logprobs(LLM(str(quark), max_logprobs=-1, **CHUNKED))
+    assert_close_to_reference(reference, first_logprobs(llm))
 
 
 def test_fp8_kv_cache_without_scales_uses_one(base: Path, caplog: pytest.LogCaptureFixture):
     with caplog.at_level(logging.INFO):
-        llm = LLM(str(base), kv_cache_dtype="fp8", **CHUNKED)
+        llm = LLM(str(base), max_logprobs=-1, kv_cache_dtype="fp8", **CHUNKED)
     assert "no KV-cache scales, using 1.0" in caplog.text
     assert all(a.k_scale == a.v_scale == 1.0 for a in llm.llm_engine.model_runner.attention_layers)
     got = first_logprobs(llm)
-    expected = first_logprobs(LLM(str(base), **CHUNKED))
+    expected = first_logprobs(LLM(str(base), max_logprobs=-1, **CHUNKED))
     assert (got - expected).abs().max() > 0  # the cache really is read back from fp8
     assert_close_to_reference(expected, got)
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
@@ -359,7 +365,7 @@ def test_fp8_kv_cache_without_scales_uses_one(base: Path, caplog: pytest.LogCapt
 def test_kv_scales_unused_with_an_auto_cache_said_once(quark: Path,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO):
-        llm = LLM(str(quark))
+        llm = LLM(str(quark), max_logprobs=-1)
     assert caplog.text.count("KV-cache scales are unused") == 1
     assert llm.llm_engine.model_runner.kv_cache.dtype == torch.float32
 
@@ -370,16 +376,16 @@ def test_kv_scales_of_only_some_layers_are_refused(quark: Path, tmp_path: Path) 
     config = json.loads((quark / "config.json").read_text())["quantization_config"]
     folder = derived(quark, tmp_path / "partial-kv", tensors, config)
     with pytest.raises(ValueError, match=r"not 'model\.layers\.1\.self_attn\.v_scale'"):
-        LLM(str(folder), kv_cache_dtype="fp8")
+        LLM(str(folder), max_logprobs=-1, kv_cache_dtype="fp8")
 
 
 @pytest.mark.gpu
 def test_quark_checkpoint_on_the_gpu(base: Path, quark: Path) -> None:
     """Static scales, requantized fused parts and the fp8 KV cache through the GPU kernels."""
     kwargs = {"device": "cuda", "dtype": "bfloat16", "kv_cache_memory_bytes": 1 << 26}
-    reference = first_logprobs(LLM(str(base), **kwargs))
+    reference = first_logprobs(LLM(str(base), max_logprobs=-1, **kwargs))
     for extra in ({}, {"kv_cache_dtype": "fp8", **CHUNKED}):
-        llm = LLM(str(quark), **kwargs, **extra)
+        llm = LLM(str(quark), max_logprobs=-1, **kwargs, **extra)
         assert_close_to_reference(reference, first_logprobs(llm))
         params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
         outputs = llm.generate(PROMPTS, params, use_tqdm=False)

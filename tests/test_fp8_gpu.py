@@ -43,7 +43,7 @@ def first_logprobs(llm: LLM, prompts: list[dict]) -> torch.Tensor:
 def test_dynamic_fp8_llama3_8b_shaped_generates(tmp_path: Path) -> None:
     folder = dummy_folder(tmp_path / "llama-3-8b-2l", num_hidden_layers=2)
     kwargs = {"load_format": "dummy", "max_model_len": 512, "max_num_seqs": 4,
-              "kv_cache_memory_bytes": CACHE}
+              "kv_cache_memory_bytes": CACHE, "max_logprobs": -1}
     prompts = [{"prompt_token_ids": list(range(100 + 7 * i, 164 + 7 * i))} for i in range(3)]
     reference = first_logprobs(LLM(str(folder), **kwargs), prompts)
     llm = LLM(str(folder), quantization="fp8", **kwargs)

@@ -102,7 +102,7 @@ def fault(mode: str, device: str) -> None:
         device=device,
     )
     engine = llm.llm_engine
-    step, calls = engine.step, [0]
+    step, calls = engine._step, [0]  # the loop of generate()
 
     def failing_step() -> list[Any]:
         calls[0] += 1
@@ -112,7 +112,7 @@ def fault(mode: str, device: str) -> None:
             time.sleep(600)  # as a NCCL wait for a dead peer does
         return step()
 
-    engine.step = failing_step
+    engine._step = failing_step
     start = time.monotonic()
     try:
         llm.generate(PROMPTS, GREEDY, use_tqdm=False)
