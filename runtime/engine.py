@@ -6,8 +6,10 @@ launch builds the same engine and makes the same ``generate`` calls.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Iterable
 
 from tqdm import tqdm
 
@@ -41,61 +43,100 @@ class LLMEngine:
         self.scheduler = Scheduler(config, block_manager, eos_token_ids(config, self.tokenizer))
         self.vocab_size = self.model_runner.vocab_size
         self._refused: list[Sequence] = []
+        self._requests: dict[str, Sequence] = {}
+        self._request_ids: dict[int, str] = {}
 
     def generate(
         self, prompts: list[str | list[int]], params: list[SamplingParams], use_tqdm: bool
     ) -> list[RequestOutput]:
         """Run every prompt (text, or token ids) with its sampling params to completion; the
         outputs in the order of ``prompts``. A progress bar on rank 0 when ``use_tqdm``."""
+        done: dict[str, RequestOutput] = {}
         with peers_needed():
-            seqs = [self.add_request(p, sp) for p, sp in zip(prompts, params)]
-            show = use_tqdm and len(seqs) > 1 and get_tp_rank() == 0
-            with tqdm(total=len(seqs), desc="generate", unit="req", disable=not show) as bar:
+            for i, (prompt, sp) in enumerate(zip(prompts, params)):
+                self.add_request(str(i), prompt, sp)
+            show = use_tqdm and len(prompts) > 1 and get_tp_rank() == 0
+            with tqdm(total=len(prompts), desc="generate", unit="req", disable=not show) as bar:
                 while self.has_unfinished_requests():
-                    bar.update(len(self.step()))
-        return [RequestOutput.from_seq(seq) for seq in seqs]
+                    finished = [out for out in self.step() if out.finished]
+                    done.update((out.request_id, out) for out in finished)
+                    bar.update(len(finished))
+        return [done[str(i)] for i in range(len(prompts))]
 
-    def add_request(self, prompt: str | list[int], params: SamplingParams) -> Sequence:
-        """Queue a prompt (text, or token ids). A prompt that cannot run is finished at once with
-        finish_reason "error" and a message in ``seq.error``; the others are unaffected."""
+    # -- vLLM's request API: request ids, partial outputs, abort ------------------------------
+
+    def add_request(
+        self, request_id: str, prompt: str | list[int], params: SamplingParams
+    ) -> None:
+        """Queue a prompt (text, or token ids) under ``request_id`` (unique among the unfinished
+        requests). A prompt that cannot run finishes at the next step with finish_reason
+        "error" and a message in ``RequestOutput.error``; the others are unaffected."""
+        if request_id in self._requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
         text = prompt if isinstance(prompt, str) else None
         token_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         seq = Sequence(token_ids, params, text)
+        self._requests[request_id] = seq
+        self._request_ids[seq.seq_id] = request_id
         error = self._check(token_ids)
         if error is None:
             self.scheduler.add(seq)
-            return seq
-        logger.warning("request %d refused: %s", seq.seq_id, error)
+            return
+        logger.warning("request %s refused: %s", request_id, error)
         seq.status, seq.finish_reason, seq.error = SequenceStatus.FINISHED, "error", error
         seq.metrics.finished_time = time.perf_counter()
         self._refused.append(seq)
-        return seq
+
+    def abort_request(self, request_id: str | Iterable[str]) -> None:
+        """Drop unfinished requests (unknown or finished ids are ignored): their KV blocks are
+        freed at once and they produce no further output."""
+        ids = [request_id] if isinstance(request_id, str) else list(request_id)
+        for rid in ids:
+            seq = self._requests.pop(rid, None)
+            if seq is None:
+                continue
+            del self._request_ids[seq.seq_id]
+            if seq in self._refused:
+                self._refused.remove(seq)
+            elif not seq.is_finished:
+                self.scheduler.abort(seq)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._refused) or self.scheduler.has_unfinished()
 
-    def step(self) -> list[Sequence]:
-        """Run one batch; return the sequences that finished (refused ones included)."""
-        finished, self._refused = self._refused, []
-        if not self.scheduler.has_unfinished():
-            return finished
-        batch = self.scheduler.schedule()
-        if not batch:
-            raise RuntimeError(
-                "the scheduler could not schedule any waiting sequence (KV cache too small)"
-            )
-        tokens, logprobs = self.model_runner.run(batch)
-        sampled = [item.seq for item in batch if item.samples]
-        for seq, entry in zip(sampled, logprobs):
-            if entry is not None:
-                seq.logprobs.append(entry)
-        finished += self.scheduler.postprocess(batch, tokens)
-        for seq in sampled:
-            if seq.params.stop_strings or seq.is_finished:
-                self._detokenize(seq)
-                if seq.is_finished and seq not in finished:
-                    finished.append(seq)
-        return finished
+    def get_num_unfinished_requests(self) -> int:
+        return len(self._requests)
+
+    def step(self) -> list[RequestOutput]:
+        """Run one batch; return an output for every request that progressed (a new token, or
+        finished: refused ones included). ``token_ids`` are cumulative; ``text`` is set when
+        the request finishes (and at every step for requests with stop strings)."""
+        progressed, self._refused = self._refused, []
+        if self.scheduler.has_unfinished():
+            batch = self.scheduler.schedule()
+            if not batch:
+                raise RuntimeError(
+                    "the scheduler could not schedule any waiting sequence (KV cache too small)"
+                )
+            tokens, logprobs = self.model_runner.run(batch)
+            sampled = [item.seq for item in batch if item.samples]
+            for seq, entry in zip(sampled, logprobs):
+                if entry is not None:
+                    seq.logprobs.append(entry)
+            self.scheduler.postprocess(batch, tokens)
+            for seq in sampled:
+                if seq.params.stop_strings or seq.is_finished:
+                    self._detokenize(seq)
+            progressed += sampled
+        outputs = []
+        for seq in progressed:
+            request_id = self._request_ids[seq.seq_id]
+            if seq.is_finished:
+                del self._requests[request_id], self._request_ids[seq.seq_id]
+            outputs.append(dataclasses.replace(RequestOutput.from_seq(seq), request_id=request_id))
+        return outputs
+
+    # -----------------------------------------------------------------------------------------
 
     def _detokenize(self, seq: Sequence) -> None:
         """Set ``seq.text``; at a stop string, cut the text there and finish the sequence."""

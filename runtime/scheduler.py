@@ -116,6 +116,17 @@ class Scheduler:
         seq.finish_reason = reason
         seq.metrics.finished_time = time.perf_counter()
 
+    def abort(self, seq: Sequence) -> None:
+        """Drop a waiting or running sequence and release its blocks (finish_reason "abort")."""
+        if seq in self.running:
+            self.running.remove(seq)
+        else:
+            self.waiting.remove(seq)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = "abort"
+        seq.metrics.finished_time = time.perf_counter()
+
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)
         seq.status = SequenceStatus.WAITING

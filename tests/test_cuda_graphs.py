@@ -100,8 +100,8 @@ def _prompts(count: int, length: int = 5, offset: int = 0) -> list[dict]:
 def _decode_batch(llm: LLM, count: int):
     """The scheduled decode batch of ``count`` sequences after their prefill step."""
     engine = llm.llm_engine
-    for prompt in _prompts(count):
-        engine.add_request(prompt["prompt_token_ids"], GREEDY)
+    for i, prompt in enumerate(_prompts(count)):
+        engine.add_request(str(i), prompt["prompt_token_ids"], GREEDY)
     engine.step()
     batch = engine.scheduler.schedule()
     assert [item.num_tokens for item in batch] == [1] * count
