@@ -25,7 +25,7 @@ from solidx.runtime.serve.async_engine import AsyncLLMEngine, EngineStepError, Q
 from solidx.runtime.serve.chat import ChatPrompter
 from solidx.runtime.serve.detokenize import IncrementalDetokenizer
 from solidx.runtime.serve.protocol import (
-    ApiError, ChatCompletionRequest, CompletionRequest, check_prompt, parse, sampling_params,
+    MAX_N, ApiError, ChatCompletionRequest, CompletionRequest, check_prompt, parse, sampling_params,
 )
 from solidx.runtime.serve.responses import SSE_DONE, Formatter, sse, usage
 
@@ -135,6 +135,8 @@ def build_app(front: AsyncLLMEngine, settings: ServerSettings, chat: ChatPrompte
 
     def children(request_id: str, req: Any, prompts: list[list[int]], param: str,
                  max_tokens: Optional[int], logprobs: Optional[int]) -> list[Child]:
+        if not 1 <= req.n <= MAX_N:
+            raise ApiError(400, f"n must be in [1, {MAX_N}], got {req.n}", "n")
         params = []
         for ids in prompts:
             check_prompt(ids, settings.max_model_len, settings.vocab_size, param)
