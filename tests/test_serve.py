@@ -4,6 +4,7 @@ tiny checkpoint (CPU), beside the offline ``LLM`` on the same model."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from pathlib import Path
@@ -11,7 +12,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from click.testing import CliRunner
 
+from solidx.cli.main import main
 from solidx.runtime import LLM, SamplingParams
 from solidx.runtime.bench.serve import bench_serve, random_prompts
 from tests.checkpoints import make_checkpoint
@@ -204,3 +207,15 @@ def test_bench_serve_against_the_server(server) -> None:
     assert result.total_output_tokens == 24
     assert result.tpot["mean_ms"] > 0 and result.ttft["p99_ms"] >= result.ttft["median_ms"]
     assert "TPOT" in result.summary() and result.as_dict()["output_throughput"] > 0
+
+
+def test_bench_serve_command(server, tmp_path: Path) -> None:
+    out = tmp_path / "serve.json"
+    run = CliRunner().invoke(main, ["bench", "serve", "--base-url", server, "--num-prompts", "3",
+                                    "--input-len", "5", "--output-len", "4", "--request-rate",
+                                    "50", "--api-key", API_KEY, "--output-json", str(out)])
+    assert run.exit_code == 0, run.output
+    assert "TTFT" in run.output and json.loads(out.read_text())["total_output_tokens"] == 12
+    refused = CliRunner().invoke(main, ["bench", "serve", "--base-url", server,
+                                        "--num-prompts", "1", "--api-key", "wrong"])
+    assert refused.exit_code != 0 and "HTTP 401" in refused.output
