@@ -4,7 +4,6 @@ OpenAI-compatible server), in the manner of vLLM's benchmark_serving."""
 from __future__ import annotations
 
 import click
-
 from solidx.cli.engine_options import report
 from solidx.cli.generate import read_prompts
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import click
-
 from solidx.cli.engine_options import config_kwargs, engine_options
 from solidx.shape_capture.presets import PRESETS
 
@@ -42,7 +41,6 @@ def serve(
     /health, /metrics). With --tensor-parallel-size N run it under torchrun
     --nproc-per-node=N: rank 0 serves, the other ranks follow its schedule."""
     import uvicorn
-
     from solidx.runtime import envs
     from solidx.runtime.config import Config
     from solidx.runtime.distributed import get_tp_rank

@@ -13,13 +13,12 @@ import httpx
 import openai
 import pytest
 from click.testing import CliRunner
-
 from solidx.cli.main import main
 from solidx.runtime import LLM, SamplingParams
 from solidx.runtime.bench.serve import bench_serve, random_prompts
+
 from tests.checkpoints import make_checkpoint
 from tests.serve_helpers import API_KEY, CHAT_TEMPLATE, start_server, stop_server
-
 
 PROMPT = "The quick brown fox"
 MAX_LEN = 128

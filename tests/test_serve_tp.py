@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 import openai
-
 from solidx.runtime import LLM, SamplingParams
+
 from tests.checkpoints import make_checkpoint
 from tests.serve_helpers import start_server, stop_server
 

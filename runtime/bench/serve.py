@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 import aiohttp
-
 from solidx.runtime.bench.result import BenchResult
 
 Prompt = Union[str, list[int]]

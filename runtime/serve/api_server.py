@@ -15,17 +15,22 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-
 from solidx.runtime.outputs import RequestOutput
 from solidx.runtime.serve.async_engine import AsyncLLMEngine, EngineStepError, QueueFullError
 from solidx.runtime.serve.chat import ChatPrompter
 from solidx.runtime.serve.detokenize import IncrementalDetokenizer
 from solidx.runtime.serve.protocol import (
-    MAX_N, ApiError, ChatCompletionRequest, CompletionRequest, check_prompt, parse, sampling_params,
+    MAX_N,
+    ApiError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    check_prompt,
+    parse,
+    sampling_params,
 )
 from solidx.runtime.serve.responses import SSE_DONE, Formatter, sse, usage
 
@@ -36,14 +41,14 @@ class Child:
 
     index: int
     prompt_len: int
-    top_logprobs: Optional[int]
+    top_logprobs: int | None
     stream: AsyncIterator[RequestOutput]
 
 
 @dataclass
 class ServerSettings:
     served_model_names: list[str]
-    api_key: Optional[str]
+    api_key: str | None
     max_model_len: int
     vocab_size: int
 
@@ -125,7 +130,7 @@ def build_app(front: AsyncLLMEngine, settings: ServerSettings, chat: ChatPrompte
             raise ApiError(400, f"the request body is not valid JSON: {exc}", None,
                            "invalid_json") from None
 
-    def check_model(name: Optional[str]) -> str:
+    def check_model(name: str | None) -> str:
         if name is None:
             return settings.served_model_names[0]
         if name not in settings.served_model_names:
@@ -134,7 +139,7 @@ def build_app(front: AsyncLLMEngine, settings: ServerSettings, chat: ChatPrompte
         return name
 
     def children(request_id: str, req: Any, prompts: list[list[int]], param: str,
-                 max_tokens: Optional[int], logprobs: Optional[int]) -> list[Child]:
+                 max_tokens: int | None, logprobs: int | None) -> list[Child]:
         if not 1 <= req.n <= MAX_N:
             raise ApiError(400, f"n must be in [1, {MAX_N}], got {req.n}", "n")
         params = []

@@ -17,7 +17,12 @@ from solidx.runtime.outputs import RequestOutput
 from solidx.runtime.quantization.fp8 import tuned_gemm_report
 from solidx.runtime.sampling_params import SamplingParams
 from solidx.runtime.serve.engine_loop import (
-    Abort, Add, EngineLoop, EngineStats, Stop, engine_stats,
+    Abort,
+    Add,
+    EngineLoop,
+    EngineStats,
+    Stop,
+    engine_stats,
 )
 from solidx.runtime.serve.metrics import ServeMetrics
 

@@ -8,7 +8,6 @@ from typing import Any
 
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 from solidx.runtime.serve.protocol import ApiError
 from solidx.runtime.tokenizer import Tokenizer
 

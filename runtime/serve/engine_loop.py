@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Union
 
 import torch.distributed as dist
-
 from solidx.runtime.distributed import get_tp_rank, get_tp_size, peers_needed
 from solidx.runtime.engine import LLMEngine
 from solidx.runtime.outputs import RequestOutput
