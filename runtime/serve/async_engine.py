@@ -34,7 +34,7 @@ class QueueFullError(RuntimeError):
 
 
 class EngineStepError(RuntimeError):
-    """The engine step that ran this request raised; the request was aborted."""
+    """The engine failed this request (a step raised, or it refused the request)."""
 
 
 class AsyncLLMEngine:
@@ -98,6 +98,9 @@ class AsyncLLMEngine:
                 if isinstance(item, Exception):
                     finished = True
                     raise item
+                if item.error is not None:
+                    finished = True
+                    raise EngineStepError(f"the engine refused the request: {item.error}")
                 finished, reason = item.finished, item.outputs[0].finish_reason
                 count = len(item.outputs[0].token_ids)
                 if count and first is None:
@@ -121,14 +124,14 @@ class AsyncLLMEngine:
                                    calls)
 
     def _on_step(
-        self, outputs: list[RequestOutput], failed: list[str], error: str, stats: EngineStats
+        self, outputs: list[RequestOutput], failed: dict[str, str], stats: EngineStats
     ) -> None:
         """On the engine thread: hand the step's results to the event loop."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._dispatch, outputs, failed, error, stats)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._dispatch, outputs, failed, stats)
 
     def _dispatch(
-        self, outputs: list[RequestOutput], failed: list[str], error: str, stats: EngineStats
+        self, outputs: list[RequestOutput], failed: dict[str, str], stats: EngineStats
     ) -> None:
         self.stats = stats
         for out in outputs:
@@ -136,8 +139,8 @@ class AsyncLLMEngine:
             stream = self._streams.get(out.request_id)
             if stream is not None:
                 stream.put_nowait(out)
-        for request_id in failed:
+        for request_id, error in failed.items():
             self._waiting.discard(request_id)
             stream = self._streams.get(request_id)
             if stream is not None:
-                stream.put_nowait(EngineStepError(f"the engine step failed: {error}"))
+                stream.put_nowait(EngineStepError(error))

@@ -7,7 +7,7 @@ an idle server never lets a collective time out), applies them and steps the eng
 followers apply the same commands and step too, so every rank runs the same schedule.
 
 An exception inside a step fails the requests that were unfinished (they are aborted, and the
-error is reported for each), not the loop.
+error is reported for each), not the loop; one in adding a request fails that request.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Union
 
+import torch
 import torch.distributed as dist
 from solidx.runtime.distributed import get_tp_rank, get_tp_size, peers_needed
 from solidx.runtime.engine import LLMEngine
@@ -77,22 +78,30 @@ class _Applier:
         self.engine = engine
         self.live: set[str] = set()
 
-    def apply(self, commands: list[Command]) -> bool:
-        """Apply ``commands``; False once a ``Stop`` is among them."""
+    def apply(self, commands: list[Command]) -> tuple[bool, dict[str, str]]:
+        """Apply ``commands``: (False once a ``Stop`` is among them, {request id: error} of the
+        requests the engine refused to add)."""
+        failed: dict[str, str] = {}
         for command in commands:
             if isinstance(command, Stop):
-                return False
+                return False, failed
             if isinstance(command, Add):
-                self.engine.add_request(command.request_id, command.prompt_token_ids,
-                                        command.params)
+                try:
+                    self.engine.add_request(command.request_id, command.prompt_token_ids,
+                                            command.params)
+                except Exception as exc:  # this request fails; the loop goes on
+                    logger.exception("adding request %s failed", command.request_id)
+                    failed[command.request_id] = f"{type(exc).__name__}: {exc}"
+                    continue
                 self.live.add(command.request_id)
             else:
                 self.engine.abort_request(command.request_ids)
                 self.live.difference_update(command.request_ids)
-        return True
+        return True, failed
 
-    def step(self) -> tuple[list[RequestOutput], list[str], str]:
-        """One engine step: (outputs, ids of the requests failed by an exception, its text)."""
+    def step(self) -> tuple[list[RequestOutput], dict[str, str]]:
+        """One engine step: (outputs, {request id: error} of the requests an exception failed:
+        every unfinished one)."""
         try:
             outputs = self.engine.step()
         except Exception as exc:  # the step's requests fail; the loop goes on
@@ -100,9 +109,10 @@ class _Applier:
             logger.exception("engine step failed; failing requests %s", failed)
             self.engine.abort_request(failed)
             self.live.clear()
-            return [], failed, f"{type(exc).__name__}: {exc}"
+            message = f"the engine step failed: {type(exc).__name__}: {exc}"
+            return [], dict.fromkeys(failed, message)
         self.live.difference_update(out.request_id for out in outputs if out.finished)
-        return outputs, [], ""
+        return outputs, {}
 
 
 def _broadcast(commands: list[Command] | None) -> list[Command]:
@@ -112,13 +122,13 @@ def _broadcast(commands: list[Command] | None) -> list[Command]:
 
 
 class EngineLoop(threading.Thread):
-    """Rank 0's stepping thread. ``on_step(outputs, failed_ids, error, stats)`` is called on
-    this thread after every step (and after commands change the engine's state)."""
+    """Rank 0's stepping thread. ``on_step(outputs, failed, stats)`` (``failed``: {request id:
+    error}) is called on this thread after every step and after commands were applied."""
 
     def __init__(
         self,
         engine: LLMEngine,
-        on_step: Callable[[list[RequestOutput], list[str], str, EngineStats], None],
+        on_step: Callable[[list[RequestOutput], dict[str, str], EngineStats], None],
     ) -> None:
         super().__init__(name="solidx-engine", daemon=True)
         self._applier = _Applier(engine)
@@ -131,18 +141,22 @@ class EngineLoop(threading.Thread):
 
     def run(self) -> None:
         engine = self._applier.engine
+        if engine.config.torch_device.type == "cuda":  # the current device is per thread
+            torch.cuda.set_device(engine.config.torch_device)
         with peers_needed():
             while True:
                 commands = self._take(block=not engine.has_unfinished_requests())
                 if get_tp_size() > 1:
                     commands = _broadcast(commands)
-                if not self._applier.apply(commands):
+                keep_going, failed = self._applier.apply(commands)
+                if not keep_going:
                     return
-                outputs, failed, error = [], [], ""
+                outputs: list[RequestOutput] = []
                 if engine.has_unfinished_requests():
-                    outputs, failed, error = self._applier.step()
+                    outputs, step_failed = self._applier.step()
+                    failed.update(step_failed)
                 if outputs or failed or commands:
-                    self._on_step(outputs, failed, error, engine_stats(engine))
+                    self._on_step(outputs, failed, engine_stats(engine))
 
     def _take(self, block: bool) -> list[Command]:
         commands: list[Command] = []
@@ -163,7 +177,9 @@ def follow(engine: LLMEngine) -> None:
     if get_tp_rank() == 0:
         raise RuntimeError("follow() is for the ranks other than 0; rank 0 runs the EngineLoop")
     applier = _Applier(engine)
+    if engine.config.torch_device.type == "cuda":
+        torch.cuda.set_device(engine.config.torch_device)
     with peers_needed():
-        while applier.apply(_broadcast(None)):
+        while applier.apply(_broadcast(None))[0]:
             if engine.has_unfinished_requests():
                 applier.step()
