@@ -8,13 +8,13 @@ import asyncio
 from pathlib import Path
 
 import pytest
-
 from solidx.runtime.config import Config
 from solidx.runtime.engine import LLMEngine
 from solidx.runtime.sampling_params import SamplingParams
 from solidx.runtime.serve.async_engine import AsyncLLMEngine, EngineStepError, QueueFullError
 from solidx.runtime.serve.detokenize import IncrementalDetokenizer
 from solidx.runtime.tokenizer import ByteTokenizer
+
 from tests.checkpoints import train_tokenizer
 
 GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
