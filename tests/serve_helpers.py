@@ -26,12 +26,13 @@ def free_port() -> int:
 
 
 def start_server(model: str, args: list[str], log: Path, ranks: int = 1,
-                 timeout_s: float = 150) -> tuple[subprocess.Popen, str]:
+                 timeout_s: float = 150, device: tuple[str, ...] = ("--device", "cpu",
+                 "--dtype", "float32")) -> tuple[subprocess.Popen, str]:
     """``solidx serve MODEL ARGS`` on a free port of 127.0.0.1 (under torchrun when ``ranks``
     > 1), once /health answers; (the process, its base URL)."""
     port = free_port()
     cli = ["-m", "solidx.cli.main", "serve", model, "--host", "127.0.0.1", "--port", str(port),
-           "--device", "cpu", "--dtype", "float32", *args]
+           *device, *args]
     if ranks > 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    "--nnodes=1", f"--nproc-per-node={ranks}", "--no-python", sys.executable]
