@@ -25,7 +25,8 @@ def test_served_text_equals_offline_on_gpu(tmp_path: Path) -> None:
     del llm
     args = ["--load-format", "dummy", "--max-model-len", "256", "--gpu-memory-utilization",
             "0.1"]
-    proc, url = start_server("tiny-llama", args, tmp_path / "gpu.log", device=("--device", "cuda", "--dtype", "float32"))
+    device = ("--device", "cuda", "--dtype", "float32")
+    proc, url = start_server("tiny-llama", args, tmp_path / "gpu.log", device=device)
 
     async def ask(aclient: openai.AsyncOpenAI, prompt: str, stream: bool) -> str:
         body = dict(model="tiny-llama", prompt=prompt, max_tokens=24, temperature=0,
