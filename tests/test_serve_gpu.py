@@ -19,13 +19,13 @@ PROMPTS = [f"Request number {i} says" for i in range(8)]
 @pytest.mark.gpu
 def test_served_text_equals_offline_on_gpu(tmp_path: Path) -> None:
     greedy = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
-    llm = LLM("tiny-llama", load_format="dummy", device="cuda", dtype="float32",
+    llm = LLM("tiny-llama", load_format="dummy", device="cuda", dtype="bfloat16",
               max_model_len=256, gpu_memory_utilization=0.1)
     expected = [llm.generate([p], greedy, use_tqdm=False)[0].outputs[0].text for p in PROMPTS]
     del llm
     args = ["--load-format", "dummy", "--max-model-len", "256", "--gpu-memory-utilization",
             "0.1"]
-    device = ("--device", "cuda", "--dtype", "float32")
+    device = ("--device", "cuda", "--dtype", "bfloat16")
     proc, url = start_server("tiny-llama", args, tmp_path / "gpu.log", device=device)
 
     async def ask(aclient: openai.AsyncOpenAI, prompt: str, stream: bool) -> str:
