@@ -170,6 +170,8 @@ def test_full_queue_answers_503(server) -> None:
         ({"prompt": "hi", "max_tokens": 10**9}, 400, "max_tokens"),
         ({"prompt": "hi", "temperature": -1}, 400, "temperature"),
         ({"prompt": "hi", "top_p": 2}, 400, "top_p"),
+        ({"prompt": "hi", "top_k": 2**70}, 400, "top_k"),
+        ({"prompt": "hi", "seed": -1}, 400, "seed"),
         ({"prompt": "hi", "n": 0}, 400, "n"),
         ({"prompt": "hi", "logprobs": 99}, 400, "logprobs"),
         ({"prompt": "hi", "stop": [""]}, 400, "stop"),

@@ -197,7 +197,8 @@ def build_app(front: AsyncLLMEngine, settings: ServerSettings, chat: ChatPrompte
         top = (req.top_logprobs or 0) if req.logprobs else None
         if req.top_logprobs is not None and not req.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs=true", "top_logprobs")
-        max_tokens = req.max_completion_tokens or req.max_tokens
+        max_tokens = req.max_tokens if req.max_completion_tokens is None else (
+            req.max_completion_tokens)
         fmt = Formatter("chat", f"chatcmpl-{secrets.token_hex(16)}", model, tokenizer)
         kids = children(fmt.id, req, [ids], "messages", max_tokens, top)
         return await respond(request, fmt, req, kids)

@@ -111,16 +111,14 @@ def sampling_params(
                        "temperature")
     if not math.isfinite(request.top_p) or not 0 < request.top_p <= 1:
         raise ApiError(400, f"top_p must be in (0, 1], got {request.top_p}", "top_p")
-    if request.top_k < -1:
-        raise ApiError(400, f"top_k must be -1 (off), 0 (off) or >= 1, got {request.top_k}",
-                       "top_k")
-    if not 1 <= request.n <= MAX_N:
-        raise ApiError(400, f"n must be in [1, {MAX_N}], got {request.n}", "n")
+    if not -1 <= request.top_k < 2**31:
+        raise ApiError(400, f"top_k must be -1 (off), 0 (off) or in [1, 2**31), got "
+                       f"{request.top_k}", "top_k")
     if logprobs is not None and not 0 <= logprobs <= MAX_LOGPROBS:
         raise ApiError(400, f"logprobs must be in [0, {MAX_LOGPROBS}], got {logprobs}",
                        "logprobs")
-    if seed is not None and not -(2**63) <= seed < 2**63:
-        raise ApiError(400, f"seed must fit in 64 bits, got {seed}", "seed")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise ApiError(400, f"seed must be in [0, 2**63), got {seed}", "seed")
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     if any(not s for s in stop):
         raise ApiError(400, "stop strings must not be empty", "stop")
