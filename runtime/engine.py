@@ -58,8 +58,8 @@ class LLMEngine:
             show = use_tqdm and len(prompts) > 1 and get_tp_rank() == 0
             with tqdm(total=len(prompts), desc="generate", unit="req", disable=not show) as bar:
                 while self.has_unfinished_requests():
-                    finished = [out for out in self.step() if out.finished]
-                    done.update((out.request_id, out) for out in finished)
+                    finished = [(rid, seq) for rid, seq in self._step() if seq.is_finished]
+                    done.update((rid, _output(rid, seq)) for rid, seq in finished)
                     bar.update(len(finished))
         return [done[str(i)] for i in range(len(prompts))]
 
@@ -111,6 +111,11 @@ class LLMEngine:
         """Run one batch; return an output for every request that progressed (a new token, or
         finished: refused ones included). ``token_ids`` are cumulative; ``text`` is set when
         the request finishes (and at every step for requests with stop strings)."""
+        return [_output(request_id, seq) for request_id, seq in self._step()]
+
+    def _step(self) -> list[tuple[str, Sequence]]:
+        """``step`` without building outputs: (request id, sequence) of those that progressed;
+        finished ones leave the engine's requests."""
         progressed, self._refused = self._refused, []
         if self.scheduler.has_unfinished():
             batch = self.scheduler.schedule()
@@ -128,13 +133,13 @@ class LLMEngine:
                 if seq.params.stop_strings or seq.is_finished:
                     self._detokenize(seq)
             progressed += sampled
-        outputs = []
+        result = []
         for seq in progressed:
             request_id = self._request_ids[seq.seq_id]
             if seq.is_finished:
                 del self._requests[request_id], self._request_ids[seq.seq_id]
-            outputs.append(dataclasses.replace(RequestOutput.from_seq(seq), request_id=request_id))
-        return outputs
+            result.append((request_id, seq))
+        return result
 
     # -----------------------------------------------------------------------------------------
 
@@ -158,3 +163,7 @@ class LLMEngine:
         if bad:
             return f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})"
         return None
+
+
+def _output(request_id: str, seq: Sequence) -> RequestOutput:
+    return dataclasses.replace(RequestOutput.from_seq(seq), request_id=request_id)
