@@ -102,3 +102,16 @@ def test_incremental_detokenization_equals_whole(kind, tmp_path: Path) -> None:
     whole = tokenizer.decode(ids, skip_special_tokens=True)
     assert "".join(pieces) + detok.finish(whole) == whole
     assert "".join(pieces) == whole  # nothing was held back to the end
+
+
+def test_engine_abort_request_frees_blocks_of_running_and_waiting(engine) -> None:
+    engine.add_request("run", [1, 40, 41, 42], GREEDY)
+    outputs = engine.step()
+    assert [out.request_id for out in outputs] == ["run"] and _used_blocks(engine) > 0
+    engine.add_request("wait", [1, 43], GREEDY)  # queued, not scheduled yet
+    assert len(engine.scheduler.waiting) == 1
+    with pytest.raises(ValueError, match="already in use"):
+        engine.add_request("run", [1, 2], GREEDY)
+    engine.abort_request(["run", "wait", "unknown"])
+    assert _used_blocks(engine) == 0 and not engine.has_unfinished_requests()
+    assert not engine.scheduler.waiting and engine.step() == [] and engine.get_num_unfinished_requests() == 0
