@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
 from click.testing import CliRunner
 from solidx.cli.main import main
@@ -19,6 +18,9 @@ from solidx.runtime.bench.serve import bench_serve, random_prompts
 
 from tests.checkpoints import make_checkpoint
 from tests.serve_helpers import API_KEY, CHAT_TEMPLATE, start_server, stop_server
+
+openai = pytest.importorskip("openai")  # the serve extra: not on every machine
+pytest.importorskip("fastapi")
 
 PROMPT = "The quick brown fox"
 MAX_LEN = 128

@@ -114,4 +114,5 @@ def test_engine_abort_request_frees_blocks_of_running_and_waiting(engine) -> Non
         engine.add_request("run", [1, 2], GREEDY)
     engine.abort_request(["run", "wait", "unknown"])
     assert _used_blocks(engine) == 0 and not engine.has_unfinished_requests()
-    assert not engine.scheduler.waiting and engine.step() == [] and engine.get_num_unfinished_requests() == 0
+    assert not engine.scheduler.waiting and engine.step() == []
+    assert engine.get_num_unfinished_requests() == 0

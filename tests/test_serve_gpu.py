@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import openai
 import pytest
 from solidx.runtime import LLM, SamplingParams
 
 from tests.serve_helpers import start_server, stop_server
+
+openai = pytest.importorskip("openai")  # the serve extra: not on every machine
+pytest.importorskip("fastapi")
 
 PROMPTS = [f"Request number {i} says" for i in range(8)]
 

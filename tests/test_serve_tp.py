@@ -6,11 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import openai
+import pytest
 from solidx.runtime import LLM, SamplingParams
 
 from tests.checkpoints import make_checkpoint
 from tests.serve_helpers import start_server, stop_server
+
+openai = pytest.importorskip("openai")  # the serve extra: not on every machine
+pytest.importorskip("fastapi")
 
 PROMPTS = ["The quick brown fox", "Hello there"]
 
