@@ -6,7 +6,6 @@ launch builds the same engine and makes the same ``generate`` calls.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Iterable
@@ -17,7 +16,7 @@ from solidx.runtime.block_manager import BlockManager
 from solidx.runtime.config import Config
 from solidx.runtime.distributed import get_tp_rank, init_distributed, peers_needed
 from solidx.runtime.model_runner import ModelRunner
-from solidx.runtime.outputs import RequestOutput
+from solidx.runtime.outputs import CompletionOutput, RequestOutput
 from solidx.runtime.sampling_params import SamplingParams
 from solidx.runtime.scheduler import Scheduler
 from solidx.runtime.sequence import Sequence, SequenceStatus
@@ -58,8 +57,8 @@ class LLMEngine:
             show = use_tqdm and len(prompts) > 1 and get_tp_rank() == 0
             with tqdm(total=len(prompts), desc="generate", unit="req", disable=not show) as bar:
                 while self.has_unfinished_requests():
-                    finished = [(rid, seq) for rid, seq in self._step() if seq.is_finished]
-                    done.update((rid, _output(rid, seq)) for rid, seq in finished)
+                    finished = [out for out in self.step() if out.finished]
+                    done.update((out.request_id, out) for out in finished)
                     bar.update(len(finished))
         return [done[str(i)] for i in range(len(prompts))]
 
@@ -114,8 +113,8 @@ class LLMEngine:
         return [_output(request_id, seq) for request_id, seq in self._step()]
 
     def _step(self) -> list[tuple[str, Sequence]]:
-        """``step`` without building outputs: (request id, sequence) of those that progressed;
-        finished ones leave the engine's requests."""
+        """(request id, sequence) of the requests that progressed in one batch; finished ones
+        leave the engine's requests."""
         progressed, self._refused = self._refused, []
         if self.scheduler.has_unfinished():
             batch = self.scheduler.schedule()
@@ -166,4 +165,10 @@ class LLMEngine:
 
 
 def _output(request_id: str, seq: Sequence) -> RequestOutput:
-    return dataclasses.replace(RequestOutput.from_seq(seq), request_id=request_id)
+    completion = CompletionOutput(
+        0, seq.text, seq.output_token_ids, seq.finish_reason, seq.logprobs
+    )
+    return RequestOutput(
+        request_id, seq.prompt, seq.prompt_token_ids, [completion], seq.is_finished,
+        seq.metrics, seq.num_cached_tokens, seq.error,
+    )

@@ -14,11 +14,11 @@ import asyncio
 import json
 import random
 import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Any, Union
 
 import aiohttp
+from solidx.gradlib.timing import wall_seconds
 from solidx.runtime.bench.result import BenchResult
 
 Prompt = Union[str, list[int]]
@@ -41,7 +41,7 @@ def random_prompts(num: int, input_len: int, seed: int) -> list[Prompt]:
 
 async def _one(session: aiohttp.ClientSession, url: str, body: dict[str, Any],
                headers: dict[str, str]) -> RequestResult:
-    start = time.perf_counter()
+    start = wall_seconds()
     last, result = start, RequestResult(ok=False)
     try:
         async with session.post(url, json=body, headers=headers) as response:
@@ -55,7 +55,7 @@ async def _one(session: aiohttp.ClientSession, url: str, body: dict[str, Any],
                 chunk = json.loads(line[5:])
                 if "error" in chunk:
                     return RequestResult(False, error=str(chunk["error"]))
-                now = time.perf_counter()
+                now = wall_seconds()
                 if chunk.get("usage"):
                     result.output_tokens = chunk["usage"]["completion_tokens"]
                 if not chunk.get("choices"):
@@ -67,7 +67,7 @@ async def _one(session: aiohttp.ClientSession, url: str, body: dict[str, Any],
                 last = now
     except aiohttp.ClientError as exc:
         return RequestResult(False, error=f"{type(exc).__name__}: {exc}")
-    result.ok, result.latency = True, time.perf_counter() - start
+    result.ok, result.latency = True, wall_seconds() - start
     return result
 
 
@@ -154,14 +154,14 @@ async def _run(base_url: str, model: str | None, prompts: list[Prompt], output_l
             return await _one(session, url, body, headers)
 
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        start = time.perf_counter()
+        start = wall_seconds()
         tasks = []
         for prompt in prompts:
             tasks.append(asyncio.ensure_future(send(session, prompt)))
             if request_rate != float("inf"):
                 await asyncio.sleep(rng.expovariate(request_rate))
         results = await asyncio.gather(*tasks)
-        duration = time.perf_counter() - start
+        duration = wall_seconds() - start
     good = [r for r in results if r.ok]
     tpots = [(r.latency - r.ttft) / (r.output_tokens - 1) for r in good if r.output_tokens > 1]
     return ServeBenchResult(
