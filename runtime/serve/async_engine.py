@@ -60,10 +60,6 @@ class AsyncLLMEngine:
             self._thread.submit(Stop())
             self._thread.join(STOP_TIMEOUT_S)
 
-    @property
-    def num_streams(self) -> int:
-        return len(self._streams)
-
     def check_capacity(self, count: int) -> None:
         """QueueFullError unless ``count`` more requests may wait for their first token."""
         if len(self._waiting) + count > self.max_waiting_requests:
