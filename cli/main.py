@@ -11,6 +11,7 @@ from solidx.cli.csv_cmd import csv_group
 from solidx.cli.csv_plot import plot
 from solidx.cli.generate import generate
 from solidx.cli.quantize import quantize
+from solidx.cli.serve import serve
 from solidx.cli.tune import tune
 from solidx.runtime import envs
 
@@ -32,6 +33,7 @@ main.add_command(tune)
 main.add_command(generate)
 main.add_command(bench)
 main.add_command(quantize)
+main.add_command(serve)  # imports fastapi only when it runs
 csv_group.add_command(plot)
 main.add_command(csv_group)
 

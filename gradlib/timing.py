@@ -120,6 +120,12 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def wall_seconds() -> float:
+    """A reading of the wall clock the Stopwatch uses (``time.perf_counter``), for benchmarks
+    that time events rather than blocks (a streamed response's chunks)."""
+    return time.perf_counter()
+
+
 class Stopwatch:
     """The wall clock around a block: ``with Stopwatch(device) as watch: ...``. The device is
     synchronized on entry and on exit, so queued GPU work counts in the block that queued it.

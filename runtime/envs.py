@@ -53,6 +53,8 @@ _READERS: dict[str, Callable[[], Any]] = {
     "PYTORCH_TUNABLEOP_ENABLED": _flag("PYTORCH_TUNABLEOP_ENABLED", False),
     "PYTORCH_TUNABLEOP_TUNING": _flag("PYTORCH_TUNABLEOP_TUNING", True),
     "PYTORCH_TUNABLEOP_FILENAME": _str("PYTORCH_TUNABLEOP_FILENAME", "tunableop_results%d.csv"),
+    # `solidx serve`'s API key when --api-key is not given (vLLM's name).
+    "VLLM_API_KEY": _str("VLLM_API_KEY", None),
     # Log level of solidx's loggers (DEBUG shows which attention kernel ran).
     "SOLIDX_LOG_LEVEL": _str("SOLIDX_LOG_LEVEL", "INFO"),
 }
