@@ -33,6 +33,7 @@ import torch
 from solidx.gradlib.backends.base import spec_hash
 from solidx.gradlib.dtypes import FP8
 from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.safe_files import open_append
 from solidx.gradlib.shapes_file import read_shapes
 from solidx.gradlib.timing import Timing
 from solidx.gradlib.tune_options import TuneOptions
@@ -95,9 +96,7 @@ class _Run:
         self.results: list[ShapeResult] = []
         self.errors: list[BaseException] = []
         self.tried = self.rejected = 0
-        log_path = options.log_file or f"{tuned_file}.candidates.jsonl"
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        self.log = open(log_path, "a")
+        self.log = open_append(options.log_file or f"{tuned_file}.candidates.jsonl")
         self.bar = tqdm(total=len(problems), unit="shape", desc="tune",
                         disable=not options.progress,
                         dynamic_ncols=True)
