@@ -120,6 +120,24 @@ def check_target(path: Path) -> None:
     check_existing(path, st)
 
 
+def untrusted_reason(path: str | os.PathLike) -> str | None:
+    """Why a file found at a default path (ROCm's ``/tmp/tuned_fp8_16.csv``) must not be used
+    (a link, another user's file, writable by others), or None when it is this user's own or
+    there is none."""
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return f"{path} is a symbolic link"
+    if st.st_uid != os.geteuid():
+        return f"{path} belongs to {_owner(st.st_uid)}"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is writable by other users (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -209,6 +227,6 @@ def lock_file(path: str | os.PathLike, timeout_s: float = LOCK_TIMEOUT_S) -> Ite
 
 __all__ = [
     "UnsafeFileError", "LockTimeout", "LOCK_TIMEOUT_S", "file_mode", "check_existing",
-    "open_fd", "open_append", "check_target", "remove_stale_temps", "replace_atomic",
+    "open_fd", "open_append", "check_target", "untrusted_reason", "remove_stale_temps", "replace_atomic",
     "lock_file",
 ]

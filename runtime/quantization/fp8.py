@@ -27,6 +27,7 @@ from torch import nn
 from solidx.gradlib.dtypes import FP8
 from solidx.gradlib.operands import GemmOperands
 from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.safe_files import untrusted_reason
 from solidx.gradlib.schema import CsvError
 from solidx.gradlib.tuned import TunedGemms
 from solidx.runtime import envs
@@ -57,7 +58,8 @@ ROCM_TUNED_FILE = "/tmp/tuned_fp8_16.csv"
 def load_tuned_gemms(config: Config) -> TunedGemms:
     """The tuned solutions for this engine's device. An explicit file (``tuned_gemm`` or
     ``SOLIDX_TUNED_GEMM``) must exist and be well formed (FileNotFoundError / CsvError); ROCm's
-    default file is used when it exists, and ignored with a warning when it is malformed."""
+    default file is used when it exists, and ignored with a warning when it is malformed, a
+    link, another user's or writable by others (anyone may write into /tmp)."""
     explicit = config.tuned_gemm or envs.SOLIDX_TUNED_GEMM
     if explicit:
         if not Path(explicit).is_file():
@@ -65,7 +67,11 @@ def load_tuned_gemms(config: Config) -> TunedGemms:
                 f"tuned GEMM file {explicit!r} (tuned_gemm / SOLIDX_TUNED_GEMM) does not exist"
             )
         return TunedGemms.load(explicit, config.torch_device)
-    if Path(ROCM_TUNED_FILE).is_file():
+    untrusted = untrusted_reason(ROCM_TUNED_FILE)
+    if untrusted:
+        logger.warning("ignoring the default tuned GEMM file: %s; pass your own file with "
+                       "--tuned-gemm (SOLIDX_TUNED_GEMM) to use it", untrusted)
+    elif Path(ROCM_TUNED_FILE).is_file():
         try:
             return TunedGemms.load(ROCM_TUNED_FILE, config.torch_device)
         except CsvError as exc:
