@@ -28,12 +28,13 @@ LOCK_TIMEOUT_S = 120.0
 _POLL_S = 0.05
 
 
-class UnsafeFileError(PermissionError):
-    """A path solidx refuses to open: a link, not a regular file, or another user's file."""
+class UnsafeFileError(PermissionError, ValueError):
+    """A path solidx refuses to open: a link, not a regular file, or another user's file (a
+    ValueError too, so that commands report it as bad input)."""
 
 
-class LockTimeout(TimeoutError):
-    """A lock that another process held for longer than the wait allowed."""
+class LockTimeout(TimeoutError, ValueError):
+    """A lock that another process held for longer than the wait allowed (a ValueError too)."""
 
 
 def _is_sticky(folder: Path) -> bool:
