@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 
 import torch
-
 from solidx.gradlib.backends import get_backend
 from solidx.gradlib.backends.base import parse_spec, spec_hash
 from solidx.gradlib.backends.cublaslt_configs import AlgoConfig

@@ -20,9 +20,10 @@ import pwd
 import stat
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 LOCK_TIMEOUT_S = 120.0
 _POLL_S = 0.05
@@ -228,6 +229,7 @@ def lock_file(path: str | os.PathLike, timeout_s: float = LOCK_TIMEOUT_S) -> Ite
 
 __all__ = [
     "UnsafeFileError", "LockTimeout", "LOCK_TIMEOUT_S", "file_mode", "check_existing",
-    "open_fd", "open_append", "check_target", "untrusted_reason", "remove_stale_temps", "replace_atomic",
+    "open_fd", "open_append", "check_target", "untrusted_reason", "remove_stale_temps",
+    "replace_atomic",
     "lock_file",
 ]

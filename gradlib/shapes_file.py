@@ -15,8 +15,8 @@ from solidx.gradlib.dtypes import FP8
 from solidx.gradlib.problem import GemmProblem
 from solidx.gradlib.safe_files import check_target
 from solidx.gradlib.schema import (
-    SHAPES_COLUMNS, CsvError, check_text, locked, parse_cell, parse_int, parse_problem, problem_cells,
-    problem_sort_key, raise_first, read_records, write_atomic,
+    SHAPES_COLUMNS, CsvError, check_text, locked, parse_cell, parse_int, parse_problem,
+    problem_cells, problem_sort_key, raise_first, read_records, write_atomic,
 )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import torch
-
 from solidx.gradlib.problem import GemmProblem
 
 USABLE_SHARE = 0.9  # of the device's memory; the rest is the framework's and the libraries'

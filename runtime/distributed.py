@@ -116,8 +116,8 @@ def init_distributed(config: Config) -> None:
     """Join the launch's process group when ``config.tensor_parallel_size`` > 1 (torchrun's
     variables say where; every rank must arrive within ``SOLIDX_RENDEZVOUS_TIMEOUT``:
     :mod:`solidx.runtime.rendezvous`; NCCL on CUDA, gloo on CPU), check that every rank has the
-    same settings, start the watchdog and, on GPUs, set up the custom all-reduce. Nothing to do at size 1
-    outside a group. Safe to call again."""
+    same settings, start the watchdog and, on GPUs, set up the custom all-reduce. Nothing to do at
+    size 1 outside a group. Safe to call again."""
     device = config.torch_device
     if not group_initialized():
         if config.tensor_parallel_size == 1:

@@ -143,8 +143,11 @@ def check_tensor(source: str, name: str, tensor: torch.Tensor, expected: torch.d
     if is_fp8(expected) and is_fp8(tensor.dtype) and tensor.dtype != expected:
         raise ValueError(f"{source}: tensor {name!r} is {tensor.dtype}, but its parameter "
                          f"holds {expected} (another fp8 format: re-export the checkpoint)")
-    if tensor.is_floating_point() and tensor.numel():
-        values = tensor if tensor.dtype.itemsize > 1 else tensor.float()
+    if not tensor.is_floating_point() or not tensor.numel():
+        return
+    flat = tensor.reshape(-1)
+    if bool(torch.isnan(flat[:1].float()).item()):  # all NaN needs a NaN first: one read else
+        values = flat if tensor.dtype.itemsize > 1 else flat.float()
         if bool(torch.isnan(values).all()):
             raise ValueError(f"{source}: tensor {name!r} is all NaN: the checkpoint is broken")
 

@@ -2,10 +2,10 @@
 
 Ranks started by hand (the README's multi-node and Ray launches: ``RANK``, ``WORLD_SIZE``,
 ``MASTER_ADDR``, ``MASTER_PORT`` set per process) and torchrun's alike meet at the rendezvous
-store (hosted by rank 0, or by torchrun's agent: ``TORCHELASTIC_USE_AGENT_STORE``); every rank marks its arrival there,
-and a rank that has not seen every peer within ``SOLIDX_RENDEZVOUS_TIMEOUT`` seconds raises
-RuntimeError naming the missing ranks and the address, instead of waiting for the collectives'
-ten-minute timeout.
+store (hosted by rank 0, or by torchrun's agent: ``TORCHELASTIC_USE_AGENT_STORE``); every rank
+marks its arrival there, and a rank that has not seen every peer within
+``SOLIDX_RENDEZVOUS_TIMEOUT`` seconds raises RuntimeError naming the missing ranks and the address,
+instead of waiting for the collectives' ten-minute timeout.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import time
 from datetime import timedelta
 
 import torch.distributed as dist
-
 from solidx.runtime import envs
 from solidx.runtime.launch import launch_rank, launch_world_size, rendezvous
 

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from solidx.gradlib.schema import CsvError
 from solidx.gradlib.shapes_file import read_shapes
 from solidx.shape_capture import recorder
@@ -49,7 +48,7 @@ def test_rows_that_cannot_be_merged_are_rescued_with_exit_1(tmp_path: Path) -> N
     path = tmp_path / "fp8_shapes.csv"
     code = RECORD.format(path=str(path)) + f"open({str(path)!r}, 'w').write('garbage\\n')\n"
     proc = _run(code)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     rescued = list(tmp_path.glob("fp8_shapes.csv.rescued-*.csv"))
     assert len(rescued) == 1 and f"they are in {rescued[0]}" in err

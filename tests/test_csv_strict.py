@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-
 from solidx.cli.main import main
 from solidx.gradlib.backends import get_backend
 from solidx.gradlib.backends.base import spec_hash
@@ -44,11 +43,13 @@ def test_a_good_file_is_ok(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("solution, message", [
-    (f"cublaslt,{spec_hash('cublaslt:id=1')},0.01,cublaslt:id=1", "column solution: cannot be built"),
+    (f"cublaslt,{spec_hash('cublaslt:id=1')},0.01,cublaslt:id=1",
+     "column solution: cannot be built"),
     ("triton,1,0.01,triton:kernel=gemv", "column solidx: 1 is not the hash"),
     (f"triton,{spec_hash('triton:kernel=nope')},0.01,triton:kernel=nope",
      "column solution: cannot be built: not a triton spec"),
-    (f"default,{spec_hash('cublaslt:x=1')},0.01,cublaslt:x=1", "column solution: cannot be built: spec 'cublaslt:x=1' is of libtype"),
+    (f"default,{spec_hash('cublaslt:x=1')},0.01,cublaslt:x=1",
+     "column solution: cannot be built: spec 'cublaslt:x=1' is of libtype"),
     ("default,7,0.01,default:", "column solidx: 7 is not the hash of solution 'default:'"),
 ])
 def test_specs_that_cannot_be_built_and_the_hash_rule(tmp_path: Path, solution: str,

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from solidx.gradlib.device import device_identity
 from solidx.gradlib.dtypes import FP8
 from solidx.gradlib.problem import GemmProblem
 from solidx.gradlib.tuned_file import TunedRow, write_tuned
 from solidx.runtime.config import Config
 from solidx.runtime.quantization import fp8
+
 from tests.checkpoints import make_checkpoint
 
 HERE = device_identity("cpu")

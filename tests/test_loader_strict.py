@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
-
 from solidx.runtime.config import Config
 from solidx.runtime.loader import load_model, load_weights
 from solidx.shape_capture.model_args import ModelArgs
+from torch import nn
+
 from tests.checkpoints import make_checkpoint
 
 EMBED = "model.embed_tokens.weight"

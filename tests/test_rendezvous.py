@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from solidx.runtime import envs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +52,7 @@ def test_a_peer_that_never_comes_is_named_within_the_timeout() -> None:
     port = _free_port()
     started = time.monotonic()
     proc = _rank(0, port)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert (f"rank 0 of 2: rank(s) 1 did not join the rendezvous at 127.0.0.1:{port} within 3 s "
             "(SOLIDX_RENDEZVOUS_TIMEOUT)") in err
@@ -63,7 +62,7 @@ def test_a_peer_that_never_comes_is_named_within_the_timeout() -> None:
 def test_a_missing_rank_0_is_reported_by_its_peer() -> None:
     port = _free_port()
     proc = _rank(1, port)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert f"rank 1 of 2 could not reach the rendezvous at 127.0.0.1:{port} within 3 s" in err
 
@@ -76,4 +75,4 @@ def test_the_timeout_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("-1", "soon", "inf", "0"):
         monkeypatch.setenv("SOLIDX_RENDEZVOUS_TIMEOUT", bad)
         with pytest.raises(ValueError, match="SOLIDX_RENDEZVOUS_TIMEOUT="):
-            envs.SOLIDX_RENDEZVOUS_TIMEOUT
+            _ = envs.SOLIDX_RENDEZVOUS_TIMEOUT

@@ -9,10 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
-
 from solidx.gradlib.problem import GemmProblem
 from solidx.gradlib.safe_files import (
-    LockTimeout, UnsafeFileError, lock_file, open_append, remove_stale_temps, replace_atomic,
+    LockTimeout,
+    UnsafeFileError,
+    lock_file,
+    open_append,
+    remove_stale_temps,
+    replace_atomic,
 )
 from solidx.gradlib.schema import locked
 from solidx.gradlib.shapes_file import ShapeRow, add_to_shapes_file, read_shapes, write_shapes

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from solidx.gradlib.dtypes import FP8
 from solidx.gradlib.problem import GemmProblem
 from solidx.gradlib.safe_files import UnsafeFileError
