@@ -95,6 +95,12 @@ def open_fd(path: str | os.PathLike, flags: int, create: bool = True) -> int:
             if create:
                 continue  # removed between the two opens: create it
             raise
+        except PermissionError:
+            owner = _owner(os.lstat(path).st_uid)
+            raise UnsafeFileError(
+                f"{path} belongs to {owner} and this user may not write it: choose a path of "
+                "your own, or share it in a team directory (chmod 2775), where solidx creates "
+                "files group-writable") from None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 check_existing(path, os.lstat(path))

@@ -44,7 +44,7 @@ class ShapeRecorder:
 
     def __init__(self, dtypes: frozenset[torch.dtype] | None = None) -> None:
         self.dtypes = dtypes
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a signal handler may flush while record() holds it
         self._counts: Counter[GemmProblem] = Counter()
         self._layers: dict[GemmProblem, list[str]] = {}
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from solidx.gradlib import safe_files
 from solidx.gradlib.problem import GemmProblem
 from solidx.gradlib.safe_files import (
     LockTimeout,
@@ -153,3 +158,30 @@ def test_shapes_file_round_trip_after_safe_write(tmp_path: Path) -> None:
     (row,) = read_shapes(path)
     assert (row.count, row.layers) == (3, ("a", "b"))
     assert list(tmp_path.glob("deep/.*.tmp")) == []
+
+
+def test_a_file_this_user_may_not_write_is_a_clear_error() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a child as another user")
+    folder = Path(tempfile.mkdtemp(prefix="solidx-perm-", dir="/tmp"))
+    try:
+        folder.chmod(0o777)  # not sticky: only the file's mode keeps another user out
+        lock = folder / "f.csv.lock"
+        lock.write_text("")
+        lock.chmod(0o644)
+        module = folder / "safe_files.py"  # stdlib only: a copy any Python of any user runs
+        shutil.copy(safe_files.__file__, module)
+        code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+                "from safe_files import UnsafeFileError, lock_file\n"
+                "try:\n    lock_file(sys.argv[2]).__enter__()\n"
+                "except UnsafeFileError as exc:\n    print(exc)\n")
+        python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+        try:
+            done = subprocess.run([python, "-c", code, str(folder), str(lock)], text=True,
+                                  capture_output=True, timeout=120, user=NOBODY, group=NOBODY)
+        except PermissionError:
+            pytest.skip("another user cannot run a Python here")
+        assert f"{lock} belongs to root (uid 0) and this user may not write it" in done.stdout, (
+            done.stderr)
+    finally:
+        shutil.rmtree(folder)
