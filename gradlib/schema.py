@@ -17,11 +17,9 @@ file hold a lock (:func:`locked`), so concurrent writers lose and duplicate noth
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import math
 import os
-import tempfile
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +29,7 @@ import torch
 
 from solidx.gradlib.dtypes import dtype_name, parse_dtype
 from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.safe_files import LOCK_TIMEOUT_S, lock_file, replace_atomic
 
 PROBLEM_COLUMNS = ("M", "N", "K", "bias", "dtype", "outdtype")
 SHAPES_COLUMNS = PROBLEM_COLUMNS + ("count", "layers")
@@ -54,31 +53,49 @@ class CsvError(ValueError):
 # ---------------------------------------------------------------- parsing cells
 
 
-def parse_int(text: str, *, positive: bool = False, nonnegative: bool = False) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        try:
-            as_float = float(text.strip())
-        except ValueError:
-            raise ValueError(f"{text!r} is not an integer") from None
-        if not as_float.is_integer():
-            raise ValueError(f"{text!r} is not an integer") from None
-        value = int(as_float)
+MAX_DIM = 2**31 - 1  # BLAS libraries index with 32-bit integers
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs such a cell
+
+
+def parse_int(text: str, *, positive: bool = False, nonnegative: bool = False,
+              limit: int | None = None) -> int:
+    """An integer written as one (``1e3`` and ``4.0`` are refused), optionally bounded."""
+    stripped = text.strip()
+    digits = stripped[1:] if stripped[:1] in "+-" else stripped
+    if not digits.isdecimal() or not digits.isascii():
+        raise ValueError(f"{text!r} is not an integer")
+    value = int(stripped)
     if positive and value <= 0:
         raise ValueError(f"{text!r} must be a positive integer")
     if nonnegative and value < 0:
         raise ValueError(f"{text!r} must not be negative")
+    if limit is not None and value > limit:
+        raise ValueError(f"{text!r} is larger than {limit}")
     return value
 
 
+def parse_dim(text: str) -> int:
+    """A problem size: a positive integer at most :data:`MAX_DIM`."""
+    return parse_int(text, positive=True, limit=MAX_DIM)
+
+
 def parse_float(text: str) -> float:
+    """A number; an empty cell is NaN (not measured)."""
     if not text.strip():
         return math.nan
     try:
         return float(text)
     except ValueError:
         raise ValueError(f"{text!r} is not a number") from None
+
+
+def parse_measure(text: str) -> float:
+    """A measured quantity (a time, a speedup, an error): empty (NaN, not measured) or a finite
+    number >= 0; ``nan``, ``inf`` and negative values are refused."""
+    value = parse_float(text)
+    if text.strip() and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{text!r} must be a finite number >= 0 (or empty)")
+    return value
 
 
 def _bool(text: str) -> bool:
@@ -90,8 +107,17 @@ def _bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean (True/False)")
 
 
+def check_text(value: str) -> str:
+    """``value`` unless a spreadsheet would run it as a formula (it starts with ``=``, ``+``,
+    ``-``, ``@``, a tab or a carriage return): then ValueError."""
+    if value.startswith(FORMULA_STARTS):
+        raise ValueError(f"{value!r} starts with {value[0]!r}: a spreadsheet would run it as a "
+                         "formula")
+    return value
+
+
 def parse_text(value: str) -> str:
-    return value.strip()
+    return check_text(value.strip())
 
 
 def format_float(value: float) -> str:
@@ -159,9 +185,9 @@ def parse_cell(path: Path, line: int, record: dict[str, str], column: str, parse
 def parse_problem(
     path: Path, line: int, record: dict[str, str], dtype: torch.dtype, outdtype: torch.dtype
 ) -> GemmProblem:
-    m = parse_cell(path, line, record, "M", lambda t: parse_int(t, positive=True))
-    n = parse_cell(path, line, record, "N", lambda t: parse_int(t, positive=True))
-    k = parse_cell(path, line, record, "K", lambda t: parse_int(t, positive=True))
+    m = parse_cell(path, line, record, "M", parse_dim)
+    n = parse_cell(path, line, record, "N", parse_dim)
+    k = parse_cell(path, line, record, "K", parse_dim)
     bias = parse_cell(path, line, record, "bias", _bool, False)
     in_dtype = parse_cell(path, line, record, "dtype", parse_dtype, dtype)
     out_dtype = parse_cell(path, line, record, "outdtype", parse_dtype, outdtype)
@@ -191,19 +217,12 @@ def problem_cells(problem: GemmProblem) -> list[str]:
 
 
 def write_atomic(path: Path, header: Sequence[str], lines: Iterable[list[str]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a CSV file atomically and safely (:func:`solidx.gradlib.safe_files.replace_atomic`)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(lines)
+    replace_atomic(path, buffer.getvalue().encode())
 
 
 def problem_sort_key(problem: GemmProblem) -> tuple:
@@ -212,21 +231,17 @@ def problem_sort_key(problem: GemmProblem) -> tuple:
 
 
 @contextmanager
-def locked(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (through ``path.lock``) across processes."""
-    lock_path = Path(f"{path}.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def locked(path: str | os.PathLike, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (through ``path.lock``) across processes, waiting at
+    most ``timeout_s`` (:func:`solidx.gradlib.safe_files.lock_file`)."""
+    with lock_file(f"{path}.lock", timeout_s):
+        yield
 
 
 __all__ = [
     "CsvError", "PROBLEM_COLUMNS", "SHAPES_COLUMNS", "GRADLIB_TUNED_COLUMNS", "TUNED_COLUMNS",
-    "parse_int", "parse_float", "parse_text", "format_float", "read_records", "parse_cell",
+    "MAX_DIM", "parse_int", "parse_dim", "parse_float", "parse_measure", "check_text",
+    "parse_text", "format_float", "read_records", "parse_cell",
     "parse_problem", "raise_first", "is_tuned_file", "problem_cells", "write_atomic",
     "problem_sort_key", "locked",
 ]

@@ -13,9 +13,10 @@ import torch
 
 from solidx.gradlib.dtypes import FP8
 from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.safe_files import check_target
 from solidx.gradlib.schema import (
-    SHAPES_COLUMNS, CsvError, locked, parse_cell, parse_int, parse_problem, problem_cells,
-    problem_sort_key, raise_first, read_records, write_atomic,
+    SHAPES_COLUMNS, CsvError, check_text, locked, parse_cell, parse_int, parse_problem,
+    problem_cells, problem_sort_key, raise_first, read_records, write_atomic,
 )
 
 
@@ -43,12 +44,15 @@ def parse_shapes(
             problem = parse_problem(path, line, record, dtype, outdtype)
             count = parse_cell(path, line, record, "count",
                                lambda t: parse_int(t, positive=True), 1)
-            layers = parse_cell(path, line, record, "layers",
-                                lambda t: tuple(x for x in t.split(";") if x), ())
+            layers = parse_cell(path, line, record, "layers", _layers, ())
             rows.append(ShapeRow(problem, count, layers))
         except CsvError as exc:
             errors.append(exc)
     return rows, errors
+
+
+def _layers(text: str) -> tuple[str, ...]:
+    return tuple(x for x in check_text(text.strip()).split(";") if x)
 
 
 def read_shapes(path: str | os.PathLike, dtype: torch.dtype = FP8,
@@ -60,7 +64,7 @@ def read_shapes(path: str | os.PathLike, dtype: torch.dtype = FP8,
 
 
 def _shape_cells(row: ShapeRow) -> list[str]:
-    return problem_cells(row.problem) + [str(row.count), ";".join(row.layers)]
+    return problem_cells(row.problem) + [str(row.count), check_text(";".join(row.layers))]
 
 
 def write_shapes(path: str | os.PathLike, rows: Iterable[ShapeRow]) -> None:
@@ -87,6 +91,7 @@ def merge_shapes(*groups: Iterable[ShapeRow]) -> list[ShapeRow]:
 def add_to_shapes_file(path: str | os.PathLike, rows: Iterable[ShapeRow]) -> None:
     """Merge rows into the shapes file at ``path`` under its lock (creating it if needed)."""
     with locked(path):
+        check_target(Path(path))  # not read through a link we will not write through
         existing = read_shapes(path) if Path(path).exists() else []
         write_shapes(path, merge_shapes(existing, rows))
 

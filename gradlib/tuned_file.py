@@ -16,8 +16,10 @@ import torch
 from solidx.gradlib.backends import LIBTYPES
 from solidx.gradlib.dtypes import FP8
 from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.safe_files import check_target
 from solidx.gradlib.schema import (
-    TUNED_COLUMNS, CsvError, format_float, locked, parse_cell, parse_float, parse_int,
+    TUNED_COLUMNS, CsvError, check_text, format_float, locked, parse_cell, parse_int,
+    parse_measure,
     parse_problem, parse_text, problem_cells, problem_sort_key, raise_first, read_records,
     write_atomic,
 )
@@ -67,12 +69,13 @@ def parse_tuned(
     if "solidx" not in header and "solution" not in header:
         raise CsvError(path, 1, "missing: not a tuned file (a shapes file?)", "solidx")
     rows, errors = [], []
+    seen: dict[tuple, tuple[int, TunedRow]] = {}
     for line, record in records:
         try:
             problem = parse_problem(path, line, record, dtype, outdtype)
             libtype = parse_cell(path, line, record, "libtype", _libtype, _LIBTYPE_WITHOUT_COLUMN)
             solidx = parse_cell(path, line, record, "solidx", parse_int, -1)
-            soltimems = parse_cell(path, line, record, "soltimems", parse_float, math.nan)
+            soltimems = parse_cell(path, line, record, "soltimems", parse_measure, math.nan)
             solution = parse_cell(path, line, record, "solution", parse_text, "")
             if libtype in _INDEXED and not solution:  # ROCm's gradlib: the index alone
                 solution = f"{libtype}:index={solidx}"
@@ -80,11 +83,12 @@ def parse_tuned(
                 raise CsvError(path, line, f"empty for libtype {libtype!r}", "solution")
             row = TunedRow(
                 problem, libtype, solidx, soltimems, solution,
-                default_ms=parse_cell(path, line, record, "default_ms", parse_float, math.nan),
-                speedup=parse_cell(path, line, record, "speedup", parse_float, math.nan),
-                tflops=parse_cell(path, line, record, "tflops", parse_float, math.nan),
-                gbps=parse_cell(path, line, record, "gbps", parse_float, math.nan),
-                max_rel_err=parse_cell(path, line, record, "max_rel_err", parse_float, math.nan),
+                default_ms=parse_cell(path, line, record, "default_ms", parse_measure, math.nan),
+                speedup=parse_cell(path, line, record, "speedup", parse_measure, math.nan),
+                tflops=parse_cell(path, line, record, "tflops", parse_measure, math.nan),
+                gbps=parse_cell(path, line, record, "gbps", parse_measure, math.nan),
+                max_rel_err=parse_cell(path, line, record, "max_rel_err", parse_measure,
+                                       math.nan),
                 device=parse_cell(path, line, record, "device", parse_text, ""),
                 sm_count=parse_cell(path, line, record, "sm_count",
                                lambda t: parse_int(t, nonnegative=True) if t.strip() else 0, 0),
@@ -92,10 +96,24 @@ def parse_tuned(
                 torch_version=parse_cell(path, line, record, "torch_version", parse_text, ""),
                 tuned_at=parse_cell(path, line, record, "tuned_at", parse_text, ""),
             )
+            _check_duplicate(path, line, row, seen)
             rows.append(row)
         except CsvError as exc:
             errors.append(exc)
     return rows, errors
+
+
+def _check_duplicate(path: Path, line: int, row: TunedRow,
+                     seen: dict[tuple, tuple[int, TunedRow]]) -> None:
+    """Refuse a second row of the same problem and build that chose another solution."""
+    first = seen.setdefault(row.identity(), (line, row))
+    if first[0] == line:
+        return
+    old = first[1]
+    if (old.libtype, old.solution, old.solidx) != (row.libtype, row.solution, row.solidx):
+        raise CsvError(path, line, f"{row.problem} appears again (first on line {first[0]}) "
+                       f"with another solution ({old.libtype} {old.solution or old.solidx} vs "
+                       f"{row.libtype} {row.solution or row.solidx})")
 
 
 def read_tuned(path: str | os.PathLike, dtype: torch.dtype = FP8,
@@ -108,10 +126,11 @@ def read_tuned(path: str | os.PathLike, dtype: torch.dtype = FP8,
 
 def _tuned_cells(row: TunedRow) -> list[str]:
     return problem_cells(row.problem) + [
-        row.libtype, str(row.solidx), format_float(row.soltimems), row.solution,
+        row.libtype, str(row.solidx), format_float(row.soltimems), check_text(row.solution),
         format_float(row.default_ms), format_float(row.speedup), format_float(row.tflops),
-        format_float(row.gbps), format_float(row.max_rel_err), row.device, str(row.sm_count),
-        row.lib_version, row.torch_version, row.tuned_at,
+        format_float(row.gbps), format_float(row.max_rel_err), check_text(row.device),
+        str(row.sm_count), check_text(row.lib_version), check_text(row.torch_version),
+        check_text(row.tuned_at),
     ]
 
 
@@ -133,6 +152,7 @@ def merge_tuned(*groups: Iterable[TunedRow]) -> list[TunedRow]:
 def add_to_tuned_file(path: str | os.PathLike, rows: Iterable[TunedRow]) -> None:
     """Merge rows into the tuned file at ``path`` under its lock (creating it if needed)."""
     with locked(path):
+        check_target(Path(path))  # not read through a link we will not write through
         existing = read_tuned(path) if Path(path).exists() else []
         write_tuned(path, merge_tuned(existing, rows))
 

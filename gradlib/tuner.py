@@ -15,6 +15,10 @@ For each problem, on one GPU (one :class:`solidx.gradlib.worker.Worker` child pe
    library builds (:func:`solidx.gradlib.tuned_file.select_rows`).
 
 ``gpus`` shards the problems over one worker per GPU (a shared queue); all rows land in one file.
+Tunes of one file that run at once share the work: each problem is claimed before it starts
+(:mod:`solidx.gradlib.tune_claims`), so a second run skips what the first finished or holds. A
+problem whose operands do not fit the device is refused before anything is allocated
+(:mod:`solidx.gradlib.tune_limits`); a dead run's temp files are removed at start.
 """
 from __future__ import annotations
 
@@ -33,8 +37,11 @@ import torch
 from solidx.gradlib.backends.base import spec_hash
 from solidx.gradlib.dtypes import FP8
 from solidx.gradlib.problem import GemmProblem
+from solidx.gradlib.safe_files import open_append, remove_stale_temps
 from solidx.gradlib.shapes_file import read_shapes
 from solidx.gradlib.timing import Timing
+from solidx.gradlib.tune_claims import Claims
+from solidx.gradlib.tune_limits import device_memory, too_big
 from solidx.gradlib.tune_options import TuneOptions
 from solidx.gradlib.tune_report import ShapeResult, TuneReport
 from solidx.gradlib.tuned_file import TunedRow, add_to_tuned_file, read_tuned, select_rows
@@ -83,10 +90,12 @@ class _Run:
     """State shared by the threads of one tuning run: queue, file, log, progress, results."""
 
     def __init__(self, problems: Sequence[GemmProblem], tuned_file: Path, options: TuneOptions,
-                 libtypes: Sequence[str]) -> None:
+                 libtypes: Sequence[str], claims: Claims) -> None:
         from tqdm import tqdm
 
         self.options, self.tuned_file, self.libtypes = options, tuned_file, libtypes
+        self.claims = claims
+        self.skipped: list[GemmProblem] = []
         self.queue: queue.Queue[GemmProblem] = queue.Queue()
         for problem in problems:
             self.queue.put(problem)
@@ -95,9 +104,7 @@ class _Run:
         self.results: list[ShapeResult] = []
         self.errors: list[BaseException] = []
         self.tried = self.rejected = 0
-        log_path = options.log_file or f"{tuned_file}.candidates.jsonl"
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        self.log = open(log_path, "a")
+        self.log = open_append(options.log_file or f"{tuned_file}.candidates.jsonl")
         self.bar = tqdm(total=len(problems), unit="shape", desc="tune",
                         disable=not options.progress,
                         dynamic_ncols=True)
@@ -136,7 +143,14 @@ class _Run:
         if result.error:
             logger.warning("%s: %s", result.problem, result.error)
 
+    def skip(self, problem: GemmProblem, reason: str) -> None:
+        logger.info("%s: skipped: %s", problem, reason)
+        with self.lock:
+            self.skipped.append(problem)
+            self.bar.update(1)
+
     def close(self) -> None:
+        self.claims.release()
         self.bar.close()
         self.log.close()
 
@@ -245,10 +259,15 @@ def _drive(run: _Run, worker: Worker) -> None:
                 problem = run.queue.get_nowait()
             except queue.Empty:
                 return
+            reason = run.claims.take(problem)
+            if reason:
+                run.skip(problem, reason)
+                continue
             started = time.monotonic()
             result = tune_one(run, worker, problem)
             result.seconds = time.monotonic() - started
             run.finish(result)
+            run.claims.release([problem])
     except BaseException as exc:  # reported by the main thread
         run.errors.append(exc)
         run.stop.set()
@@ -313,11 +332,21 @@ def run_workers(workers: Sequence[Worker], problems: Sequence[GemmProblem],
             libtypes.append(libtype)
     for libtype, reason in report.unavailable.items():
         logger.warning("backend %s skipped: %s", libtype, reason)
+    remove_stale_temps(tuned_file)
     done = already_tuned(tuned_file, hello)
     unique = list({p.key(): p for p in problems}.values())
-    pending = [p for p in unique if p.key() not in done]
     report.skipped = [p for p in unique if p.key() in done]
-    run = _Run(pending, tuned_file, options, libtypes)
+    memory = device_memory(hello.device, options.gpus[0] if options.gpus else None)
+    pending = []
+    for problem in (p for p in unique if p.key() not in done):
+        reason = too_big(problem, memory)
+        if reason:
+            logger.warning("%s", reason)
+            report.results.append(ShapeResult(problem, error=reason))
+        else:
+            pending.append(problem)
+    claims = Claims(tuned_file, lambda: already_tuned(tuned_file, hello))
+    run = _Run(pending, tuned_file, options, libtypes, claims)
     threads = [threading.Thread(target=_drive, args=(run, w), name=f"tune-{w.name}", daemon=True)
                for w in workers]
     try:
@@ -333,8 +362,9 @@ def run_workers(workers: Sequence[Worker], problems: Sequence[GemmProblem],
         run.close()
     if run.errors:
         raise run.errors[0]
-    order = {p.key(): i for i, p in enumerate(pending)}
-    report.results = sorted(run.results, key=lambda r: order[r.problem.key()])
+    order = {p.key(): i for i, p in enumerate(unique)}
+    report.results = sorted(report.results + run.results, key=lambda r: order[r.problem.key()])
+    report.skipped += run.skipped
     report.elapsed_s = time.monotonic() - started
     return report
 

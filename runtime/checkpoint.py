@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 CheckpointTensor = tuple[str, torch.Tensor, str]  # name, tensor, where it came from
 
@@ -23,7 +23,11 @@ def checkpoint_files(folder: Path) -> list[Path]:
     """The safetensors files of a checkpoint folder (those its index names, when it has one)."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{index}: not a safetensors index (a JSON object whose "
+                             f"weight_map maps tensor names to files): {exc!r}") from None
         files = [folder / name for name in names]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
@@ -39,11 +43,22 @@ def checkpoint_files(folder: Path) -> list[Path]:
 
 
 def checkpoint_tensors(folder: Path) -> Iterator[CheckpointTensor]:
-    """Every tensor of a checkpoint folder's safetensors files, read to the CPU one at a time."""
+    """Every tensor of a checkpoint folder's safetensors files, read to the CPU one at a time;
+    an unreadable file (truncated, not safetensors) or tensor is a ValueError naming both."""
     for path in checkpoint_files(folder):
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        try:
+            handle = safe_open(str(path), framework="pt", device="cpu")
+        except (SafetensorError, OSError) as exc:
+            raise ValueError(f"{path}: not a readable safetensors file (truncated or "
+                             f"corrupt?): {exc}") from None
+        with handle as f:
             for name in f.keys():
-                yield name, f.get_tensor(name), path.name
+                try:
+                    tensor = f.get_tensor(name)
+                except (SafetensorError, OSError, RuntimeError) as exc:
+                    raise ValueError(f"{path}: tensor {name!r} cannot be read (truncated or "
+                                     f"corrupt file?): {exc}") from None
+                yield name, tensor, path.name
 
 
 def dummy_tensors(

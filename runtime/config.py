@@ -92,7 +92,8 @@ class Config:
 
     def __post_init__(self) -> None:
         hf_config = load_model_config(self.model)
-        args = ModelArgs.from_hf(hf_config)
+        source = f"preset {self.model}" if self.is_preset else f"{self.model}/config.json"
+        args = ModelArgs.from_hf(hf_config, source)
         derived: dict[str, Any] = {"hf_config": hf_config, "model_args": args}
         derived["torch_device"] = _resolve_device(self.device)
         derived["torch_dtype"] = _resolve_dtype(self.dtype, hf_config)
@@ -135,6 +136,11 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_logprobs < -1:
             raise ValueError(f"max_logprobs must be >= -1, got {self.max_logprobs}")
+        for name in ("num_gpu_blocks_override", "kv_cache_memory_bytes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{name} ({flag}) must be >= 1 when given, got {value}")
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "

@@ -32,13 +32,14 @@ import torch.distributed as dist
 from solidx.runtime import envs
 from solidx.runtime.config import Config
 from solidx.runtime.custom_all_reduce import CustomAllReduce
-from solidx.runtime.launch import group_initialized, rendezvous
+from solidx.runtime.launch import group_initialized, launch_rank, launch_world_size, rendezvous
+from solidx.runtime.rendezvous import join_store
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # the last resort: the watchdog sees dead ranks
 HEARTBEAT_S = 1.0
 PEER_TIMEOUT_S = 10.0
 # Settings that may differ between ranks: each rank names its own device.
-PER_RANK_SETTINGS = ("device", "SOLIDX_LOG_LEVEL")
+PER_RANK_SETTINGS = ("device", "SOLIDX_LOG_LEVEL", "SOLIDX_RENDEZVOUS_TIMEOUT")
 
 
 def get_tp_rank() -> int:
@@ -113,18 +114,23 @@ _custom_all_reduce_on = False  # the current engine's choice (``disable_custom_a
 
 def init_distributed(config: Config) -> None:
     """Join the launch's process group when ``config.tensor_parallel_size`` > 1 (torchrun's
-    variables say where; NCCL on CUDA, gloo on CPU), check that every rank has the same settings,
-    start the watchdog and, on GPUs, set up the custom all-reduce. Nothing to do at size 1
-    outside a group. Safe to call again."""
+    variables say where; every rank must arrive within ``SOLIDX_RENDEZVOUS_TIMEOUT``:
+    :mod:`solidx.runtime.rendezvous`; NCCL on CUDA, gloo on CPU), check that every rank has the
+    same settings, start the watchdog and, on GPUs, set up the custom all-reduce. Nothing to do at
+    size 1 outside a group. Safe to call again."""
     device = config.torch_device
     if not group_initialized():
         if config.tensor_parallel_size == 1:
             return
+        store = join_store(envs.SOLIDX_RENDEZVOUS_TIMEOUT)  # bounded: names missing ranks
+        store.set_timeout(COLLECTIVE_TIMEOUT)
+        joined = dict(store=dist.PrefixStore("default_pg", store), rank=launch_rank(),
+                      world_size=launch_world_size(), timeout=COLLECTIVE_TIMEOUT)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-            dist.init_process_group("nccl", timeout=COLLECTIVE_TIMEOUT, device_id=device)
+            dist.init_process_group("nccl", device_id=device, **joined)
         else:
-            dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
+            dist.init_process_group("gloo", **joined)
     elif device.type == "cuda":
         torch.cuda.set_device(device)
     check_same_settings(settings_of(config))

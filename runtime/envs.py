@@ -22,6 +22,21 @@ def _str(name: str, default: str | None) -> Callable[[], str | None]:
     return lambda: os.environ.get(name, default)
 
 
+def _seconds(name: str, default: float) -> Callable[[], float]:
+    def read() -> float:
+        value = os.environ.get(name, "").strip()
+        if not value:
+            return default
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not 0 < seconds < float("inf"):
+            raise ValueError(f"{name}={value!r}: expected a number of seconds > 0")
+        return seconds
+    return read
+
+
 def _triton_flash_attn() -> bool:
     """VLLM_USE_FLASH_ATTN_TRITON (ROCm docs) or its later name VLLM_USE_TRITON_FLASH_ATTN;
     the first one set wins; default on."""
@@ -55,6 +70,10 @@ _READERS: dict[str, Callable[[], Any]] = {
     "PYTORCH_TUNABLEOP_FILENAME": _str("PYTORCH_TUNABLEOP_FILENAME", "tunableop_results%d.csv"),
     # `solidx serve`'s API key when --api-key is not given (vLLM's name).
     "VLLM_API_KEY": _str("VLLM_API_KEY", None),
+    # Seconds a rank waits at start for every other rank of its launch (then names the missing).
+    "SOLIDX_RENDEZVOUS_TIMEOUT": _seconds("SOLIDX_RENDEZVOUS_TIMEOUT", 30.0),
+    # Set by torchrun: its agent hosts the rendezvous store (else rank 0 does).
+    "TORCHELASTIC_USE_AGENT_STORE": _flag("TORCHELASTIC_USE_AGENT_STORE", False),
     # Log level of solidx's loggers (DEBUG shows which attention kernel ran).
     "SOLIDX_LOG_LEVEL": _str("SOLIDX_LOG_LEVEL", "INFO"),
 }

@@ -3,13 +3,15 @@
 The model is built on the meta device (no memory), materialized uninitialized on the target
 device, then every checkpoint tensor is streamed through its parameter's ``weight_loader``
 (fused q/k/v and gate/up included). A checkpoint tensor the model has no place for, a parameter
-(or fused part) the checkpoint does not fill, or a tensor of the wrong shape is an error naming it.
+(or fused part) the checkpoint does not fill, a tensor of the wrong shape or dtype, or one all NaN
+is an error naming it; a model too big for the device is refused before anything is allocated.
 ``load_format="dummy"`` streams a synthetic checkpoint of seeded random tensors through the same
 path, so dummy weights are identical at every tensor-parallel size.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -43,6 +45,7 @@ def load_model(config: Config) -> nn.Module:
             config.torch_dtype,
             quant.linear_method if quant else unquantized,
         )
+    check_fits(model, config.torch_device)
     materialize(model, config.torch_device)
     if config.load_format == "dummy":
         tensors = dummy_tensors(cls.checkpoint_shapes(args), config.seed, config.torch_device)
@@ -108,6 +111,7 @@ def load_weights(model: nn.Module, tensors: Iterable[CheckpointTensor]) -> None:
                 f"{source}: tensor {ckpt_name!r} is {tensor.dtype}: the checkpoint is "
                 "fp8-quantized; load it with quantization='fp8'"
             )
+        check_tensor(source, ckpt_name, tensor, param.dtype)
         if (name, shard) in loaded:
             raise ValueError(f"{source}: tensor {ckpt_name!r} appears twice in the checkpoint")
         weight_loader = getattr(param, "weight_loader", default_weight_loader)
@@ -132,6 +136,46 @@ def load_weights(model: nn.Module, tensors: Iterable[CheckpointTensor]) -> None:
         raise ValueError(
             f"checkpoint does not match {type(model).__name__}: " + "; ".join(problems)
         )
+
+
+def check_tensor(source: str, name: str, tensor: torch.Tensor, expected: torch.dtype) -> None:
+    """Refuse a checkpoint tensor whose dtype the parameter cannot take (an integer or bool
+    tensor for a float parameter, e5m2 where e4m3 is expected) or whose values are all NaN."""
+    if expected.is_floating_point and not tensor.is_floating_point():
+        raise ValueError(f"{source}: tensor {name!r} is {tensor.dtype}, but its parameter "
+                         f"holds {expected}: not a weight of this model")
+    if is_fp8(expected) and is_fp8(tensor.dtype) and tensor.dtype != expected:
+        raise ValueError(f"{source}: tensor {name!r} is {tensor.dtype}, but its parameter "
+                         f"holds {expected} (another fp8 format: re-export the checkpoint)")
+    if not tensor.is_floating_point() or not tensor.numel():
+        return
+    flat = tensor.reshape(-1)
+    if bool(torch.isnan(flat[:1].float()).item()):  # all NaN needs a NaN first: one read else
+        values = flat if tensor.dtype.itemsize > 1 else flat.float()
+        if bool(torch.isnan(values).all()):
+            raise ValueError(f"{source}: tensor {name!r} is all NaN: the checkpoint is broken")
+
+
+def check_fits(model: nn.Module, device: torch.device) -> None:
+    """Refuse, before anything is allocated, a model (on the meta device) whose parameters alone
+    need more than the device's memory, naming the largest parameter."""
+    params = list(model.named_parameters())
+    need = sum(p.numel() * p.element_size() for _, p in params)
+    have = device_memory(device)
+    if need > have:
+        name, largest = max(params, key=lambda item: item[1].numel())
+        raise ValueError(
+            f"the model's weights need {need / 2**30:.1f} GiB but {device} has "
+            f"{have / 2**30:.1f} GiB (largest: {name} {tuple(largest.shape)}); check config.json "
+            "(vocab_size, hidden_size, intermediate_size, num_hidden_layers)"
+        )
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory on ``device``: a GPU's total, the machine's RAM for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def default_weight_loader(param: torch.Tensor, loaded: torch.Tensor) -> None:

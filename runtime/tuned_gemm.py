@@ -4,7 +4,8 @@ shape capture (``TUNE_FP8=1`` for fp8 GEMMs, ROCm's ``VLLM_TUNE_GEMM=1`` for 16-
 Which tuned file: ``tuned_gemm`` (``--tuned-gemm``), else ``SOLIDX_TUNED_GEMM``, else
 ``VLLM_TUNE_FILE``: an explicit file must exist and be well formed. With none of them, ROCm's
 defaults are loaded where they exist (``/tmp/tuned_fp8_16.csv`` for fp8, ``tuned.csv`` for
-16-bit; a malformed default is ignored with a warning). One file may hold fp8 and 16-bit rows.
+16-bit; a malformed default, a link, another user's file or one writable by others is ignored
+with a warning). One file may hold fp8 and 16-bit rows.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 from solidx.gradlib.dtypes import FP8
+from solidx.gradlib.safe_files import untrusted_reason
 from solidx.gradlib.schema import CsvError
 from solidx.gradlib.tuned import TunedGemms
 from solidx.runtime import envs
@@ -39,7 +41,14 @@ def load_tuned_gemms(config: Config) -> TunedGemms:
             raise FileNotFoundError(f"tuned GEMM file {explicit!r} (tuned_gemm / "
                                     "SOLIDX_TUNED_GEMM / VLLM_TUNE_FILE) does not exist")
         return TunedGemms.load(explicit, config.torch_device)
-    defaults = [path for path in (ROCM_TUNED_FILE, ROCM_TUNE_FILE) if Path(path).is_file()]
+    defaults = []
+    for path in (ROCM_TUNED_FILE, ROCM_TUNE_FILE):
+        untrusted = untrusted_reason(path)
+        if untrusted:  # anyone may write into /tmp: a default file must be this user's own
+            logger.warning("ignoring the default tuned GEMM file: %s; pass your own file with "
+                           "--tuned-gemm (SOLIDX_TUNED_GEMM) to use it", untrusted)
+        elif Path(path).is_file():
+            defaults.append(path)
     if defaults:
         try:
             return TunedGemms.load(defaults, config.torch_device)

@@ -12,7 +12,7 @@ from solidx.cli.main import main
 from solidx.gradlib.shapes_file import read_shapes
 
 GOOD = "M,N,K,bias,dtype,outdtype,libtype,solidx,soltimems,solution\n" \
-       "4096,1,4096,False,torch.float8_e4m3fn,torch.bfloat16,default,1,0.01,default:\n"
+       "4096,1,4096,False,torch.float8_e4m3fn,torch.bfloat16,default,42051450,0.01,default:\n"
 
 
 def invoke(*args: str):
@@ -43,7 +43,7 @@ def test_capture_show_validate_merge_diff(tmp_path: Path) -> None:
 def test_validate_reports_every_error(tmp_path: Path) -> None:
     good, bad = tmp_path / "good.csv", tmp_path / "tuned_fp8.csv"
     good.write_text(GOOD)
-    bad.write_text(GOOD + GOOD.splitlines()[1].replace(",1,0.01", ",abc,0.01") + "\n"
+    bad.write_text(GOOD + GOOD.splitlines()[1].replace(",42051450,", ",abc,") + "\n"
                    + GOOD.splitlines()[1].replace("4096,1,", "4096,0,") + "\n")
     result = CliRunner().invoke(main, ["csv", "validate", str(good), str(bad)])
     assert result.exit_code == 1

@@ -133,8 +133,8 @@ def test_missing_column(tmp_path: Path) -> None:
 
 
 def test_validate_lists_every_error(tmp_path: Path) -> None:
-    good = "4096,1,4096,False,torch.float8_e4m3fn,torch.bfloat16,default,1,0.01,default:\n"
-    bad = "4096,x,4096,False,torch.float8_e4m3fn,torch.bfloat16,default,1,0.01,default:\n"
+    good = "4096,1,4096,False,torch.float8_e4m3fn,torch.bfloat16,default,42051450,0.01,default:\n"
+    bad = "4096,x,4096,False,torch.float8_e4m3fn,torch.bfloat16,default,42051450,0.01,default:\n"
     path = write(tmp_path, HEADER + good + bad + good + bad)
     errors = validate(path)
     assert [e.line for e in errors] == [3, 5]

@@ -60,7 +60,9 @@ def test_margin_rule() -> None:
 def test_failing_candidates_are_isolated_and_a_good_one_wins(tmp_path: Path) -> None:
     tuned = tmp_path / "tuned.csv"
     report = tune_problems([TINY_FP8], tuned, options("FaultyBackend"))
-    assert not report.failed and validate(tuned) == []
+    # the fake's specs (triton:kind=...) are no real Triton configurations: only that is wrong
+    errors = validate(tuned)
+    assert not report.failed and all("not a triton spec" in str(e) for e in errors), errors
     (row,) = read_tuned(tuned)
     assert row.libtype == "triton" and row.solution in ("triton:kind=good", "triton:kind=sleep500")
     assert row.speedup >= 1.03 and row.default_ms > row.soltimems
