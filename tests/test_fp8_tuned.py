@@ -111,7 +111,8 @@ def test_tuned_file_sources(base: Path, tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(tuned_gemm, "ROCM_TUNED_FILE", str(good))  # ROCm's default, when it exists
     llm = LLM(str(base), quantization="fp8")
     assert tuned_gemm_report(llm.llm_engine.model_runner.model)["tuned_file"].startswith(str(good))
-    monkeypatch.setattr(tuned_gemm, "ROCM_TUNED_FILE", str(bad))  # a stale default never stops a run
+    # a stale default never stops a run
+    monkeypatch.setattr(tuned_gemm, "ROCM_TUNED_FILE", str(bad))
     with caplog.at_level(logging.WARNING):
         llm = LLM(str(base), quantization="fp8")
     assert "ignoring the default tuned GEMM file" in caplog.text
