@@ -110,7 +110,7 @@ def test_engine_abort_request_frees_blocks_of_running_and_waiting(engine) -> Non
     assert [out.request_id for out in outputs] == ["run"] and _used_blocks(engine) > 0
     engine.add_request("wait", [1, 43], GREEDY)  # queued, not scheduled yet
     assert len(engine.scheduler.waiting) == 1
-    with pytest.raises(ValueError, match="already in use"):
+    with pytest.raises(ValueError, match="request_id .run. is already running"):
         engine.add_request("run", [1, 2], GREEDY)
     engine.abort_request(["run", "wait", "unknown"])
     assert _used_blocks(engine) == 0 and not engine.has_unfinished_requests()
