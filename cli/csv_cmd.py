@@ -1,4 +1,4 @@
-"""``solidx csv``: show, validate, merge and diff shapes and tuned files."""
+"""``solidx csv show / validate / merge / diff`` (grouped in :mod:`solidx.cli.csv_group`)."""
 from __future__ import annotations
 
 import math
@@ -55,12 +55,7 @@ def _fail(exc: CsvError) -> None:
     raise click.ClickException(str(exc))
 
 
-@click.group("csv")
-def csv_group() -> None:
-    """Inspect and combine shapes files (fp8_shapes.csv) and tuned files (tuned_fp8.csv)."""
-
-
-@csv_group.command("show")
+@click.command("show")
 @click.argument("file", type=click.Path(dir_okay=False))
 def show(file: str) -> None:
     """Print FILE (shapes or tuned) as a readable table."""
@@ -73,7 +68,7 @@ def show(file: str) -> None:
         _fail(exc)
 
 
-@csv_group.command("validate")
+@click.command("validate")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def validate_cmd(files: tuple[str, ...]) -> None:
     """Check FILES; exit 0 when all are good, 1 with every error listed when not."""
@@ -90,7 +85,7 @@ def validate_cmd(files: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
-@csv_group.command("merge")
+@click.command("merge")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="File to write.")
@@ -111,7 +106,7 @@ def merge(files: tuple[str, ...], output: str) -> None:
     click.echo(f"wrote {len(rows)} rows to {output}")
 
 
-@csv_group.command("diff")
+@click.command("diff")
 @click.argument("a", type=click.Path(dir_okay=False))
 @click.argument("b", type=click.Path(dir_okay=False))
 def diff(a: str, b: str) -> None:
