@@ -67,7 +67,10 @@ class TunedGemms:
             bisect.insort(entries, (row.problem.N, solution), key=lambda e: e[0])
         selection.rows = built
         tuned.summary = f"{path}: {selection.summary()}"
-        logger.info("tuned GEMMs: %s", tuned.summary)
+        if built:
+            logger.info("tuned GEMMs: %s", tuned.summary)
+        else:  # every row is for another device or build: the file does nothing here
+            logger.warning("tuned GEMMs: %s: the file contributes no row", tuned.summary)
         return tuned
 
     def solution(self, problem: GemmProblem) -> Solution:
