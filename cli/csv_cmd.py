@@ -110,8 +110,8 @@ def merge(files: tuple[str, ...], output: str) -> None:
 @click.argument("a", type=click.Path(dir_okay=False))
 @click.argument("b", type=click.Path(dir_okay=False))
 def diff(a: str, b: str) -> None:
-    """Rows only in A, only in B, and (tuned files) problems whose solution or time changed.
-    Exit 0 when the files agree, 1 when they differ."""
+    """Rows only in A, only in B, and (tuned files) problems whose solution changed or whose
+    time changed (to 4 significant digits). Exit 0 when the files agree, 1 when they differ."""
     try:
         if is_tuned_file(a) != is_tuned_file(b):
             raise click.ClickException("cannot diff a shapes file against a tuned file")
@@ -135,6 +135,10 @@ def diff(a: str, b: str) -> None:
             differences += 1
             click.echo(f"~ {ra.problem}: {ra.libtype} {ra.solution} ({_num(ra.soltimems)} ms) -> "
                        f"{rb.libtype} {rb.solution} ({_num(rb.soltimems)} ms)")
+        elif tuned and _num(ra.soltimems) != _num(rb.soltimems):
+            differences += 1
+            click.echo(f"~ {ra.problem}: {ra.libtype} {ra.solution}: {_num(ra.soltimems)} ms -> "
+                       f"{_num(rb.soltimems)} ms")
         elif not tuned and ra.count != rb.count:
             differences += 1
             click.echo(f"~ {ra.problem}: count {ra.count} -> {rb.count}")
