@@ -53,5 +53,6 @@ def test_tp2_cpu_ranks_exit_0_every_time() -> None:
         for rank, result in enumerate(run_ranks()):
             where = f"run {run + 1}, rank {rank} (after {time.monotonic() - started:.0f} s)"
             assert "terminate called" not in result.stderr, f"{where}: {result.stderr[-2000:]}"
-            assert result.returncode == 0, f"{where}: rc {result.returncode}: {result.stderr[-999:]}"
+            tail = result.stderr[-2000:]
+            assert result.returncode == 0, f"{where}: rc {result.returncode}: {tail}"
             assert result.stdout.startswith("tokens ["), where
