@@ -57,7 +57,7 @@ class Config:
     )
     worker_use_ray: bool = _opt(False, "Start the ranks as Ray actors (backend ray).")
     quantization: str | None = _opt(
-        None, "Weight quantization [default: the checkpoint's quantization_config, else none].",
+        None, "Weight quantization [default: the checkpoint's quantization_config, if any].",
         QUANTIZATION_METHODS,
     )
     quantization_param_path: str | None = _opt(
