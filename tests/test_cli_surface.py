@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,10 +32,9 @@ TINY = ["--model", "tiny-llama", "--load-format", "dummy", "--device", "cpu"]
 
 def solidx(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``solidx ARGS`` in a fresh interpreter."""
-    import os
-
-    return subprocess.run([sys.executable, "-m", "solidx.cli.main", *args], cwd=ROOT, text=True,
-                          capture_output=True, timeout=300, env={**os.environ, **(env or {})})
+    return subprocess.run([sys.executable, "-m", "solidx.cli.main", *args], cwd=ROOT,
+                          check=False, text=True, capture_output=True, timeout=300,
+                          env={**os.environ, **(env or {})})
 
 
 def other_gpu_row(problem: GemmProblem, soltimems: float = 0.01) -> TunedRow:
@@ -50,7 +50,7 @@ def test_help_and_version_import_neither_torch_nor_transformers(args) -> None:
             "except SystemExit as e:\n    assert e.code == 0, e.code\n"
             "heavy = [m for m in ('torch', 'transformers', 'triton', 'pandas') "
             "if m in sys.modules]\nprint('HEAVY', heavy)")
-    done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, text=True,
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, check=False, text=True,
                           capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("HEAVY []"), done.stdout
@@ -122,15 +122,15 @@ def test_llm_from_python_logs_and_warns_when_the_tuned_file_gives_nothing(tmp_pa
     code = ("from solidx import LLM\n"
             f"LLM('tiny-llama', load_format='dummy', quantization='fp8', tuned_gemm={str(tuned)!r},"
             " device='cpu')\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, text=True,
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False, text=True,
                           capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "WARNING solidx.gradlib.tuned: tuned GEMMs:" in done.stderr
     assert "0 rows loaded, 1 skipped" in done.stderr and "contributes no row" in done.stderr
     assert "INFO solidx.runtime" in done.stderr  # INFO lines shown, as from the command
-    quiet = subprocess.run([sys.executable, "-c", code], cwd=ROOT, text=True, timeout=300,
-                           capture_output=True, env={**__import__("os").environ,
-                                                     "SOLIDX_LOG_LEVEL": "WARNING"})
+    quiet = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False, text=True,
+                           timeout=300, capture_output=True,
+                           env={**os.environ, "SOLIDX_LOG_LEVEL": "WARNING"})
     assert "INFO" not in quiet.stderr and "contributes no row" in quiet.stderr
 
 

@@ -107,15 +107,15 @@ def test_tune_command_refuses_bad_backends_and_gpus_with_one_line(tmp_path: Path
     shapes.write_text("M,N,K\n32,1,64\n")
     base = [sys.executable, "-m", "solidx.cli.main", "tune", "--input-file", str(shapes),
             "--tuned-file", str(tmp_path / "tuned.csv"), "--no-progress"]
-    bad = subprocess.run(base + ["--backends", "foo"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    bad = subprocess.run(base + ["--backends", "foo"], cwd=ROOT, check=False,
+                         capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1
     assert bad.stderr.strip().startswith("Error: --backends 'foo' is not a backend (known: ")
     assert len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "tuned.csv").exists()
     if not torch.cuda.is_available():
-        gpus = subprocess.run(base + ["--gpus", "0,1"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=120)
+        gpus = subprocess.run(base + ["--gpus", "0,1"], cwd=ROOT, check=False,
+                              capture_output=True, text=True, timeout=120)
         assert gpus.returncode == 1
         assert gpus.stderr.strip() == (
             "Error: --gpus 0,1: this machine has no CUDA GPU (leave it out on a CPU)")
