@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import click
 
+from solidx import __version__
 from solidx.cli.lazy_group import LazyGroup
 from solidx.runtime.log_setup import setup_logging
 
@@ -26,7 +27,7 @@ COMMANDS = {
 
 @click.group(cls=LazyGroup, lazy=COMMANDS,
              context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="solidx", message="solidx %(version)s")
+@click.version_option(__version__, message="solidx %(version)s")
 def main() -> None:
     """solidx: capture the GEMM shapes a model runs, tune them offline over every backend,
     and run inference with the tuned solutions."""
