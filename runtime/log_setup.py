@@ -1,9 +1,11 @@
 """The ``solidx`` library logger: one stderr handler, set up once per process (on import of
 ``solidx.runtime``, and by the ``solidx`` command), at the level ``SOLIDX_LOG_LEVEL`` names.
 
-It never clobbers a user's logging: a ``solidx`` logger that already has a level or handlers
-is left alone, and the handler stays silent while the root logger has handlers of its own
-(the records reach those through propagation instead, as in ``logging.basicConfig`` set-ups).
+It never clobbers a user's logging: nothing is set up when the ``solidx`` logger already has a
+level or handlers or the root logger has handlers (``logging.basicConfig`` before the import),
+and the handler stays silent while the root logger has handlers of its own (a set-up made
+after the import: the records reach those through propagation instead). The level stays
+``SOLIDX_LOG_LEVEL``'s unless you set the ``solidx`` logger's.
 """
 from __future__ import annotations
 
@@ -53,8 +55,8 @@ def setup_logging(strict: bool = True) -> None:
         level, problem = logging.INFO, f"{exc}; using INFO"
     if any(isinstance(h, _StderrHandler) for h in logger.handlers):
         return
-    if logger.handlers or logger.level != logging.NOTSET:
-        return  # configured by the user
+    if logger.handlers or logger.level != logging.NOTSET or logging.getLogger().handlers:
+        return  # the user configured logging: theirs decides
     logger.setLevel(level)
     logger.addHandler(_StderrHandler())
     if problem:

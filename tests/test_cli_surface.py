@@ -140,6 +140,11 @@ def test_a_users_logging_config_is_left_alone(monkeypatch) -> None:
     monkeypatch.setattr(logger, "level", logging.ERROR)
     log_setup.setup_logging()
     assert logger.handlers == [] and logger.level == logging.ERROR
+    code = ("import logging\nlogging.basicConfig(level=logging.DEBUG, format='USER %(message)s')\n"
+            "import solidx.runtime\nlogging.getLogger('solidx.x').debug('hello')\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False, text=True,
+                          capture_output=True, timeout=120)
+    assert done.stderr.strip() == "USER hello"  # the user's format, once, at the user's level
 
 
 def test_bench_gemm_refuses_a_file_with_no_row_for_this_device(tmp_path) -> None:
