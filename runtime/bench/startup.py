@@ -13,8 +13,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+import torch
+
+from solidx.gradlib.timing import Stopwatch
 
 TINY = ["--model", "tiny-llama", "--load-format", "dummy"]
 
@@ -34,10 +37,10 @@ def commands(shapes_file: str) -> dict[str, list[str]]:
 def wall_seconds(args: list[str]) -> float:
     """Seconds from launching ``python -m solidx.cli.main ARGS`` to its exit; RuntimeError
     when it fails."""
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "solidx.cli.main", *args], text=True,
-                          capture_output=True, check=False)
-    seconds = time.perf_counter() - start
+    with Stopwatch(torch.device("cpu")) as watch:
+        done = subprocess.run([sys.executable, "-m", "solidx.cli.main", *args], text=True,
+                              capture_output=True, check=False)
+    seconds = watch.seconds
     if done.returncode != 0:
         raise RuntimeError(f"solidx {' '.join(args)} exited {done.returncode}: {done.stderr}")
     return seconds
