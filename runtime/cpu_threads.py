@@ -1,10 +1,11 @@
 """How many intra-op threads the engine runs with on a CPU.
 
-Measured on a 2-core machine shared with other work (README, "CPU threads"): torch's default
-(one thread per core) makes tiny-llama decode several times slower than one thread, and no
-GEMM of up to 16384×4096 per token ran faster on two threads than on one there. Each op's
-parallel region waits for every OpenMP thread; when another process holds a core, or an op is
-too small to amortise the fork-join, the waits dominate. Hence the rule:
+Measured on a 2-core machine shared with other work (README, Benchmarks): with another
+process on a core, torch's default of one thread per core made tiny-llama decode 14× slower
+than one thread, and no GEMM of up to 16384×4096 per token ran faster on two threads; with the
+cores free, two threads were 1.8× faster. Each op's parallel region waits for every OpenMP
+thread, so a descheduled thread stalls every small op. For small models the rule takes the
+side whose loss is bounded:
 
 * the user's choice wins: ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` set, or
   ``torch.set_num_threads`` called (the count differs from the one this module found at import
