@@ -10,8 +10,12 @@ from typing import Any
 import json
 
 import click
+import torch
+from click.core import ParameterSource
 
-from solidx.cli.engine_options import engine_options, given_config_kwargs, report
+from solidx.cli.engine_options import engine_options, given_config_kwargs, keywords, report
+from solidx.cli.flag_errors import flag_error
+from solidx.runtime.bench.cpu_guard import slow_on_cpu
 from solidx.shape_capture.presets import PRESETS
 
 
@@ -46,9 +50,18 @@ def latency(
     output_json: str | None,
     **options: Any,
 ) -> None:
-    """Time one batch of random prompts (greedy, EOS ignored); presets use dummy weights."""
+    """Time one batch of random prompts (greedy, EOS ignored); presets use dummy weights. On a
+    CPU, the default model (Llama-3-8B, minutes to build) is refused: name --model."""
     from solidx.runtime.bench.latency import bench_latency
 
+    ctx = click.get_current_context()
+    on_cpu = options["device"] == "cpu" or not torch.cuda.is_available()
+    default_model = ctx.get_parameter_source("model") is ParameterSource.DEFAULT
+    if on_cpu and default_model and slow_on_cpu(model):
+        raise click.UsageError(
+            f"the default --model {model} is a GPU benchmark: on this CPU building it takes "
+            "minutes; pass --model tiny-llama (or --model llama-3-8b to run it anyway)"
+        )
     kwargs = given_config_kwargs(options)
     enforce_eager, seed = kwargs.pop("enforce_eager", False), kwargs.pop("seed", 0)
     if batch_sizes is not None:
@@ -67,7 +80,7 @@ def latency(
             **kwargs,
         )
     except (ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise flag_error(exc, keywords()) from None
     report(result, output_json)
 
 

@@ -1,4 +1,4 @@
-"""``solidx csv``: show, validate, merge and diff shapes and tuned files."""
+"""``solidx csv show / validate / merge / diff`` (grouped in :mod:`solidx.cli.csv_group`)."""
 from __future__ import annotations
 
 import math
@@ -55,12 +55,7 @@ def _fail(exc: CsvError) -> None:
     raise click.ClickException(str(exc))
 
 
-@click.group("csv")
-def csv_group() -> None:
-    """Inspect and combine shapes files (fp8_shapes.csv) and tuned files (tuned_fp8.csv)."""
-
-
-@csv_group.command("show")
+@click.command("show")
 @click.argument("file", type=click.Path(dir_okay=False))
 def show(file: str) -> None:
     """Print FILE (shapes or tuned) as a readable table."""
@@ -73,7 +68,7 @@ def show(file: str) -> None:
         _fail(exc)
 
 
-@csv_group.command("validate")
+@click.command("validate")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def validate_cmd(files: tuple[str, ...]) -> None:
     """Check FILES; exit 0 when all are good, 1 with every error listed when not."""
@@ -90,7 +85,7 @@ def validate_cmd(files: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
-@csv_group.command("merge")
+@click.command("merge")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="File to write.")
@@ -111,12 +106,12 @@ def merge(files: tuple[str, ...], output: str) -> None:
     click.echo(f"wrote {len(rows)} rows to {output}")
 
 
-@csv_group.command("diff")
+@click.command("diff")
 @click.argument("a", type=click.Path(dir_okay=False))
 @click.argument("b", type=click.Path(dir_okay=False))
 def diff(a: str, b: str) -> None:
-    """Rows only in A, only in B, and (tuned files) problems whose solution or time changed.
-    Exit 0 when the files agree, 1 when they differ."""
+    """Rows only in A, only in B, and (tuned files) problems whose solution changed or whose
+    time changed (to 4 significant digits). Exit 0 when the files agree, 1 when they differ."""
     try:
         if is_tuned_file(a) != is_tuned_file(b):
             raise click.ClickException("cannot diff a shapes file against a tuned file")
@@ -140,6 +135,10 @@ def diff(a: str, b: str) -> None:
             differences += 1
             click.echo(f"~ {ra.problem}: {ra.libtype} {ra.solution} ({_num(ra.soltimems)} ms) -> "
                        f"{rb.libtype} {rb.solution} ({_num(rb.soltimems)} ms)")
+        elif tuned and _num(ra.soltimems) != _num(rb.soltimems):
+            differences += 1
+            click.echo(f"~ {ra.problem}: {ra.libtype} {ra.solution}: {_num(ra.soltimems)} ms -> "
+                       f"{_num(rb.soltimems)} ms")
         elif not tuned and ra.count != rb.count:
             differences += 1
             click.echo(f"~ {ra.problem}: count {ra.count} -> {rb.count}")

@@ -33,15 +33,21 @@ def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
             )(command)
             continue
         base = next(t for t in typing.get_args(kind) or (kind,) if t is not type(None))
+        choices = field.metadata.get("choices")
         command = click.option(
             flag,
             field.name,
-            type=_TYPES[base],
+            type=click.Choice(choices) if choices else _TYPES[base],
             default=field.default,
             show_default=field.default is not None,
             help=help_text,
         )(command)
     return command
+
+
+def keywords() -> set[str]:
+    """Every ``Config`` keyword a flag sets (for :func:`solidx.cli.flag_errors.flag_error`)."""
+    return {f.name for f in dataclasses.fields(Config) if f.init}
 
 
 def config_kwargs(params: dict[str, Any]) -> dict[str, Any]:

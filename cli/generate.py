@@ -10,10 +10,12 @@ from typing import Any
 
 import click
 
-from solidx.cli.engine_options import config_kwargs, engine_options
+from solidx.cli.engine_options import config_kwargs, engine_options, keywords
+from solidx.cli.flag_errors import flag_error, name_flags
 from solidx.shape_capture.presets import PRESETS
 
 EXAMPLE_PROMPTS = ("Hello, my name is", "The capital of France is", "The future of AI is")
+SAMPLING_FLAGS = ("temperature", "top_p", "top_k", "max_tokens", "ignore_eos", "stop")
 
 
 def read_prompts(path: str) -> list[Any]:
@@ -83,7 +85,8 @@ def generate(
 ) -> None:
     """Generate text for each prompt with MODEL and print it, then the throughput and the time to
     first token. Without prompts, a few examples run. With --tensor-parallel-size N, run it under
-    torchrun --nproc-per-node=N (rank 0 prints), or add --worker-use-ray."""
+    torchrun --nproc-per-node=N (rank 0 prints), or add --worker-use-ray. Exits 1 when any
+    request was refused (e.g. a prompt longer than --max-model-len)."""
     from solidx.runtime import LLM, SamplingParams
     from solidx.runtime.distributed import get_tp_rank
 
@@ -105,12 +108,19 @@ def generate(
         )
         llm = LLM(model, **config_kwargs(options))
     except (ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise flag_error(exc, {*keywords(), *SAMPLING_FLAGS}) from None
     start = time.perf_counter()
     outputs = llm.generate(inputs, params)
     elapsed = time.perf_counter() - start
-    if get_tp_rank() != 0:  # under torchrun every rank has the outputs; rank 0 prints them
-        return
+    refused = sum(out.error is not None for out in outputs)
+    if get_tp_rank() == 0:  # under torchrun every rank has the outputs; rank 0 prints them
+        _print(outputs, elapsed)
+    if refused:
+        raise click.ClickException(f"{refused} of {len(outputs)} requests were refused")
+
+
+def _print(outputs: list[Any], elapsed: float) -> None:
+    """Each prompt and its completion (or why it was refused), then tokens/s and TTFT."""
     for out in outputs:
         prompt = (
             out.prompt if out.prompt is not None else f"<{len(out.prompt_token_ids)} token ids>"
@@ -118,7 +128,7 @@ def generate(
         completion = out.outputs[0]
         click.echo(f"Prompt: {prompt!r}")
         if out.error:
-            click.echo(f"Error: {out.error}\n")
+            click.echo(f"Error: {name_flags(out.error, {*keywords(), *SAMPLING_FLAGS})}\n")
         else:
             click.echo(
                 f"Output: {completion.text!r} "

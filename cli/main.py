@@ -1,41 +1,43 @@
-"""The ``solidx`` command: capture-shapes → tune → generate / bench, plus csv and quantize."""
-from __future__ import annotations
+"""The ``solidx`` command: capture-shapes → tune → generate / bench, plus csv and quantize.
 
-import logging
+Subcommands are imported when they run (``LazyGroup``): ``solidx --help`` and ``--version``
+import neither torch nor transformers."""
+from __future__ import annotations
 
 import click
 
-from solidx.cli.bench import bench
-from solidx.cli.capture import capture_shapes
-from solidx.cli.csv_cmd import csv_group
-from solidx.cli.csv_plot import plot
-from solidx.cli.generate import generate
-from solidx.cli.quantize import quantize
-from solidx.cli.serve import serve
-from solidx.cli.tune import tune
-from solidx.runtime import envs
+from solidx import __version__
+from solidx.cli.lazy_group import LazyGroup
+from solidx.runtime.log_setup import setup_logging
+
+COMMANDS = {
+    "capture-shapes": ("solidx.cli.capture:capture_shapes",
+                       "Write the GEMM problems a model issues to the shapes file."),
+    "tune": ("solidx.cli.tune:tune",
+             "Tune every GEMM of a shapes file and add the winners to a tuned file."),
+    "generate": ("solidx.cli.generate:generate", "Generate text for prompts with a model."),
+    "bench": ("solidx.cli.bench:bench",
+              "Benchmarks that print and save figures (gemm, attention, latency, throughput, serve)."),
+    "quantize": ("solidx.cli.quantize:quantize",
+                 "Write a Quark-format fp8 checkpoint with calibrated static scales."),
+    "serve": ("solidx.cli.serve:serve",
+              "Serve a model over an OpenAI-compatible HTTP API (FastAPI on uvicorn)."),
+    "csv": ("solidx.cli.csv_group:csv_group",
+            "Inspect and combine shapes files and tuned files."),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="solidx", message="solidx %(version)s")
+@click.group(cls=LazyGroup, lazy=COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, message="solidx %(version)s")
 def main() -> None:
     """solidx: capture the GEMM shapes a model runs, tune them offline over every backend,
     and run inference with the tuned solutions."""
-    name = str(envs.SOLIDX_LOG_LEVEL).upper()
-    if not isinstance(logging.getLevelName(name), int):
-        raise click.UsageError(f"SOLIDX_LOG_LEVEL={name!r} is not a log level"
-                               " (DEBUG, INFO, WARNING, ERROR)")
-    logging.basicConfig(level=name, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        setup_logging()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
-
-main.add_command(capture_shapes)
-main.add_command(tune)
-main.add_command(generate)
-main.add_command(bench)
-main.add_command(quantize)
-main.add_command(serve)  # imports fastapi only when it runs
-csv_group.add_command(plot)
-main.add_command(csv_group)
 
 if __name__ == "__main__":
     main()

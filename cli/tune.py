@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import click
 
+from solidx.cli.flag_errors import flag_error
 from solidx.gradlib.dtypes import parse_dtype
 from solidx.gradlib.gemm_tuner import parse_backends, parse_gpus
 from solidx.gradlib.schema import CsvError
 from solidx.gradlib.tune_options import ALL_BACKENDS, TuneOptions
+from solidx.gradlib.tune_signals import TuneInterrupted, exit_now
 from solidx.gradlib.tuner import tune as run_tuner
 
 
@@ -18,7 +20,8 @@ from solidx.gradlib.tuner import tune as run_tuner
               type=click.Path(dir_okay=False),
               help="Tuned file to write or extend (tuned_fp8.csv).")
 @click.option("--backends", default=",".join(ALL_BACKENDS), show_default=True,
-              help="Backends tried besides default; unavailable ones are reported and skipped.")
+              help="Backends tried besides default; unknown names are refused, unavailable "
+                   "ones (no GPU) reported and skipped.")
 @click.option("--margin", type=float, default=0.03, show_default=True,
               help="A winner must be this much faster than default, else the row keeps default.")
 @click.option("--gpus", default=None,
@@ -38,7 +41,8 @@ def tune(input_file: str, tuned_file: str, backends: str, margin: float, gpus: s
          progress: bool) -> None:
     """Tune every GEMM of INPUT_FILE on this machine's GPU(s) and add the winners to TUNED_FILE.
 
-    Re-running skips the shapes already tuned for this device and library build."""
+    Re-running skips the shapes already tuned for this device and library build. Ctrl-C or
+    SIGTERM ends the run and its workers at once (exit 130 / 143); finished rows are kept."""
     try:
         options = TuneOptions(
             backends=parse_backends(backends), margin=margin, gpus=parse_gpus(gpus),
@@ -47,7 +51,10 @@ def tune(input_file: str, tuned_file: str, backends: str, margin: float, gpus: s
         report = run_tuner(input_file, tuned_file, options, parse_dtype(indtype),
                            parse_dtype(outdtype))
     except (CsvError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise flag_error(exc, ("backends", "gpus", "margin", "max_candidates")) from None
+    except TuneInterrupted as exc:
+        click.echo(f"Error: {exc}", err=True)
+        exit_now(exc.exit_code)
     click.echo(report.summary())
     if report.failed:
         raise click.ClickException(f"{len(report.failed)} shapes could not be tuned (see above)")

@@ -291,6 +291,11 @@ def bench_gemm(
     rows = read_tuned(tuned_file, dtype, outdtype)
     selection = select_rows(rows, name, sm_count, _lib_versions())
     by_key = {row.problem.key(): row for row in selection.rows}
+    if not selection.rows:
+        raise ValueError(
+            f"{tuned_file} has no row for this device ({name}, {sm_count} SMs) and library "
+            f"build: {selection.summary()}; tune on this device first (solidx tune)"
+        )
     if input_file is not None:
         problems = load_problems(input_file, dtype, outdtype)
     else:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from solidx.gradlib.dtypes import parse_dtype
 from solidx.gradlib.schema import CsvError
 from solidx.gradlib.tune_options import ALL_BACKENDS, TuneOptions
+from solidx.gradlib.tune_signals import TuneInterrupted, exit_now
 from solidx.gradlib.tuner import tune
 
 _ROCM_NAMES = {"f8": "fp8"}  # gradlib's spelling of fp8
@@ -79,6 +80,9 @@ def main(argv: Sequence[str] | None = None, *, indtype: str = "f16", outdtype: s
     except (CsvError, ValueError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except TuneInterrupted as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        exit_now(exc.exit_code)
     print(report.summary())
     return 1 if report.failed else 0
 

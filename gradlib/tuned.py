@@ -73,7 +73,10 @@ class TunedGemms:
             selection.rows = built
             summaries.append(f"{path}: {selection.summary()}")
         tuned.summary = "; ".join(summaries) or tuned.summary
-        logger.info("tuned GEMMs: %s", tuned.summary)
+        if tuned.rows:
+            logger.info("tuned GEMMs: %s", tuned.summary)
+        else:  # every row is for another device or build: the file does nothing here
+            logger.warning("tuned GEMMs: %s: the file contributes no row", tuned.summary)
         return tuned
 
     def _add(self, problem: GemmProblem, solution: Solution) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from solidx.gradlib.backends import LIBTYPES
 from solidx.gradlib.backends.base import spec_hash
 from solidx.gradlib.dtypes import FP8
 from solidx.gradlib.problem import GemmProblem
@@ -43,6 +44,7 @@ from solidx.gradlib.timing import Timing
 from solidx.gradlib.tune_claims import Claims
 from solidx.gradlib.tune_limits import device_memory, too_big
 from solidx.gradlib.tune_options import TuneOptions
+from solidx.gradlib.tune_signals import Interrupt, TuneInterrupted, interruptible
 from solidx.gradlib.tune_report import ShapeResult, TuneReport
 from solidx.gradlib.tuned_file import TunedRow, add_to_tuned_file, read_tuned, select_rows
 from solidx.gradlib.worker import Worker, WorkerDied, WorkerError
@@ -140,7 +142,7 @@ class _Run:
         with self.lock:
             self.results.append(result)
             self.bar.update(1)
-        if result.error:
+        if result.error and not self.stop.is_set():
             logger.warning("%s: %s", result.problem, result.error)
 
     def skip(self, problem: GemmProblem, reason: str) -> None:
@@ -273,6 +275,24 @@ def _drive(run: _Run, worker: Worker) -> None:
         run.stop.set()
 
 
+def check_options(options: TuneOptions) -> None:
+    """Refuse, before any worker starts, backends that do not exist and GPUs this machine does
+    not have (ValueError naming the keyword and the value)."""
+    known = dict.fromkeys((*LIBTYPES, *options.backend_overrides))
+    for name in options.backends:
+        if name not in known:
+            raise ValueError(f"backends={name!r} is not a backend (known: {', '.join(known)})")
+    if not options.gpus:
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = ",".join(map(str, options.gpus))
+    if count == 0:
+        raise ValueError(f"gpus={gpus}: this machine has no CUDA GPU (leave it out on a CPU)")
+    missing = [g for g in options.gpus if g >= count]
+    if missing:
+        raise ValueError(f"gpus={gpus}: there is no GPU {missing[0]} (this machine has {count})")
+
+
 def _start_workers(options: TuneOptions) -> list[Worker]:
     gpus: Iterable[int | None] = options.gpus if options.gpus else [None]
     workers = [
@@ -285,7 +305,7 @@ def _start_workers(options: TuneOptions) -> list[Worker]:
         hellos = [worker.ready() for worker in workers]
     except BaseException:
         for worker in workers:
-            worker.close()
+            worker.kill()
         raise
     first = hellos[0]
     for worker, hello in zip(workers, hellos):
@@ -304,13 +324,19 @@ def tune_problems(problems: Sequence[GemmProblem], tuned_file: str | Path,
     """Tune ``problems`` into ``tuned_file`` (created or merged into); see the module doc.
 
     Workers are spawned processes: a script that calls this needs the usual
-    ``if __name__ == "__main__":`` guard."""
-    workers = _start_workers(options)
-    try:
-        return run_workers(workers, problems, tuned_file, options)
-    finally:
-        for worker in workers:
-            worker.close()
+    ``if __name__ == "__main__":`` guard. SIGINT or SIGTERM (in the main thread) kills the
+    workers at once and raises :class:`TuneInterrupted`; finished problems' rows are kept."""
+    check_options(options)
+    with interruptible():
+        try:
+            workers = _start_workers(options)
+        except Interrupt as stop:
+            raise TuneInterrupted(stop.signum, 0, str(tuned_file)) from None
+        try:
+            return run_workers(workers, problems, tuned_file, options)
+        finally:
+            for worker in workers:
+                worker.close()
 
 
 def run_workers(workers: Sequence[Worker], problems: Sequence[GemmProblem],
@@ -355,8 +381,17 @@ def run_workers(workers: Sequence[Worker], problems: Sequence[GemmProblem],
         for thread in threads:
             while thread.is_alive():
                 thread.join(0.5)
+    except Interrupt as stop:
+        run.stop.set()
+        for worker in workers:
+            worker.kill()  # its request fails at once: the threads end after their current row
+        deadline = time.monotonic() + 1.0
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        finished = sum(r.row is not None for r in run.results)
+        raise TuneInterrupted(stop.signum, finished, str(tuned_file)) from None
     except BaseException:
-        run.stop.set()  # Ctrl-C: the threads stop after their current request
+        run.stop.set()  # the threads stop after their current request
         raise
     finally:
         run.close()

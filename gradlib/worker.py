@@ -118,6 +118,10 @@ class Worker:
             raise WorkerError(payload)
         return payload
 
+    def kill(self) -> None:
+        """Kill the child now (a request in flight fails with WorkerDied)."""
+        self._kill()
+
     def _kill(self) -> None:
         if self._process is not None:
             if self._process.is_alive():

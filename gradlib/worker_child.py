@@ -7,8 +7,11 @@ answering, so the next candidate gets a fresh context.
 """
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
+import signal
+import sys
 import zlib
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
@@ -191,10 +194,26 @@ class _Runner:
         return dict(zip([DEFAULT_SPEC, *specs], timings))
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def tie_to_parent() -> None:
+    """The parent alone ends the child: Ctrl-C (SIGINT to the terminal's whole process group)
+    is ignored here, and on Linux the child gets SIGKILL when the parent dies (or the parent's
+    thread that started it ends: the parent closes its workers after those threads anyway)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        parent = os.getppid()
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the call took effect
+            os._exit(1)
+
+
 def serve(conn: Connection, gpu: int | None, overrides: dict[str, str],
            config: TimingConfig) -> None:
     """The child's loop: answer each ``(method, args)`` request with ``(status, payload,
     broken)`` until ``stop`` or the parent goes; exit after answering once ``broken``."""
+    tie_to_parent()
     try:
         runner = _Runner(gpu, overrides, config)
         conn.send(("ok", runner.hello(), False))

@@ -2,12 +2,16 @@
 ``from solidx.runtime import LLM, SamplingParams`` (also re-exported by ``solidx`` itself).
 
 Imported lazily, so ``from solidx.runtime import envs`` stays light and free of import cycles.
+Importing it sets up the ``solidx`` logger (``runtime.log_setup``), so that ``LLM(...)`` from
+Python logs what the command does.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
 from typing import Any
+
+from solidx.runtime.log_setup import setup_logging
 
 _EXPORTS = {
     "LLM": "solidx.runtime.llm",
@@ -20,6 +24,8 @@ _EXPORTS = {
 }
 
 __all__ = list(_EXPORTS)
+
+setup_logging(strict=False)
 
 
 def __getattr__(name: str) -> Any:

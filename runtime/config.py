@@ -18,6 +18,7 @@ from solidx.runtime.launch import launch_world_size, local_rank, torchrun_comman
 from solidx.shape_capture.model_args import ModelArgs
 from solidx.shape_capture.presets import PRESETS, load_model_config
 
+MODEL_DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float")  # vLLM's names
 LOAD_FORMATS = ("auto", "dummy")
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
 QUANTIZATION_METHODS: tuple[str | None, ...] = (None, "fp8")
@@ -27,9 +28,11 @@ DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 CPU_KV_CACHE_BYTES = 4 << 30  # vLLM's CPU default (VLLM_CPU_KVCACHE_SPACE=4)
 
 
-def _opt(default: Any, help: str) -> Any:
-    """A field with a default and the help its command-line flag shows."""
-    return field(default=default, metadata={"help": help})
+def _opt(default: Any, help: str, choices: tuple[Any, ...] = ()) -> Any:
+    """A field with a default, the help its command-line flag shows and, for a field of a few
+    values, the ones that work (the flag offers these alone; ``None`` is left out)."""
+    offered = tuple(c for c in choices if c is not None)
+    return field(default=default, metadata={"help": help, "choices": offered})
 
 
 @dataclass(frozen=True)
@@ -42,23 +45,27 @@ class Config:
     tokenizer: str | None = _opt(
         None, "Tokenizer folder [default: the model's; bytes for presets]."
     )
-    dtype: str = _opt("auto", "Model dtype: auto (the checkpoint's), float32, float16, bfloat16.")
+    dtype: str = _opt("auto", "Model dtype (auto: the checkpoint's).", MODEL_DTYPES)
     seed: int = _opt(0, "Seed of dummy weights and of sampling without a per-request seed.")
     tensor_parallel_size: int = _opt(1, "Ranks sharing each layer (run under torchrun).")
     disable_custom_all_reduce: bool = _opt(
         False, "All-reduce through NCCL alone, not the one-shot NVLink kernel (GPUs, TP > 1)."
     )
     distributed_executor_backend: str | None = _opt(
-        None, "How the ranks start: torchrun (the default: run under torchrun) or ray."
+        None, "How the ranks start: torchrun (the default: run under torchrun) or ray.",
+        EXECUTOR_BACKENDS,
     )
     worker_use_ray: bool = _opt(False, "Start the ranks as Ray actors (backend ray).")
     quantization: str | None = _opt(
-        None, "fp8, or none [default: the checkpoint's quantization_config]."
+        None, "Weight quantization [default: the checkpoint's quantization_config, if any].",
+        QUANTIZATION_METHODS,
     )
     quantization_param_path: str | None = _opt(
         None, "fp8 weights and scales file (Quark or AMMO), relative to the model folder."
     )
-    kv_cache_dtype: str = _opt("auto", "KV cache dtype: auto (the model dtype) or fp8 (e4m3).")
+    kv_cache_dtype: str = _opt(
+        "auto", "KV cache dtype: auto (the model dtype) or fp8 (e4m3).", KV_CACHE_DTYPES
+    )
     max_model_len: int | None = _opt(
         None, "Longest sequence, prompt + output [default: the model's]."
     )
@@ -74,7 +81,7 @@ class Config:
     num_gpu_blocks_override: int | None = _opt(None, "Exact number of KV cache blocks (testing).")
     enforce_eager: bool = _opt(False, "Never use CUDA graphs.")
     load_format: str = _opt(
-        "auto", "auto (the folder's safetensors) or dummy (seeded random weights)."
+        "auto", "auto (the folder's safetensors) or dummy (seeded random weights).", LOAD_FORMATS
     )
     enable_prefix_caching: bool = _opt(False, "Reuse the KV blocks of a common prompt prefix.")
     max_logprobs: int = _opt(20, "Most logprobs a request may ask for (-1: no limit).")
@@ -155,7 +162,7 @@ class Config:
         if self.is_preset and self.load_format != "dummy":
             raise ValueError(
                 f"preset {self.model!r} has no weights: pass load_format='dummy' "
-                "(--load-format dummy) or a checkpoint folder"
+                "or a checkpoint folder"
             )
         world = launch_world_size()
         if self.distributed_executor_backend != "ray" and world != self.tensor_parallel_size:
@@ -190,6 +197,8 @@ def _resolve_device(device: str) -> torch.device:
 
 def _resolve_dtype(dtype: str, hf_config: dict[str, Any]) -> torch.dtype:
     """``auto``: the checkpoint's dtype (config.json ``dtype`` / ``torch_dtype``), else float32."""
+    if dtype not in MODEL_DTYPES:
+        _choice("dtype", dtype, MODEL_DTYPES)
     if dtype != "auto":
         resolved = parse_dtype(dtype)
     else:
@@ -197,7 +206,10 @@ def _resolve_dtype(dtype: str, hf_config: dict[str, Any]) -> torch.dtype:
             str(hf_config.get("dtype") or hf_config.get("torch_dtype") or "float32")
         )
     if resolved not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"dtype {dtype!r} is not a model dtype (use float32, float16 or bfloat16)")
+        raise ValueError(
+            f"dtype={dtype!r}: the checkpoint's dtype {resolved} is not a model dtype "
+            "(pass float32, float16 or bfloat16)"
+        )
     return resolved
 
 

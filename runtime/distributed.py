@@ -13,6 +13,10 @@ section every rank must run (``peers_needed``: a generate call), a peer that sto
 or exits ends it within ``PEER_TIMEOUT_S`` with a message naming that peer. (NCCL would wait
 for a dead peer until the timeout.) Outside such sections a peer's exit is only remembered, so
 ranks may finish their own work and exit at their own pace.
+
+At interpreter exit every rank stops its watchdog and destroys the process group
+(``_shutdown``): a gloo group left to C++ static destruction aborts the process now and then
+("terminate called without an active exception") after the work was done.
 """
 
 from __future__ import annotations
@@ -133,6 +137,7 @@ def init_distributed(config: Config) -> None:
             dist.init_process_group("gloo", **joined)
     elif device.type == "cuda":
         torch.cuda.set_device(device)
+    _register_shutdown()
     check_same_settings(settings_of(config))
     _start_watchdog()
     global _custom_all_reduce, _custom_all_reduce_on
@@ -227,8 +232,11 @@ class _Watchdog(threading.Thread):
         os._exit(1)
 
     def leave(self) -> None:
-        """Tell the peers this rank exits on purpose; stop watching."""
+        """Tell the peers this rank exits on purpose; stop watching and wait for the thread, so
+        that no store call is in flight while the interpreter shuts down."""
         self.stopped.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(2 * HEARTBEAT_S + 1.0)
         with suppress(RuntimeError):  # the store's host has exited already: nobody to tell
             self.store.set(f"left/{self.rank}", "1")
 
@@ -247,7 +255,26 @@ def _start_watchdog() -> None:
         store = dist.distributed_c10d._get_default_store()
     _watchdog = _Watchdog(dist.PrefixStore("solidx/watchdog", store), get_tp_rank(), get_tp_size())
     _watchdog.start()
-    atexit.register(_watchdog.leave)
+
+
+_shutdown_registered = False
+
+
+def _register_shutdown() -> None:
+    global _shutdown_registered
+    if not _shutdown_registered:
+        atexit.register(_shutdown)
+        _shutdown_registered = True
+
+
+def _shutdown() -> None:
+    """At exit: stop the watchdog (telling the peers), then destroy the process group while the
+    interpreter is still whole."""
+    if _watchdog is not None:
+        _watchdog.leave()
+    if group_initialized():
+        with suppress(RuntimeError, ValueError):  # already torn down by the user's own code
+            dist.destroy_process_group()
 
 
 @contextmanager

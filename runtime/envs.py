@@ -76,6 +76,10 @@ _READERS: dict[str, Callable[[], Any]] = {
     "TORCHELASTIC_USE_AGENT_STORE": _flag("TORCHELASTIC_USE_AGENT_STORE", False),
     # Log level of solidx's loggers (DEBUG shows which attention kernel ran).
     "SOLIDX_LOG_LEVEL": _str("SOLIDX_LOG_LEVEL", "INFO"),
+    # CPU intra-op threads the user chose (OpenMP's and MKL's names); the engine then keeps
+    # torch's setting instead of choosing one (runtime.cpu_threads).
+    "OMP_NUM_THREADS": _str("OMP_NUM_THREADS", None),
+    "MKL_NUM_THREADS": _str("MKL_NUM_THREADS", None),
 }
 
 VARIABLES: tuple[str, ...] = tuple(_READERS)

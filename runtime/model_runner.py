@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from solidx.runtime.config import CPU_KV_CACHE_BYTES, Config
+from solidx.runtime.cpu_threads import apply_cpu_threads
 from solidx.runtime.context import ForwardContext, forward_context
 from solidx.runtime.cuda_graphs import DecodeGraphs, capture_sizes
 from solidx.runtime.distributed import tp_min
@@ -75,6 +76,10 @@ class ModelRunner:
         self.config = config
         self.device = config.torch_device
         self.block_size = config.block_size
+        if self.device.type == "cpu":
+            args = config.model_args
+            apply_cpu_threads(args.hidden_size, args.intermediate_size,
+                              config.tensor_parallel_size)
         self.model = load_model(config)
         self.vocab_size = self.model.args.vocab_size
         self.sampler = Sampler(torch.Generator(self.device).manual_seed(config.seed))

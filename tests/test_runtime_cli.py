@@ -81,14 +81,14 @@ def test_text_prompts_file_and_refused_prompt(tmp_path):
         "--max-tokens",
         "2",
     )
-    assert result.exit_code == 0, result.output
-    assert "Error: the prompt has 601 tokens, more than max_model_len=512" in result.output
-    assert "1/2 requests" in result.output
+    assert result.exit_code == 1, result.output  # a refused request fails the command
+    assert "Error: the prompt has 601 tokens, more than --max-model-len 512" in result.output
+    assert "1/2 requests" in result.output and "1 of 2 requests were refused" in result.output
 
 
 def test_bad_input_is_a_clean_error(tmp_path):
     result = run("--model", "tiny-llama")
-    assert result.exit_code != 0 and "load_format='dummy'" in result.output
+    assert result.exit_code != 0 and "--load-format 'dummy'" in result.output
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"text": 1}\n')
     result = run("--model", "tiny-llama", "--load-format", "dummy", "--prompts-file", str(bad))

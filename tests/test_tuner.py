@@ -200,10 +200,13 @@ def test_tune_cli_reads_shapes_file_and_reports(tmp_path: Path) -> None:
     shapes, tuned = tmp_path / "shapes.csv", tmp_path / "tuned.csv"
     bf16 = GemmProblem(32, 2, 48, dtype=torch.bfloat16, outdtype=torch.bfloat16)
     write_shapes(shapes, [ShapeRow(bf16)])
+    refused = CliRunner().invoke(tune_cmd, ["--input_file", str(shapes), "--tuned-file",
+                                            str(tuned), "--backends", "nosuch", "--no-progress"])
+    assert refused.exit_code == 1 and "--backends 'nosuch' is not a backend" in refused.output
+    assert not tuned.exists()
     result = CliRunner().invoke(tune_cmd, ["--input_file", str(shapes), "--tuned-file", str(tuned),
-                                           "--backends", "nosuch", "--no-progress"])
+                                           "--backends", "", "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "backend nosuch skipped: unknown libtype" in result.output
     (row,) = read_tuned(tuned)
     assert row.libtype == "default" and row.problem.dtype == torch.bfloat16
     again = CliRunner().invoke(tune_cmd, ["--input-file", str(shapes), "--tuned-file", str(tuned),

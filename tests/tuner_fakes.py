@@ -135,3 +135,12 @@ class FastBackend(FakeBackend):
     """A right candidate 4× faster than SlowDefault."""
 
     KINDS = ("sleep500",)
+
+
+class HangAfterFirstBackend(FakeBackend):
+    """A right candidate for one-token problems; one that never returns for the others (a worker
+    busy when the tuner is told to stop)."""
+
+    def solutions(self, problem: GemmProblem) -> list[Solution]:
+        kind = "good" if problem.N == 1 else "hang"
+        return [FakeSolution(self.libtype, problem, kind)]

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.attention.bias import causal_lower_right
 
 from solidx.runtime.attention.reference import check_gqa, gather_kv
 
@@ -25,6 +24,10 @@ def attend(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
             out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale,
                                                  enable_gqa=True)
         else:
+            # imported here: torch.nn.attention.bias imports torch._dynamo (seconds of every
+            # engine's start-up) and only this branch needs it
+            from torch.nn.attention.bias import causal_lower_right
+
             group = q.shape[1] // k.shape[1]
             kh, vh = kh.repeat_interleave(group, 1), vh.repeat_interleave(group, 1)
             out = F.scaled_dot_product_attention(qh, kh, vh, causal_lower_right(q_len, k_len),

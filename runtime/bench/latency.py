@@ -11,6 +11,7 @@ the result says what share of the bound the engine reached.
 from __future__ import annotations
 
 import gc
+import logging
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -19,11 +20,14 @@ import torch
 
 from solidx.gradlib.timing import Stopwatch, copy_bandwidth
 from solidx.runtime import attention
+from solidx.runtime.bench.cpu_guard import warn_if_slow_on_cpu
 from solidx.runtime.bench.hf import hf_generate_seconds, load_hf_model
 from solidx.runtime.bench.result import BenchResult, device_name, tuned_gemm_line
 from solidx.runtime.bench.workload import engine_for, random_prompts
 from solidx.runtime.layers.linear import tuned_gemms
 from solidx.runtime.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,7 +125,11 @@ def bench_latency(
 ) -> LatencyResult:
     """Time one batch of ``batch_size`` random prompts of ``input_len`` tokens generating
     ``output_len`` tokens each, after a short warm-up. ``engine_kwargs`` are ``LLM`` options;
-    a preset runs on dummy weights."""
+    a preset runs on dummy weights. Each stage is logged as it starts (big models take minutes
+    on a CPU: a warning says so before loading)."""
+    if engine_kwargs.get("device") == "cpu" or not torch.cuda.is_available():
+        warn_if_slow_on_cpu(model)
+    logger.info("bench latency: building the engine for %s", model)
     llm = engine_for(
         model,
         batch_size,
@@ -132,6 +140,7 @@ def bench_latency(
     )
     result, requests = _measure(llm, model, batch_size, input_len, output_len, seed)
     if compare_hf:
+        logger.info("bench latency: timing transformers generate on the same batch")
         config, device = llm.llm_engine.config, llm.llm_engine.model_runner.device
         del llm
         gc.collect()
@@ -170,9 +179,12 @@ def _measure(
     requests = random_prompts(runner.vocab_size, batch_size, input_len, seed)
     params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
 
+    logger.info("bench latency: warm-up (4 tokens)")
     llm.generate(
         requests, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False
     )
+    logger.info("bench latency: timing %d × %d prompt tokens, %d new tokens each", batch_size,
+                input_len, output_len)
     kernels_before = Counter(attention.KERNEL_COUNTS)
     with Stopwatch(runner.device) as watch:
         outputs = llm.generate(requests, params, use_tqdm=False)

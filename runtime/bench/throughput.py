@@ -14,6 +14,7 @@ longest-context steps, so the ratio it gives errs in transformers' favour.
 from __future__ import annotations
 
 import gc
+import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 
 from solidx.gradlib.timing import Stopwatch
 from solidx.runtime import attention
+from solidx.runtime.bench.cpu_guard import warn_if_slow_on_cpu
 from solidx.runtime.bench.hf import hf_generate_seconds, left_pad, load_hf_model
 from solidx.runtime.bench.result import BenchResult, device_name, tuned_gemm_line
 from solidx.runtime.bench.workload import engine_for, with_dummy
@@ -30,6 +32,8 @@ from solidx.runtime.layers.linear import tuned_gemms
 from solidx.runtime.sampling_params import SamplingParams
 from solidx.runtime.tokenizer import get_tokenizer
 from solidx.shape_capture.presets import load_model_config
+
+logger = logging.getLogger(__name__)
 
 Lengths = int | tuple[int, int]
 """A fixed length, or an inclusive range ``(low, high)`` to draw lengths from uniformly."""
@@ -211,6 +215,9 @@ def bench_throughput(
         vocab = int(load_model_config(model)["vocab_size"])
         requests = random_requests(vocab, num_prompts, input_len, output_len, seed)
     max_len = max(len(r.prompt_token_ids) for r in requests) + max(r.output_len for r in requests)
+    if engine_kwargs.get("device") == "cpu" or not torch.cuda.is_available():
+        warn_if_slow_on_cpu(model)
+    logger.info("bench throughput: building the engine for %s", model)
     llm = engine_for(
         model,
         min(len(requests), DEFAULT_MAX_NUM_SEQS),
@@ -226,13 +233,16 @@ def bench_throughput(
         for r in requests
     ]
     warm_up = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    logger.info("bench throughput: warm-up")
     llm.generate(inputs[:4], warm_up, use_tqdm=False)
+    logger.info("bench throughput: timing %d requests (progress per finished request)",
+                len(requests))
 
     kernels_before = Counter(attention.KERNEL_COUNTS)
     preemptions_before = engine.scheduler.num_preemptions
     device = engine.model_runner.device
     with Stopwatch(device) as watch:
-        outputs = llm.generate(inputs, params, use_tqdm=False)
+        outputs = llm.generate(inputs, params)
     elapsed = watch.seconds
     failed = [out.error for out in outputs if out.error]
     if failed:
@@ -252,6 +262,7 @@ def bench_throughput(
         tuned_gemm=tuned_gemms(engine.model_runner.model).report(),
     )
     if compare_hf:
+        logger.info("bench throughput: timing transformers generate")
         dtype = engine.config.torch_dtype
         del llm, engine, outputs
         gc.collect()
