@@ -150,17 +150,35 @@ def test_full_queue_answers_503(server) -> None:
     with httpx.Client(timeout=30, headers=headers) as http:
         streams = [http.stream("POST", server + "/v1/completions", json=long)
                    for _ in range(6)]
-        opened = [s.__enter__() for s in streams]  # 2 running (max-num-seqs), 4 waiting
+        opened, lines = [], []
         try:
-            for response in opened[:2]:
-                assert next(response.iter_lines()).startswith("data:")
+            # A request counts as waiting until its first token, so the two that fill the
+            # running batch (max-num-seqs) must have had theirs before the next four arrive;
+            # a line iterator is kept, as a discarded one closes its response: a disconnect,
+            # which the server aborts, letting a waiting request start.
+            for s in streams:
+                opened.append(s.__enter__())
+                assert opened[-1].status_code == 200
+                lines.append(opened[-1].iter_lines())
+                if len(opened) <= 2:
+                    assert next(lines[-1]).startswith("data:")
             refused = http.post(server + "/v1/completions",
                                 json={"prompt": PROMPT, "max_tokens": 2})
-            assert refused.status_code == 503
-            assert refused.json()["error"]["code"] == "queue_full"
+            assert refused.status_code == 503, refused.text
+            error = refused.json()["error"]
+            assert error["code"] == "queue_full"
+            assert error["message"].startswith("4 requests are waiting"), error["message"]
+            for stream in lines:  # the queue drains: every one runs to its end, none aborted
+                events = [line for line in stream if line.startswith("data:")]
+                assert events[-1] == "data: [DONE]"
+                assert json.loads(events[-2][5:])["choices"][0]["finish_reason"] == "length"
         finally:
-            for s in streams:
+            for s in streams[:len(opened)]:
                 s.__exit__(None, None, None)
+    assert _metric(server, "vllm:num_requests_waiting") == 0
+    after = httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 2},
+                       headers=headers, timeout=30)
+    assert after.status_code == 200, after.text
 
 
 @pytest.mark.parametrize(
