@@ -311,7 +311,7 @@ def test_every_setting_on_the_gpu_with_cuda_graphs(checkpoint, llm):
         assert [c.token_ids for c in out.outputs] == [c.token_ids for c in expected.outputs]
         for a, b in zip(expected.outputs[0].logprobs, out.outputs[0].logprobs):
             assert set(a) == set(b)
-            assert all(a[t].logprob == pytest.approx(b[t].logprob, abs=1e-3) for t in a)
+            assert all(a[t].logprob == pytest.approx(b[t].logprob, abs=2e-2) for t in a)
         assert len(out.prompt_logprobs) == len(out.prompt_token_ids)
     sampled = SamplingParams(
         n=3, temperature=0.9, top_k=20, top_p=0.9, min_p=0.05, seed=5, max_tokens=12

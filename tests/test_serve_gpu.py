@@ -22,11 +22,12 @@ PROMPTS = [f"Request number {i} says" for i in range(8)]
 def test_served_text_equals_offline_on_gpu(tmp_path: Path) -> None:
     greedy = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     llm = LLM("tiny-llama", load_format="dummy", device="cuda", dtype="bfloat16",
-              max_model_len=256, gpu_memory_utilization=0.1)
+              max_model_len=256, kv_cache_memory_bytes=1 << 26)
     expected = [llm.generate([p], greedy, use_tqdm=False)[0].outputs[0].text for p in PROMPTS]
     del llm
-    args = ["--load-format", "dummy", "--max-model-len", "256", "--gpu-memory-utilization",
-            "0.1"]
+    # a fixed cache: a share of the card would count the memory the test process still holds
+    args = ["--load-format", "dummy", "--max-model-len", "256", "--kv-cache-memory-bytes",
+            str(1 << 26)]
     device = ("--device", "cuda", "--dtype", "bfloat16")
     proc, url = start_server("tiny-llama", args, tmp_path / "gpu.log", device=device)
 

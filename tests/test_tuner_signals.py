@@ -87,7 +87,9 @@ def test_signal_ends_tuner_and_worker_within_2s_keeping_rows(tmp_path: Path, sig
         time.sleep(0.05)
     assert not any(alive(pid) for pid in workers), "a worker outlived the tuner by 2 s"
     assert [r.problem.N for r in read_tuned(tuned)] == [1]
-    assert validate(tuned) == []
+    # the fake's specs (triton:kind=...) are no real Triton configurations: only that is wrong
+    errors = validate(tuned)
+    assert all("not a triton spec" in str(e) for e in errors), errors
 
 
 def test_unknown_backend_is_refused_before_any_worker_starts() -> None:
