@@ -28,9 +28,10 @@ from functools import cache
 import torch
 
 from solidx.gradlib.backends import lt_api, lt_plan
-from solidx.gradlib.backends.base import WORKSPACE_BYTES, Backend, Solution, format_spec, parse_spec
+from solidx.gradlib.backends.base import WORKSPACE_BYTES, Solution, format_spec, parse_spec
 from solidx.gradlib.backends.lt_plan import LtPlan
 from solidx.gradlib.backends.lt_vendor import HIPBLASLT, HipBlasLtMatmulAlgo
+from solidx.gradlib.backends.rocm_library import RocmLibraryBackend
 from solidx.gradlib.dtypes import dtype_name
 from solidx.gradlib.operands import GemmOperands
 from solidx.gradlib.problem import GemmProblem
@@ -146,42 +147,19 @@ def load(path: str | None = None) -> tuple[ctypes.CDLL | None, str]:
     return lt_api.load_first(candidates, HIPBLASLT.signatures(), "libhipblaslt")
 
 
-class HipBlasLtBackend(Backend):
+class HipBlasLtBackend(RocmLibraryBackend):
     """hipBLASLt through ctypes; see the module docstring for problems, candidates, library."""
 
     libtype = LIBTYPE
+    load = staticmethod(load)
 
     def __init__(self, library: str | None = None, device: str | None = None,
                  heuristic_count: int = HEURISTIC_COUNT) -> None:
         if heuristic_count < 1:
             raise ValueError("heuristic_count must be positive")
-        if device not in (None, "cpu"):
-            raise ValueError(f"device must be None (the current GPU) or 'cpu', not {device!r}")
-        if device == "cpu" and library is None:
-            raise ValueError("device='cpu' runs host pointers: only with an explicit stand-in "
-                             "library=")
-        self.library, self.host = library, device == "cpu"
+        super().__init__(library, device)
         self.heuristic_count = heuristic_count
         self._plans: dict[tuple, LtPlan] = {}
-
-    def available(self) -> tuple[bool, str]:
-        if not self.host:
-            if not torch.version.hip:
-                return False, "not a ROCm build of torch (torch.version.hip is None)"
-            if not torch.cuda.is_available():
-                return False, "no ROCm GPU (torch.cuda.is_available() is False)"
-        lib, why = load(self.library)
-        return (True, "") if lib is not None else (False, why)
-
-    def _lib(self) -> ctypes.CDLL:
-        ok, why = self.available()
-        if not ok:
-            raise RuntimeError(f"hipblaslt backend unavailable: {why}")
-        return load(self.library)[0]
-
-    def _device(self) -> torch.device:
-        return torch.device("cpu") if self.host else torch.device(
-            "cuda", torch.cuda.current_device())
 
     def version(self) -> str:
         """e.g. ``hipblaslt-100000``; RuntimeError if the backend is unavailable."""

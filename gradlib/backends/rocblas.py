@@ -24,7 +24,8 @@ from functools import cache
 import torch
 
 from solidx.gradlib.backends import lt_api
-from solidx.gradlib.backends.base import Backend, Solution, format_spec, parse_spec
+from solidx.gradlib.backends.base import Solution, format_spec, parse_spec
+from solidx.gradlib.backends.rocm_library import RocmLibraryBackend
 from solidx.gradlib.dtypes import dtype_name
 from solidx.gradlib.operands import GemmOperands
 from solidx.gradlib.problem import GemmProblem
@@ -162,34 +163,15 @@ class RocBlasSolution(Solution):
         return out
 
 
-class RocBlasBackend(Backend):
+class RocBlasBackend(RocmLibraryBackend):
     """rocBLAS through ctypes; see the module docstring."""
 
     libtype = LIBTYPE
+    load = staticmethod(load)
 
     def __init__(self, library: str | None = None, device: str | None = None) -> None:
-        if device not in (None, "cpu"):
-            raise ValueError(f"device must be None (the current GPU) or 'cpu', not {device!r}")
-        if device == "cpu" and library is None:
-            raise ValueError("device='cpu' runs host pointers: only with an explicit stand-in "
-                             "library=")
-        self.library, self.host = library, device == "cpu"
+        super().__init__(library, device)
         self._handles: dict[torch.device, tuple[ctypes.c_void_p, torch.Tensor]] = {}
-
-    def available(self) -> tuple[bool, str]:
-        if not self.host:
-            if not torch.version.hip:
-                return False, "not a ROCm build of torch (torch.version.hip is None)"
-            if not torch.cuda.is_available():
-                return False, "no ROCm GPU (torch.cuda.is_available() is False)"
-        lib, why = load(self.library)
-        return (True, "") if lib is not None else (False, why)
-
-    def _lib(self) -> ctypes.CDLL:
-        ok, why = self.available()
-        if not ok:
-            raise RuntimeError(f"rocblas backend unavailable: {why}")
-        return load(self.library)[0]
 
     def version(self) -> str:
         """e.g. ``rocblas-4.2.0``; RuntimeError if the backend is unavailable."""
@@ -203,9 +185,7 @@ class RocBlasBackend(Backend):
     def _call(self, problem: GemmProblem) -> tuple[_Call, torch.device, int]:
         """The call of a problem on this backend's device and a placeholder pointer (a small
         buffer: the checks read no data)."""
-        lib = self._lib()
-        device = torch.device("cpu") if self.host else torch.device(
-            "cuda", torch.cuda.current_device())
+        lib, device = self._lib(), self._device()
         if device not in self._handles:
             handle = ctypes.c_void_p()
             _check(lib.rocblas_create_handle(ctypes.byref(handle)), "rocblas_create_handle")
