@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import threading
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any
@@ -68,6 +69,7 @@ class Worker:
         self._context = multiprocessing.get_context("spawn")
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
+        self._kill_lock = threading.Lock()  # kill() (a signal, another thread) and a death seen
         self._problem: GemmProblem | None = None
         self.hello: Hello | None = None
 
@@ -123,13 +125,17 @@ class Worker:
         self._kill()
 
     def _kill(self) -> None:
-        if self._process is not None:
-            if self._process.is_alive():
-                self._process.kill()
-            self._process.join(10)
-        if self._conn is not None:
-            self._conn.close()
-        self._process = self._conn = None
+        """Kill the child and close its pipe; safe from two threads at once (one of them does
+        it)."""
+        with self._kill_lock:
+            process, conn = self._process, self._conn
+            self._process = self._conn = None
+        if process is not None:
+            if process.is_alive():
+                process.kill()
+            process.join(10)
+        if conn is not None:
+            conn.close()
 
     def _ensure(self) -> None:
         if self._process is not None and self._process.is_alive():
