@@ -1,8 +1,8 @@
-"""The streaming skinny kernels (``triton:kernel=stream`` / ``streamdot``) against the fp32
-reference: fp8 with per-tensor scales and bf16/fp16, odd M, K not a multiple of bk, bias, fewer
-tokens than built for, more row blocks than programs (the interpreter stands in for 4 SMs); spec
-round trips and refusals. ``@pytest.mark.gpu`` tests run every listed stream config at the
-Llama decode shapes, and one inside a CUDA graph."""
+"""The streaming skinny kernels (``triton:kernel=stream`` / ``streamdot``: gemv and skinny in
+stream mode) against the fp32 reference: fp8 with per-tensor scales and bf16/fp16, odd M, K not
+a multiple of bk, bias, fewer tokens than built for, more row blocks than programs (the
+interpreter stands in for 4 SMs); spec round trips and refusals. ``@pytest.mark.gpu`` tests
+run every listed stream config at the Llama decode shapes, and one inside a CUDA graph."""
 from __future__ import annotations
 
 import pytest

@@ -6,7 +6,8 @@ Five kernels, each named with its whole configuration in the spec:
   GEMM in fp32 FMAs (N ≤ bn ≤ 8; listed for N ≤ 4) and
 * ``triton:kernel=streamdot,bn=16,bm=32,bk=256,progs=1,warps=4,stages=4``: the same with
   ``tl.dot`` (N ≤ bn = 16): a persistent grid of ``progs`` programs per SM, each owning whole
-  rows and reducing all of K in registers (``kernels.stream_gemm``, after ROCm's wvSplitK);
+  rows and reducing all of K in registers (gemv's and skinny's ``stream`` mode in
+  ``kernels.skinny_gemm``, after ROCm's wvSplitK);
 * ``triton:kernel=gemv,bn=1,bm=8,bk=1024,splitk=1,progs=0,warps=4``: fp32 FMAs, split-K
   (N ≤ bn ≤ 8; listed for N = 1);
 * ``triton:kernel=skinny,bn=16,bm=64,bk=256,splitk=8,progs=2,warps=4,stages=4``: swap-AB
@@ -32,7 +33,7 @@ import torch
 import triton
 
 from solidx.gradlib.backends.base import WORKSPACE_BYTES, Backend, Solution, format_spec, parse_spec
-from solidx.gradlib.kernels import skinny_gemm, stream_gemm, tiled_gemm
+from solidx.gradlib.kernels import skinny_gemm, tiled_gemm
 from solidx.gradlib.kernels.splitk import MAX_TILES, partial_bytes
 from solidx.gradlib.operands import GemmOperands
 from solidx.gradlib.problem import GemmProblem
@@ -275,14 +276,12 @@ class TritonSolution(Solution):
                   "num_warps": c.warps}
         args = (x, w, ops.scale_x, ops.scale_w, ops.bias, out)
         with torch.cuda.device(x.device) if x.device.type == "cuda" else nullcontext():
-            if c.kernel.startswith("stream"):
-                return stream_gemm.stream(*args, dot=c.kernel == "streamdot", block_n=c.bn,
-                                          block_m=c.bm, block_k=c.bk, progs=c.progs,
-                                          num_warps=c.warps, num_stages=c.stages)
-            if c.kernel == "gemv":
-                return skinny_gemm.gemv(*args, **common, progs=c.progs)
-            if c.kernel == "skinny":
-                return skinny_gemm.skinny(*args, **common, progs=c.progs, num_stages=c.stages)
+            stream = c.kernel.startswith("stream")
+            if c.kernel in ("gemv", "stream"):
+                return skinny_gemm.gemv(*args, **common, progs=c.progs, stream=stream)
+            if c.kernel in ("skinny", "streamdot"):
+                return skinny_gemm.skinny(*args, **common, progs=c.progs, num_stages=c.stages,
+                                          stream=stream)
             return tiled_gemm.tiled(*args, **common, group_m=c.gm, num_stages=c.stages)
 
 

@@ -16,6 +16,11 @@ every SM streams it.
 
 Weight row indices wrap (``% M``) so that weight loads never need a row mask; wrapped rows
 are dropped at the store. Split-K goes through :func:`store_tile`.
+
+``stream=True`` (the ``stream``/``streamdot`` tuner kernels, after ROCm's ``wvSplitK``): a
+persistent grid (``progs`` programs per SM) without split-K, each program owning whole output
+rows and reducing all of K in registers; weight tiles load with ``evict_first`` (read once,
+never worth caching), the activations, read by every program, with ``evict_last``.
 """
 from __future__ import annotations
 
@@ -31,7 +36,8 @@ def gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_p
                 M, N, K, stride_xn, stride_wm, stride_yn, k_per_split, splitk,
                 BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                 EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
-                SPLIT: tl.constexpr, VEC: tl.constexpr):
+                SPLIT: tl.constexpr, VEC: tl.constexpr, W_POLICY: tl.constexpr,
+                X_POLICY: tl.constexpr):
     tiles = tl.cdiv(M, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     # K as [BLOCK_K // VEC, VEC]: one 16-byte vector per (row, k // VEC), summed in-thread
@@ -47,12 +53,12 @@ def gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_p
         acc = tl.zeros((BLOCK_N, BLOCK_M, BLOCK_K // VEC), dtype=tl.float32)
         for k in range(k_lo, k_lo + k_per_split, BLOCK_K):
             if EVEN_K:
-                w = tl.load(w_ptrs)
-                x = tl.load(x_ptrs)
+                w = tl.load(w_ptrs, eviction_policy=W_POLICY)
+                x = tl.load(x_ptrs, eviction_policy=X_POLICY)
             else:
                 in_k = (k + offs_k)[None, None, :, :] < K
-                w = tl.load(w_ptrs, mask=in_k, other=0.0)
-                x = tl.load(x_ptrs, mask=in_k, other=0.0)
+                w = tl.load(w_ptrs, mask=in_k, other=0.0, eviction_policy=W_POLICY)
+                x = tl.load(x_ptrs, mask=in_k, other=0.0, eviction_policy=X_POLICY)
             acc += tl.sum(x.to(tl.float32) * w.to(tl.float32), axis=3)
             w_ptrs += BLOCK_K
             x_ptrs += BLOCK_K
@@ -66,7 +72,8 @@ def skinny_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, sx_ptr, sw_ptr, part_ptr, count
                   M, N, K, stride_xn, stride_wm, stride_yn, k_per_split, splitk,
                   BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                   EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
-                  SPLIT: tl.constexpr, UPCAST: tl.constexpr, ACC_K: tl.constexpr):
+                  SPLIT: tl.constexpr, UPCAST: tl.constexpr, ACC_K: tl.constexpr,
+                  W_POLICY: tl.constexpr, X_POLICY: tl.constexpr):
     tiles = tl.cdiv(M, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -81,12 +88,13 @@ def skinny_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, sx_ptr, sw_ptr, part_ptr, count
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k in range(k_lo, k_lo + k_per_split, BLOCK_K):
             if EVEN_K:
-                w = tl.load(w_ptrs)
-                xt = tl.load(xt_ptrs, mask=in_n, other=0.0)
+                w = tl.load(w_ptrs, eviction_policy=W_POLICY)
+                xt = tl.load(xt_ptrs, mask=in_n, other=0.0, eviction_policy=X_POLICY)
             else:
                 in_k = (k + offs_k) < K
-                w = tl.load(w_ptrs, mask=in_k[None, :], other=0.0)
-                xt = tl.load(xt_ptrs, mask=in_k[:, None] & in_n, other=0.0)
+                w = tl.load(w_ptrs, mask=in_k[None, :], other=0.0, eviction_policy=W_POLICY)
+                xt = tl.load(xt_ptrs, mask=in_k[:, None] & in_n, other=0.0,
+                             eviction_policy=X_POLICY)
             if UPCAST:
                 acc += tl.dot(w.to(tl.float32), xt.to(tl.float32))
             else:
@@ -98,29 +106,36 @@ def skinny_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, sx_ptr, sw_ptr, part_ptr, count
                    HAS_BIAS, HAS_SCALE, SPLIT)
 
 
+def _policies(stream: bool) -> dict[str, str]:
+    """The weight and activation loads' eviction policies (``stream``: see the module doc)."""
+    return ({"W_POLICY": "evict_first", "X_POLICY": "evict_last"} if stream
+            else {"W_POLICY": "", "X_POLICY": ""})
+
+
 def gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None,
          scale_w: torch.Tensor | None, bias: torch.Tensor | None, out: torch.Tensor, *,
          block_n: int, block_m: int, block_k: int, splitk: int, progs: int,
-         num_warps: int) -> torch.Tensor:
+         num_warps: int, stream: bool = False) -> torch.Tensor:
     """``out[N, M] = (x·sx) @ (w·sw)ᵀ + bias`` with :func:`gemv_kernel`; needs N ≤ block_n.
     ``progs`` programs per SM loop over the work units (0: one program per unit)."""
     args, consts, units = launch_args(x, w, scale_x, scale_w, bias, out, block_n, block_m,
                                       block_k, splitk)
     grid = (persistent_grid(x.device, units, progs),)
-    gemv_kernel[grid](*args, **consts, VEC=16 // w.element_size(), num_warps=num_warps,
-                      num_stages=1)
+    gemv_kernel[grid](*args, **consts, VEC=16 // w.element_size(), **_policies(stream),
+                      num_warps=num_warps, num_stages=1)
     return out
 
 
 def skinny(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None,
            scale_w: torch.Tensor | None, bias: torch.Tensor | None, out: torch.Tensor, *,
            block_n: int, block_m: int, block_k: int, splitk: int, progs: int, num_warps: int,
-           num_stages: int) -> torch.Tensor:
+           num_stages: int, stream: bool = False) -> torch.Tensor:
     """``out[N, M] = (x·sx) @ (w·sw)ᵀ + bias`` with :func:`skinny_kernel`; needs N ≤ block_n.
     ``progs`` programs per SM loop over the work units (0: one program per unit)."""
     args, consts, units = launch_args(x, w, scale_x, scale_w, bias, out, block_n, block_m,
                                       block_k, splitk)
     grid = (persistent_grid(x.device, units, progs),)
     skinny_kernel[grid](*args, **consts, UPCAST=x.device.type == "cpu",
-                        ACC_K=min(block_k, 256), num_warps=num_warps, num_stages=num_stages)
+                        ACC_K=min(block_k, 256), **_policies(stream), num_warps=num_warps,
+                        num_stages=num_stages)
     return out
