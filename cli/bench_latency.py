@@ -1,7 +1,9 @@
 """``solidx bench latency``: one batch through the engine (CUDA graphs unless --enforce-eager),
 decode tokens/s, weight bandwidth and its share of the copy-bandwidth bound, optionally beside
 Hugging Face transformers ``generate``. ``--batch-sizes 1,32,128`` runs one batch of each size in
-one engine instead (JSON: a list of results)."""
+one engine instead (JSON: a list of results). ``--profile [PATH]`` then profiles a few decode steps
+and prints where one goes (GEMMs, attention, norms, communication, host gap), saving a picture
+at PATH and its figures beside it as JSON."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from click.core import ParameterSource
 from solidx.cli.engine_options import engine_options, given_config_kwargs, keywords, report
 from solidx.cli.flag_errors import flag_error
 from solidx.runtime.bench.cpu_guard import slow_on_cpu
+from solidx.runtime.distributed import get_tp_rank
 from solidx.shape_capture.presets import PRESETS
 
 
@@ -39,6 +42,15 @@ from solidx.shape_capture.presets import PRESETS
     help="Also time Hugging Face transformers generate on the same model.",
 )
 @click.option("--output-json", type=click.Path(dir_okay=False), help="Write the figures here too.")
+@click.option(
+    "--profile",
+    type=click.Path(dir_okay=False),
+    is_flag=False,
+    flag_value="step_profile.png",
+    default=None,
+    help="After the timed run, profile decode steps (torch.profiler) and print where one goes; "
+    "save the picture at PATH [step_profile.png] and its figures as PATH with suffix .json.",
+)
 @engine_options
 def latency(
     model: str,
@@ -48,6 +60,7 @@ def latency(
     batch_sizes: str | None,
     compare: str,
     output_json: str | None,
+    profile: str | None,
     **options: Any,
 ) -> None:
     """Time one batch of random prompts (greedy, EOS ignored); presets use dummy weights. On a
@@ -65,6 +78,9 @@ def latency(
     kwargs = given_config_kwargs(options)
     enforce_eager, seed = kwargs.pop("enforce_eager", False), kwargs.pop("seed", 0)
     if batch_sizes is not None:
+        if profile is not None:
+            raise click.BadParameter("--profile needs a single --batch-size",
+                                     param_hint="--profile")
         _sweep(model, _sizes(batch_sizes), input_len, output_len, enforce_eager, seed, compare,
                output_json, kwargs)
         return
@@ -77,11 +93,15 @@ def latency(
             enforce_eager=enforce_eager,
             compare_hf=compare == "hf",
             seed=seed,
+            profile=profile is not None,
             **kwargs,
         )
     except (ValueError, FileNotFoundError) as exc:
-        raise flag_error(exc, keywords()) from None
+        raise flag_error(exc, keywords() | {"output_len"}) from None
     report(result, output_json)
+    if result.step_profile is not None and get_tp_rank() == 0:
+        picture, figures = result.step_profile.save(profile)
+        click.echo(f"  step profile: {picture} and {figures}")
 
 
 def _sizes(text: str) -> list[int]:
@@ -98,7 +118,6 @@ def _sizes(text: str) -> list[int]:
 def _sweep(model: str, sizes: list[int], input_len: int, output_len: int, enforce_eager: bool,
            seed: int, compare: str, output_json: str | None, kwargs: dict[str, Any]) -> None:
     from solidx.runtime.bench.latency import bench_latency_sweep
-    from solidx.runtime.distributed import get_tp_rank
 
     if compare != "none":
         raise click.BadParameter("--compare needs a single --batch-size", param_hint="--compare")

@@ -5,7 +5,9 @@ the same architecture in the same run.
 Decode speed is reported as gpt-fast does: decode steps per second and the weight bandwidth they
 imply (bytes of the weights one step reads × steps per second). The device's copy bandwidth,
 measured in the same run, bounds that: ``copy GB/s / weight bytes`` steps per second at most, and
-the result says what share of the bound the engine reached.
+the result says what share of the bound the engine reached. With ``profile``, a few more decode
+steps of the same engine run under ``torch.profiler`` afterwards
+(:mod:`solidx.runtime.bench.step_profile`): where one step goes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from solidx.runtime import attention
 from solidx.runtime.bench.cpu_guard import warn_if_slow_on_cpu
 from solidx.runtime.bench.hf import hf_generate_seconds, load_hf_model
 from solidx.runtime.bench.result import BenchResult, device_name, tuned_gemm_line
+from solidx.runtime.bench.step_profile import MIN_OUTPUT_LEN, StepProfile, profile_decode
 from solidx.runtime.bench.workload import engine_for, random_prompts
 from solidx.runtime.layers.linear import tuned_gemms
 from solidx.runtime.sampling_params import SamplingParams
@@ -40,7 +43,7 @@ class LatencyResult(BenchResult):
     ``bound_steps_per_s``: the decode steps/s that reading the weights at copy bandwidth allows;
     ``tuned_gemm``: the tuned file's summary and how many distinct GEMM problems ran with a
     tuned solution (hits) or the default (misses), in all and by layer kind (``by_kind``: qkv,
-    o, gate_up, down, lm_head)."""
+    o, gate_up, down, lm_head); ``step_profile``: where a decode step goes, when asked."""
 
     model: str
     device: str
@@ -63,6 +66,7 @@ class LatencyResult(BenchResult):
     tuned_gemm: dict[str, Any] | None = None
     hf_total_s: float | None = None
     hf_tokens_per_s: float | None = None
+    step_profile: StepProfile | None = None
 
     @property
     def speedup_vs_hf(self) -> float | None:
@@ -77,6 +81,7 @@ class LatencyResult(BenchResult):
             **asdict(self),
             "percent_of_bound": self.percent_of_bound,
             "speedup_vs_hf": self.speedup_vs_hf,
+            "step_profile": None if self.step_profile is None else self.step_profile.as_dict(),
         }
 
     def summary(self) -> str:
@@ -110,6 +115,8 @@ class LatencyResult(BenchResult):
                 f"  transformers generate: {self.hf_tokens_per_s:.1f} tokens/s, total "
                 f"{self.hf_total_s:.2f} s; solidx is {self.speedup_vs_hf:.2f}x"
             )
+        if self.step_profile is not None:
+            lines.append(self.step_profile.summary())
         return "\n".join(lines)
 
 
@@ -121,12 +128,16 @@ def bench_latency(
     enforce_eager: bool = False,
     compare_hf: bool = False,
     seed: int = 0,
+    profile: bool = False,
     **engine_kwargs: Any,
 ) -> LatencyResult:
     """Time one batch of ``batch_size`` random prompts of ``input_len`` tokens generating
-    ``output_len`` tokens each, after a short warm-up. ``engine_kwargs`` are ``LLM`` options;
-    a preset runs on dummy weights. Each stage is logged as it starts (big models take minutes
-    on a CPU: a warning says so before loading)."""
+    ``output_len`` tokens each, after a short warm-up; with ``profile``, then profile decode
+    steps of a new batch of the same shape (``output_len`` >= 5). ``engine_kwargs`` are ``LLM``
+    options; a preset runs on dummy weights. Each stage is logged as it starts (big models take
+    minutes on a CPU: a warning says so before loading)."""
+    if profile and output_len < MIN_OUTPUT_LEN:
+        raise ValueError(f"profiling needs output_len >= {MIN_OUTPUT_LEN}, got {output_len}")
     if engine_kwargs.get("device") == "cpu" or not torch.cuda.is_available():
         warn_if_slow_on_cpu(model)
     logger.info("bench latency: building the engine for %s", model)
@@ -139,6 +150,14 @@ def bench_latency(
         **engine_kwargs,
     )
     result, requests = _measure(llm, model, batch_size, input_len, output_len, seed)
+    if profile:
+        logger.info("bench latency: profiling decode steps")
+        quantization = f" {result.quantization}" if result.quantization else ""
+        result.step_profile = profile_decode(
+            llm, batch_size, input_len, output_len, seed,
+            label=f"{model} {result.dtype}{quantization} on {result.device}",
+            timed_step_ms=1e3 / result.decode_steps_per_s,
+        )
     if compare_hf:
         logger.info("bench latency: timing transformers generate on the same batch")
         config, device = llm.llm_engine.config, llm.llm_engine.model_runner.device
