@@ -1,4 +1,7 @@
-"""``solidx csv show / validate / merge / diff`` (grouped in :mod:`solidx.cli.csv_group`)."""
+"""``solidx csv show / validate / merge / diff`` (grouped in :mod:`solidx.cli.csv_group`).
+
+Imports no torch (nor does the CSV layer of gradlib it uses), so that they start in well under a
+second."""
 from __future__ import annotations
 
 import math
@@ -6,15 +9,16 @@ import sys
 
 import click
 
-from solidx.gradlib.dtypes import dtype_name
 from solidx.gradlib.csv_validate import validate
+from solidx.gradlib.problem import GemmProblem
 from solidx.gradlib.schema import CsvError, is_tuned_file
 from solidx.gradlib.shapes_file import ShapeRow, merge_shapes, read_shapes, write_shapes
 from solidx.gradlib.tuned_file import TunedRow, merge_tuned, read_tuned, write_tuned
 
 
-def _short(dtype) -> str:
-    return dtype_name(dtype).removeprefix("torch.")
+def _dtypes(problem: GemmProblem) -> list[str]:
+    return [problem.dtype_name.removeprefix("torch."),
+            problem.outdtype_name.removeprefix("torch.")]
 
 
 def _num(value: float, digits: int = 4) -> str:
@@ -35,7 +39,7 @@ def _shape_table(rows: list[ShapeRow]) -> str:
     header = ["out_features(M)", "tokens(N)", "in_features(K)", "bias", "dtype", "outdtype",
               "count", "layers"]
     body = [[str(r.problem.M), str(r.problem.N), str(r.problem.K), str(r.problem.bias),
-             _short(r.problem.dtype), _short(r.problem.outdtype), str(r.count), ";".join(r.layers)]
+             *_dtypes(r.problem), str(r.count), ";".join(r.layers)]
             for r in rows]
     return table(header, body)
 
@@ -44,7 +48,7 @@ def _tuned_table(rows: list[TunedRow]) -> str:
     header = ["out_features(M)", "tokens(N)", "in_features(K)", "bias", "dtype", "outdtype",
               "libtype", "ms", "default_ms", "speedup", "TFLOP/s", "GB/s", "device", "solution"]
     body = [[str(r.problem.M), str(r.problem.N), str(r.problem.K), str(r.problem.bias),
-             _short(r.problem.dtype), _short(r.problem.outdtype), r.libtype, _num(r.soltimems),
+             *_dtypes(r.problem), r.libtype, _num(r.soltimems),
              _num(r.default_ms), _num(r.speedup, 3), _num(r.tflops), _num(r.gbps), r.device,
              r.solution or str(r.solidx)]
             for r in rows]

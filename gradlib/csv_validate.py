@@ -6,27 +6,28 @@ At least as strict as the loaders (everything :func:`solidx.gradlib.tuned_file.p
 * the ``solidx`` rule: for backends other than hipBLASLt and rocBLAS, ``solidx`` is the stable
   31-bit hash of ``solution`` (:func:`solidx.gradlib.backends.base.spec_hash`);
 * every ``solution`` can be built for its problem, as far as that is known without a GPU: the
-  default's and Triton's specs are rebuilt by their backends (the Triton config is checked
-  against the problem), cuBLASLt's are checked against its spec grammar, ROCm's against the
+  default's and Triton's specs are checked as their backends' ``from_spec`` checks them (the
+  Triton config against the problem), cuBLASLt's against its spec grammar, ROCm's against the
   general ``libtype:k=v,...`` grammar.
+
+Imports no torch: the checks use the backends' torch-free spec modules.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import torch
-from solidx.gradlib.backends import get_backend
+from solidx.gradlib.backends import default_spec
 from solidx.gradlib.backends.base import parse_spec, spec_hash
 from solidx.gradlib.backends.cublaslt_configs import AlgoConfig
-from solidx.gradlib.dtypes import FP8
+from solidx.gradlib.backends.triton_configs import checked_config
+from solidx.gradlib.dtypes import BF16_NAME, FP8_NAME
 from solidx.gradlib.problem import GemmProblem
 from solidx.gradlib.schema import CsvError, is_tuned_file, parse_int, parse_problem, read_records
 from solidx.gradlib.shapes_file import parse_shapes
 from solidx.gradlib.tuned_file import parse_tuned
 
 INDEXED_LIBTYPES = ("hipblaslt", "rocblas")  # solidx is the library's own solution index
-_REBUILT = ("default", "triton")  # backends whose from_spec needs no GPU
 
 
 def spec_error(libtype: str, spec: str, problem: GemmProblem) -> str | None:
@@ -35,8 +36,10 @@ def spec_error(libtype: str, spec: str, problem: GemmProblem) -> str | None:
         kind, _ = parse_spec(spec)
         if kind != libtype:
             return f"spec {spec!r} is of libtype {kind!r}, the row's libtype is {libtype!r}"
-        if libtype in _REBUILT:
-            get_backend(libtype).from_spec(spec, problem)
+        if libtype == "default":
+            default_spec.check_spec(spec)
+        elif libtype == "triton":
+            checked_config(spec, problem)
         elif libtype == "cublaslt":
             AlgoConfig.parse(spec)
     except ValueError as exc:
@@ -46,7 +49,7 @@ def spec_error(libtype: str, spec: str, problem: GemmProblem) -> str | None:
 
 def _row_errors(path: Path, line: int, record: dict[str, str]) -> list[CsvError]:
     """The hash rule and the spec check of one well-formed tuned row."""
-    problem = parse_problem(path, line, record, FP8, torch.bfloat16)
+    problem = parse_problem(path, line, record, FP8_NAME, BF16_NAME)
     libtype = record.get("libtype", "hipblaslt").strip()
     spec = record.get("solution", "").strip()
     if not spec:

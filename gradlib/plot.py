@@ -9,16 +9,14 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-
-from solidx.gradlib.dtypes import dtype_name
 from solidx.gradlib.tuned_file import TunedRow
 
 _SHORT = {"float8_e4m3fn": "fp8", "float8_e4m3fnuz": "fp8", "float8_e5m2": "e5m2",
           "bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
-def _short(dtype) -> str:
-    name = dtype_name(dtype).removeprefix("torch.")
+def _short(dtype_name: str) -> str:
+    name = dtype_name.removeprefix("torch.")
     return _SHORT.get(name, name)
 
 
@@ -37,7 +35,8 @@ def _geomean(values: list[float]) -> float:
 
 def _weight_label(row: TunedRow) -> str:
     p = row.problem
-    return f"{p.M}×{p.K} {_short(p.dtype)}→{_short(p.outdtype)}" + (" +bias" if p.bias else "")
+    dtypes = f"{_short(p.dtype_name)}→{_short(p.outdtype_name)}"
+    return f"{p.M}×{p.K} {dtypes}" + (" +bias" if p.bias else "")
 
 
 def plot_speedup(rows: list[TunedRow], output: str | Path, title: str) -> None:

@@ -23,13 +23,14 @@ import os
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
-import torch
-
-from solidx.gradlib.dtypes import dtype_name, parse_dtype
+from solidx.gradlib.dtypes import parse_dtype_name
 from solidx.gradlib.problem import GemmProblem
 from solidx.gradlib.safe_files import LOCK_TIMEOUT_S, lock_file, replace_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 PROBLEM_COLUMNS = ("M", "N", "K", "bias", "dtype", "outdtype")
 SHAPES_COLUMNS = PROBLEM_COLUMNS + ("count", "layers")
@@ -183,14 +184,16 @@ def parse_cell(path: Path, line: int, record: dict[str, str], column: str, parse
 
 
 def parse_problem(
-    path: Path, line: int, record: dict[str, str], dtype: torch.dtype, outdtype: torch.dtype
+    path: Path, line: int, record: dict[str, str], dtype: torch.dtype | str,
+    outdtype: torch.dtype | str,
 ) -> GemmProblem:
+    """The problem of one row; ``dtype``/``outdtype`` fill in a file without those columns."""
     m = parse_cell(path, line, record, "M", parse_dim)
     n = parse_cell(path, line, record, "N", parse_dim)
     k = parse_cell(path, line, record, "K", parse_dim)
     bias = parse_cell(path, line, record, "bias", _bool, False)
-    in_dtype = parse_cell(path, line, record, "dtype", parse_dtype, dtype)
-    out_dtype = parse_cell(path, line, record, "outdtype", parse_dtype, outdtype)
+    in_dtype = parse_cell(path, line, record, "dtype", parse_dtype_name, dtype)
+    out_dtype = parse_cell(path, line, record, "outdtype", parse_dtype_name, outdtype)
     return GemmProblem(m, n, k, bias, in_dtype, out_dtype)
 
 
@@ -213,7 +216,7 @@ def is_tuned_file(path: str | os.PathLike) -> bool:
 
 def problem_cells(problem: GemmProblem) -> list[str]:
     return [str(problem.M), str(problem.N), str(problem.K), str(problem.bias),
-            dtype_name(problem.dtype), dtype_name(problem.outdtype)]
+            problem.dtype_name, problem.outdtype_name]
 
 
 def write_atomic(path: Path, header: Sequence[str], lines: Iterable[list[str]]) -> None:
@@ -226,7 +229,7 @@ def write_atomic(path: Path, header: Sequence[str], lines: Iterable[list[str]]) 
 
 
 def problem_sort_key(problem: GemmProblem) -> tuple:
-    return (dtype_name(problem.dtype), dtype_name(problem.outdtype), problem.bias,
+    return (problem.dtype_name, problem.outdtype_name, problem.bias,
             problem.M, problem.K, problem.N)
 
 

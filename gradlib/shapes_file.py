@@ -7,17 +7,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-import torch
-
-from solidx.gradlib.dtypes import FP8
+from solidx.gradlib.dtypes import BF16_NAME, FP8_NAME
 from solidx.gradlib.problem import GemmProblem
 from solidx.gradlib.safe_files import check_target
 from solidx.gradlib.schema import (
     SHAPES_COLUMNS, CsvError, check_text, locked, parse_cell, parse_int, parse_problem,
     problem_cells, problem_sort_key, raise_first, read_records, write_atomic,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class ShapeRow:
 
 
 def parse_shapes(
-    path: str | os.PathLike, dtype: torch.dtype = FP8, outdtype: torch.dtype = torch.bfloat16
+    path: str | os.PathLike, dtype: torch.dtype | str = FP8_NAME,
+    outdtype: torch.dtype | str = BF16_NAME,
 ) -> tuple[list[ShapeRow], list[CsvError]]:
     """Every row of a shapes file and every error found (file-level errors raise at once).
 
@@ -55,8 +57,8 @@ def _layers(text: str) -> tuple[str, ...]:
     return tuple(x for x in check_text(text.strip()).split(";") if x)
 
 
-def read_shapes(path: str | os.PathLike, dtype: torch.dtype = FP8,
-                outdtype: torch.dtype = torch.bfloat16) -> list[ShapeRow]:
+def read_shapes(path: str | os.PathLike, dtype: torch.dtype | str = FP8_NAME,
+                outdtype: torch.dtype | str = BF16_NAME) -> list[ShapeRow]:
     """The rows of a shapes file; raises CsvError on the first malformed row."""
     rows, errors = parse_shapes(path, dtype, outdtype)
     raise_first(errors)

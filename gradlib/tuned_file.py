@@ -9,12 +9,10 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
-
-import torch
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from solidx.gradlib.backends import LIBTYPES
-from solidx.gradlib.dtypes import FP8
+from solidx.gradlib.dtypes import BF16_NAME, FP8_NAME
 from solidx.gradlib.problem import GemmProblem
 from solidx.gradlib.safe_files import check_target
 from solidx.gradlib.schema import (
@@ -23,6 +21,9 @@ from solidx.gradlib.schema import (
     parse_problem, parse_text, problem_cells, problem_sort_key, raise_first, read_records,
     write_atomic,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 _LIBTYPE_WITHOUT_COLUMN = "hipblaslt"  # gradlib files before the libtype column
 _INDEXED = ("hipblaslt", "rocblas")  # libtypes whose solidx is the library's solution index
@@ -61,7 +62,8 @@ def _libtype(text: str) -> str:
 
 
 def parse_tuned(
-    path: str | os.PathLike, dtype: torch.dtype = FP8, outdtype: torch.dtype = torch.bfloat16
+    path: str | os.PathLike, dtype: torch.dtype | str = FP8_NAME,
+    outdtype: torch.dtype | str = BF16_NAME,
 ) -> tuple[list[TunedRow], list[CsvError]]:
     """Every row of a tuned file and every error found (file-level errors raise at once)."""
     path = Path(path)
@@ -116,8 +118,8 @@ def _check_duplicate(path: Path, line: int, row: TunedRow,
                        f"{row.libtype} {row.solution or row.solidx})")
 
 
-def read_tuned(path: str | os.PathLike, dtype: torch.dtype = FP8,
-               outdtype: torch.dtype = torch.bfloat16) -> list[TunedRow]:
+def read_tuned(path: str | os.PathLike, dtype: torch.dtype | str = FP8_NAME,
+               outdtype: torch.dtype | str = BF16_NAME) -> list[TunedRow]:
     """The rows of a tuned file; raises CsvError on the first malformed row."""
     rows, errors = parse_tuned(path, dtype, outdtype)
     raise_first(errors)

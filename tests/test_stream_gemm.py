@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from solidx.gradlib.backends.triton import TritonBackend, candidate_configs, config_from_spec
+from solidx.gradlib.backends.triton import TritonBackend
+from solidx.gradlib.backends.triton_configs import candidate_configs, config_from_spec
 from solidx.gradlib.operands import make_operands, max_rel_err, reference_gemm, tolerance
 from solidx.gradlib.problem import GemmProblem
 

@@ -13,16 +13,21 @@ Contract:
   capturable in a CUDA graph (no host sync, no allocation outside the caching allocator).
 * ``Solution.solidx`` is the integer written in the CSV ``solidx`` column: the library's index
   for hipblaslt/rocblas, else :func:`spec_hash` of the spec.
+
+Imports no torch (the CSV tools check specs and hashes with it); backends import torch.
 """
 from __future__ import annotations
 
 import zlib
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
-import torch
-
-from solidx.gradlib.operands import GemmOperands
 from solidx.gradlib.problem import GemmProblem
+
+if TYPE_CHECKING:
+    import torch
+
+    from solidx.gradlib.operands import GemmOperands
 
 
 WORKSPACE_BYTES = 32 * 1024 * 1024
@@ -93,4 +98,6 @@ class Backend(ABC):
 
     def version(self) -> str:
         """The library build the solutions belong to (written as ``lib_version``)."""
+        import torch
+
         return f"torch-{torch.__version__}"

@@ -24,9 +24,6 @@ EPILOGUE_BIAS = CUBLASLT.epilogue_bias
 MatmulAlgo = CUBLASLT.algo
 HeuristicResult = CUBLASLT.result
 
-# cublasLtReductionScheme_t: bits of a mask; NONE is 0
-REDUCTION_SCHEMES = (1, 2, 4)  # INPLACE, COMPUTE_TYPE, OUTPUT_TYPE
-
 # cublasLtMatmulAlgoCapAttributes_t
 CAP_SPLITK_SUPPORT = 0  # int32
 CAP_REDUCTION_SCHEME_MASK = 1  # uint32

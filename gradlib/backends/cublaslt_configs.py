@@ -8,7 +8,7 @@ e.g. ``cublaslt:id=66,tile=20,stages=15,splitk=4,red=1,swizzle=0,custom=0,cluste
 Candidates, best guesses first: the heuristic's picks; their neighbours (other split-K factors,
 reduction schemes, CTA swizzle, custom options and cluster shapes of the same kernel, fewest
 changes first); every (algo id, tile, stages) the library's capabilities list; then their
-neighbours. Pure Python: the library calls that fill these in live in
+neighbours. Pure Python (no torch, no library): the library calls that fill these in live in
 :mod:`solidx.gradlib.backends.cublaslt_plan`.
 """
 from __future__ import annotations
@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from itertools import chain, zip_longest
 from typing import Iterable, Iterator
 
-from solidx.gradlib.backends import cublaslt_api as api
 from solidx.gradlib.backends.base import format_spec, parse_spec
 
 LIBTYPE = "cublaslt"
 SPLITK_FACTORS = (2, 3, 4, 6, 8, 12, 16, 24, 32)
 MIN_K_PER_SPLIT = 128
+REDUCTION_SCHEMES = (1, 2, 4)
+"""cublasLtReductionScheme_t, bits of a mask (NONE is 0): INPLACE, COMPUTE_TYPE, OUTPUT_TYPE."""
 
 _SPEC_KEYS = ("id", "tile", "stages", "splitk", "red", "swizzle", "custom", "cluster", "inner")
 
@@ -105,7 +106,7 @@ def neighbours(
         splits += tuple(s for s in SPLITK_FACTORS if k // s >= MIN_K_PER_SPLIT)
     found = []
     for splitk in splits:
-        reds = (0,) if splitk == 1 else tuple(r for r in api.REDUCTION_SCHEMES if caps.red_mask & r)
+        reds = (0,) if splitk == 1 else tuple(r for r in REDUCTION_SCHEMES if caps.red_mask & r)
         for red in reds:
             for swizzle in (0, 1) if caps.swizzle else (0,):
                 for custom in range(caps.custom_max + 1):

@@ -8,11 +8,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from solidx.gradlib.backends.base import Backend, Solution, parse_spec
+from solidx.gradlib.backends.base import Backend, Solution
+from solidx.gradlib.backends.default_spec import SPEC, check_spec
 from solidx.gradlib.operands import GemmOperands
 from solidx.gradlib.problem import GemmProblem
-
-SPEC = "default:"
 
 
 def _scaled_mm_supported(problem: GemmProblem, device: torch.device) -> bool:
@@ -65,7 +64,5 @@ class DefaultBackend(Backend):
         return [DefaultSolution(problem)]
 
     def from_spec(self, spec: str, problem: GemmProblem) -> Solution:
-        libtype, fields = parse_spec(spec)
-        if libtype != self.libtype or fields:
-            raise ValueError(f"not a default spec: {spec!r}")
+        check_spec(spec)
         return DefaultSolution(problem)

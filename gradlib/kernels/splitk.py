@@ -16,17 +16,10 @@ import triton
 import triton.language as tl
 
 from solidx.gradlib.backends.base import WORKSPACE_BYTES
-
-MAX_TILES = 1 << 16
-"""Counters in the workspace: a split-K launch may have at most this many output tiles."""
+from solidx.gradlib.backends.triton_configs import MAX_TILES, partial_bytes
 
 _WORKSPACES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 _SM_COUNTS: dict[torch.device, int] = {}
-
-
-def partial_bytes(splitk: int, n: int, m: int) -> int:
-    """Workspace bytes a split-K launch needs for its fp32 partials (0 without split-K)."""
-    return 0 if splitk == 1 else splitk * n * m * 4
 
 
 def workspace(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
