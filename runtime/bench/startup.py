@@ -22,13 +22,16 @@ from solidx.gradlib.timing import Stopwatch
 TINY = ["--model", "tiny-llama", "--load-format", "dummy"]
 
 
-def commands(shapes_file: str) -> dict[str, list[str]]:
+def commands(shapes_file: str, merged_file: str) -> dict[str, list[str]]:
     """Name → ``solidx`` arguments, light commands first."""
     return {
         "solidx --help": ["--help"],
         "solidx --version": ["--version"],
         "solidx csv --help": ["csv", "--help"],
         "solidx csv validate": ["csv", "validate", shapes_file],
+        "solidx csv show": ["csv", "show", shapes_file],
+        "solidx csv merge": ["csv", "merge", shapes_file, shapes_file, "-o", merged_file],
+        "solidx csv diff": ["csv", "diff", merged_file, merged_file],
         "solidx generate (tiny, to first token)": ["generate", *TINY, "--max-tokens", "1",
                                                    "--prompt", "Hello"],
     }
@@ -50,9 +53,9 @@ def run(repeats: int) -> dict[str, object]:
     """The median and every sample per command, and the machine they ran on."""
     with tempfile.TemporaryDirectory() as folder:
         shapes = Path(folder) / "fp8_shapes.csv"
-        shapes.write_text("M,N,K\n4096,1,4096\n")
+        shapes.write_text("M,N,K\n4096,1,4096\n6144,32,4096\n")
         results = {}
-        for name, args in commands(str(shapes)).items():
+        for name, args in commands(str(shapes), str(Path(folder) / "merged.csv")).items():
             samples = [wall_seconds(args) for _ in range(repeats)]
             results[name] = {"median_s": statistics.median(samples), "samples_s": samples}
     return {"machine": f"{platform.node()} ({platform.processor() or platform.machine()}), "
