@@ -317,7 +317,7 @@ def test_split_decode_fp8_cache(kernel: str) -> None:
 @pytest.mark.parametrize("kernel", ["custom", "v2"])
 def test_split_decode_many_partitions_merge_in_chunks(kernel: str) -> None:
     """63 live partitions: more than one merge step loads (``split_kv.merge_chunk``)."""
-    assert split_kv.merge_chunk(2, 64) < 63
+    assert split_kv.merge_chunk(2, 64, 1) < 63
     check_split_decode(kernel, [1000, 3], 2, 1, 64, block_size=8)
 
 

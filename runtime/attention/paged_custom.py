@@ -156,6 +156,6 @@ def paged_attention_custom(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_ta
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), MERGE_PAD=merge_pad,
         HEAD_SIZE=head_size, PAGE_SIZE=page_size, PARTITION=partition_size,
-        BLOCK_N=cfg.block_n, CHUNK=merge_chunk(merge_pad, splits), SPLIT=splits > 1,
+        BLOCK_N=cfg.block_n, CHUNK=merge_chunk(merge_pad, splits, cfg.num_warps), SPLIT=splits > 1,
         UPCAST=q.device.type == "cpu", num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out

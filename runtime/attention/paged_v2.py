@@ -160,6 +160,6 @@ def paged_attention_v2(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         GROUP=num_heads // num_kv_heads, HEAD_SIZE=head_size, HEAD_PAD=head_pad,
         PAGE_SIZE=page_size, PARTITION=partition_size, BLOCK_N=cfg.block_n,
-        CHUNK=merge_chunk(2, splits), SPLIT=splits > 1,
+        CHUNK=merge_chunk(2, splits, cfg.num_warps), SPLIT=splits > 1,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out

@@ -29,8 +29,8 @@ PROGRAMS_PER_SM = 4
 MAX_SPLITS = 128
 CPU_SM_COUNT = 4
 """The "SM count" off CUDA (Triton's interpreter): few programs, short tests."""
-MERGE_TILE = 64
-"""Partial results one merge step loads at once: heads x partitions <= this."""
+MERGE_ROWS_PER_WARP = 16
+"""Partial results one merge step loads at once: heads x partitions <= this x warps."""
 
 _COUNTERS: dict[torch.device, list[Tensor]] = {}
 
@@ -130,6 +130,8 @@ def merge_partitions(TMP_OUT, MAX_LOGITS, EXP_SUMS, first_row, live, splits,
     return acc / tl.where(total > 0, total, 1.0)[:, None]
 
 
-def merge_chunk(heads_pad: int, splits: int) -> int:
-    """Partitions one merge step loads per row, :data:`MERGE_TILE` results in all."""
-    return max(1, min(triton.next_power_of_2(splits), MERGE_TILE // heads_pad))
+def merge_chunk(heads_pad: int, splits: int, num_warps: int) -> int:
+    """Partitions one merge step of a program of ``num_warps`` loads per row
+    (:data:`MERGE_ROWS_PER_WARP`)."""
+    rows = MERGE_ROWS_PER_WARP * num_warps
+    return max(1, min(triton.next_power_of_2(splits), rows // heads_pad))
