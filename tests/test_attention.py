@@ -1,7 +1,7 @@
 """Attention: the torch reference against SDPA, then every kernel against the reference.
 
 CPU tests run the Triton kernels under TRITON_INTERPRET=1 on tiny shapes; ``-m gpu`` tests run
-them at real sizes (contexts up to 16k, 32 query / 8 KV heads, head size 128).
+them at real sizes (contexts up to 128k, 32 query / 8 KV heads, head size 128).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from solidx.runtime.attention import (
     paged_v2,
     reference,
     selector,
+    split_kv,
     triton_prefill,
     triton_store,
 )
@@ -273,11 +274,79 @@ def test_fp8_store_rounds_to_nearest_even() -> None:
     assert torch.equal(caches[0].float(), caches[2].float())
 
 
+# ---- partitions sized in the kernel, as in a graph captured at max_model_len 131072 ----------
+
+GRAPH_MAX_LEN = 131072
+# With 4 splits of >= 16 tokens (BLOCK_N 16 on CPU): empty, one token, exactly one partition,
+# one token past it, exactly 4 partitions of 16, 4 of 64 (the last of 8), 3 of 48 (the last 33).
+SPLIT_LENGTHS = [0, 1, 16, 17, 64, 200, 129]
+
+
+def check_split_decode(kernel: str, lengths: list[int], heads: int, kv_heads: int,
+                       splits: int | None, cache_dtype: torch.dtype | None = None,
+                       block_size: int = 16) -> torch.Tensor:
+    """A kernel at ``max_context_len`` 131072 with 16-token partitions against the reference;
+    returns its output."""
+    p = make_paged(lengths, kv_heads, 16, block_size, torch.float16, cache_dtype)
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(len(lengths), heads, 16, generator=gen).to(torch.float16)
+    context_lens = torch.tensor(lengths, dtype=torch.int32)
+    args = (q, p.k_cache, p.v_cache, p.block_tables, context_lens, GRAPH_MAX_LEN, 0.25,
+            p.k_scale, p.v_scale)
+    fn = paged_attention_custom if kernel == "custom" else paged_attention_v2
+    out = fn(*args, partition_size=16, splits=splits)
+    assert_matches(out, reference.decode_attention(*args))
+    assert out[context_lens == 0].abs().sum() == 0
+    assert split_kv.arrival_counters(q.device, 1).count_nonzero() == 0  # left at zero
+    return out
+
+
+@pytest.mark.parametrize("kernel", ["custom", "v2"])
+@pytest.mark.parametrize("heads,kv_heads,splits", [(2, 2, 4), (4, 1, 16), (8, 1, 4)])
+def test_split_decode_far_below_max_context_len(kernel: str, heads: int, kv_heads: int,
+                                                splits: int) -> None:
+    """GQA 1, 4, 8; 16 splits gives 13 partitions of 16 tokens to the 200-token context."""
+    check_split_decode(kernel, SPLIT_LENGTHS, heads, kv_heads, splits)
+
+
+@pytest.mark.parametrize("kernel", ["custom", "v2"])
+def test_split_decode_fp8_cache(kernel: str) -> None:
+    check_split_decode(kernel, SPLIT_LENGTHS, 4, 2, 4, torch.float8_e4m3fn)
+
+
+@pytest.mark.parametrize("kernel", ["custom", "v2"])
+def test_split_decode_many_partitions_merge_in_chunks(kernel: str) -> None:
+    """63 live partitions: more than one merge step loads (``split_kv.merge_chunk``)."""
+    assert split_kv.merge_chunk(2, 64, 1) < 63
+    check_split_decode(kernel, [1000, 3], 2, 1, 64, block_size=8)
+
+
+@pytest.mark.parametrize("kernel", ["custom", "v2"])
+def test_split_decode_host_rule_repeats(kernel: str) -> None:
+    """The host's split count at max_context_len 131072 (2 for v2, 3 for custom here); a
+    second call gives the same output (the counters were left at zero)."""
+    first = check_split_decode(kernel, [0, 17, 200], 4, 2, None)
+    assert torch.equal(first, check_split_decode(kernel, [0, 17, 200], 4, 2, None))
+
+
+def test_num_splits_does_not_grow_with_max_model_len() -> None:
+    cpu = torch.device("cpu")
+    target = split_kv.CPU_SM_COUNT * split_kv.PROGRAMS_PER_SM
+    for rows in (1, 3, 8, 1000):
+        at_graph = split_kv.num_splits(rows, GRAPH_MAX_LEN, 256, cpu)
+        assert at_graph == split_kv.num_splits(rows, 16 * 256, 256, cpu)
+        assert at_graph == max(1, min(-(-target // rows), split_kv.MAX_SPLITS))
+    assert split_kv.num_splits(1, 300, 256, cpu) == 2  # an eager step: its real bound caps it
+    assert split_kv.num_splits(1, 0, 256, cpu) == 1
+    tmp_out, max_logits, exp_sums = split_kv.split_buffers(torch.empty(3, 8, 16), 5, 16)
+    assert tmp_out.shape == (3, 8, 5, 16) and max_logits.shape == exp_sums.shape == (3, 8, 5)
+
+
 def test_custom_envelope() -> None:
     q = torch.empty(2, 32, 128, dtype=torch.bfloat16)
     cache = torch.empty(4, 16, 8, 128, dtype=torch.bfloat16)
-    assert selector.custom_paged_applies(q, cache, 16384)
-    assert not selector.custom_paged_applies(q, cache, 16385)
+    assert selector.custom_paged_applies(q, cache, 131072)
+    assert not selector.custom_paged_applies(q, cache, 131073)
     assert not selector.custom_paged_applies(q, torch.empty(4, 32, 8, 128), 4096)
     assert not selector.custom_paged_applies(q.float(), cache, 4096)
     assert not selector.custom_paged_applies(torch.empty(2, 32, 64), torch.empty(4, 16, 1, 64), 64)
@@ -348,6 +417,41 @@ def test_gpu_decode_dispatch_in_a_cuda_graph(custom: str, kernel: str,
     graph.replay()
     assert_matches(out, reference.decode_attention(*args))
     assert out[3].abs().sum() == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("custom,kernel", [("1", "paged_custom"), ("0", "paged_v2")])
+def test_gpu_decode_graph_captured_at_131072(custom: str, kernel: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph captured at max_context_len 131072 replays short and long contexts right, and
+    bit for bit the same on every replay (a merge that read a partition before it was written
+    would differ)."""
+    monkeypatch.setenv("VLLM_USE_ROCM_CUSTOM_PAGED_ATTN", custom)
+    caps = [131072, 70000, 4096, 600]
+    p = make_paged(caps, 8, 128, 16, torch.bfloat16, device="cuda")
+    q = torch.randn(4, 32, 128, device="cuda", dtype=torch.bfloat16)
+    context_lens = torch.tensor([300, 1, 0, 257], dtype=torch.int32, device="cuda")
+    args = (q, p.k_cache, p.v_cache, p.block_tables, context_lens, GRAPH_MAX_LEN, 128 ** -0.5)
+    before = attention.KERNEL_COUNTS[kernel]
+    attention.decode_attention(*args)  # compile (and make the counters) outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = attention.decode_attention(*args)
+    assert attention.KERNEL_COUNTS[kernel] == before + 2
+    gen = torch.Generator().manual_seed(3)
+    cases = [[300, 1, 0, 257], caps, [256, 4096, 1, 0], [131071, 513, 4095, 599]]
+    cases += [[int(torch.randint(0, cap + 1, (1,), generator=gen)) for cap in caps]
+              for _ in range(3)]
+    for lengths in cases:
+        q.copy_(torch.randn_like(q))
+        context_lens.copy_(torch.tensor(lengths, dtype=torch.int32))
+        graph.replay()
+        assert_matches(out, reference.decode_attention(*args))
+        assert out[context_lens == 0].abs().sum() == 0
+        first = out.clone()
+        for _ in range(20):
+            graph.replay()
+            assert torch.equal(out, first), lengths
 
 
 @pytest.mark.gpu

@@ -70,6 +70,20 @@ def test_bench_attention_runs_every_contender_on_cpu() -> None:
         assert row.ms is not None and row.max_rel_err < 1e-2, row
 
 
+def test_bench_attention_in_a_graph_at_max_model_len_on_cpu() -> None:
+    """``--max-model-len``: custom and v2 called with max_context_len 131072 over 40-token
+    contexts, checked against the reference; a bound below a context is a usage error."""
+    cfg = BenchConfig(batch_size=2, context_lens=(40,), prefill_lens=(), num_heads=4,
+                      num_kv_heads=2, head_size=128, dtype=torch.float16, max_model_len=131072)
+    result = run_benchmark(cfg, torch.device("cpu"))
+    assert [row.kernel for row in result.rows] == ["paged_custom", "paged_v2"]
+    for row in result.rows:
+        assert "max_model_len 131072" in row.note and row.ms is not None, row
+        assert row.max_rel_err < 1e-2, row
+    with pytest.raises(ValueError, match="--max-model-len 32 is below"):
+        BenchConfig(context_lens=(40,), max_model_len=32)
+
+
 def test_nothing_below_the_bench_floor_imports_it() -> None:
     """The benchmarks sit on their own floor: no module of the runtime outside
     ``runtime/bench/`` (engine core, layers, attention kernels, models, the ``LLM``) imports

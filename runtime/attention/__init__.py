@@ -28,7 +28,8 @@ and dtype of ``q``.
   k_scale=1, v_scale=1)``: one query per sequence (``q`` is ``[B, Hq, D]``) over its
   ``context_lens[b]`` cached tokens, all visible; a context length of 0 gives zeros.
   ``max_context_len`` is a host-side upper bound of ``context_lens`` (fixed at CUDA-graph
-  capture).
+  capture); the kernels' grid and buffers do not grow with it and their work follows
+  ``context_lens`` (``split_kv``).
 """
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
-"""PagedAttention v2 for decode: split-KV partitions of 512 tokens plus a reduce kernel.
+"""PagedAttention v2 for decode: split-KV partitions of at least 512 tokens, merged in-kernel.
 
 The general decode path: any head size (padded to a power of two), any block size, any GQA
 ratio, fp16/bf16/fp32 queries over a model-dtype or fp8 cache. One program computes one query
-head of one sequence over one partition; when the longest context fits in one partition it
-writes the output directly, else ``reduce_partitions`` merges the partial results.
-
-The reduce kernel is shared with the custom paged kernel. Partial results are stored as
-``tmp_out[b, h, p]`` (normalised, value-scaled), ``max_logits[b, h, p]`` (log2 domain) and
-``exp_sums[b, h, p]``. Nothing here reads device tensors on the host: CUDA-graph safe.
+head of one sequence over one partition. Partitions follow ``split_kv``: ``P`` per launch from
+the batch and the device, each sequence's partition length from its own context, a row with
+one live partition written directly and one with more merged by its last partition to finish;
+so a CUDA graph captured at any ``max_model_len`` costs what its real contexts cost. Nothing
+here reads device tensors on the host: CUDA-graph safe.
 """
 from __future__ import annotations
 
@@ -19,8 +18,19 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from solidx.runtime.attention.split_kv import (
+    arrival_counters,
+    arrive_last,
+    merge_chunk,
+    merge_partitions,
+    num_splits,
+    partition_len,
+    split_buffers,
+)
+
 LOG2E = 1.0 / math.log(2.0)
 PARTITION_SIZE = 512
+"""The shortest partition: contexts up to this many tokens run in one program per head."""
 
 
 @dataclass(frozen=True)
@@ -35,22 +45,25 @@ def default_config(device: torch.device) -> DecodeConfig:
 
 
 @triton.jit
-def _paged_v2_kernel(OUT, TMP_OUT, MAX_LOGITS, EXP_SUMS, Q, K_CACHE, V_CACHE, BLOCK_TABLES,
-                     CONTEXT_LENS, qk_scale, v_scale, stride_qb, stride_qh, stride_ob, stride_oh,
-                     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
+def _paged_v2_kernel(OUT, TMP_OUT, MAX_LOGITS, EXP_SUMS, COUNTERS, Q, K_CACHE, V_CACHE,
+                     BLOCK_TABLES, CONTEXT_LENS, qk_scale, v_scale, stride_qb, stride_qh,
+                     stride_ob, stride_oh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs,
+                     stride_vh, stride_bt,
                      GROUP: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr,
                      PAGE_SIZE: tl.constexpr, PARTITION: tl.constexpr, BLOCK_N: tl.constexpr,
-                     ONE_PARTITION: tl.constexpr):
+                     CHUNK: tl.constexpr, SPLIT: tl.constexpr):
     seq = tl.program_id(0)
     head = tl.program_id(1)
     part = tl.program_id(2)
-    num_parts = tl.num_programs(2)
+    splits = tl.num_programs(2)
     kv_head = head // GROUP
     context_len = tl.load(CONTEXT_LENS + seq)
-    start = part * PARTITION
-    if start >= tl.maximum(context_len, 1):  # partition 0 always runs: it writes zeros for length 0
+    length = partition_len(context_len, splits, PARTITION, BLOCK_N)
+    live = tl.cdiv(context_len, length)
+    if part >= tl.maximum(live, 1):  # partition 0 always runs: it writes zeros for length 0
         return
-    end = tl.minimum(start + PARTITION, context_len)
+    start = part * length
+    end = tl.minimum(start + length, context_len)
 
     offs_d = tl.arange(0, HEAD_PAD)
     offs_n = tl.arange(0, BLOCK_N)
@@ -81,67 +94,25 @@ def _paged_v2_kernel(OUT, TMP_OUT, MAX_LOGITS, EXP_SUMS, Q, K_CACHE, V_CACHE, BL
         l_i = l_i * alpha + tl.sum(p, axis=0)
         m_i = m_new
     out = acc * (v_scale / tl.where(l_i > 0, l_i, 1.0))
-    if ONE_PARTITION:
-        tl.store(OUT + seq * stride_ob + head * stride_oh + offs_d, out.to(OUT.dtype.element_ty),
-                 mask=d_ok)
+    out_ptrs = OUT + seq * stride_ob + head * stride_oh + offs_d
+    if SPLIT:
+        if live > 1:
+            first_row = seq * tl.num_programs(1) + head
+            row = first_row * splits + part
+            tl.store(TMP_OUT + row * HEAD_PAD + offs_d, out)
+            tl.store(MAX_LOGITS + row, m_i)
+            tl.store(EXP_SUMS + row, l_i)
+            counter = COUNTERS + first_row
+            if arrive_last(counter, live):
+                merged = merge_partitions(TMP_OUT, MAX_LOGITS, EXP_SUMS, first_row, live,
+                                          splits, 1, 2, CHUNK, HEAD_PAD)
+                merged = tl.sum(merged, axis=0)  # its second row is padding: zeros
+                tl.store(out_ptrs, merged.to(OUT.dtype.element_ty), mask=d_ok)
+                tl.store(counter, 0)
+        else:
+            tl.store(out_ptrs, out.to(OUT.dtype.element_ty), mask=d_ok)
     else:
-        row = (seq * tl.num_programs(1) + head) * num_parts + part
-        tl.store(TMP_OUT + row * HEAD_PAD + offs_d, out)
-        tl.store(MAX_LOGITS + row, m_i)
-        tl.store(EXP_SUMS + row, l_i)
-
-
-@triton.jit
-def _reduce_kernel(OUT, TMP_OUT, MAX_LOGITS, EXP_SUMS, CONTEXT_LENS, stride_ob, stride_oh,
-                   NUM_PARTS: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr,
-                   PARTITION: tl.constexpr, CHUNK: tl.constexpr):
-    seq = tl.program_id(0)
-    head = tl.program_id(1)
-    context_len = tl.load(CONTEXT_LENS + seq)
-    used = tl.cdiv(context_len, PARTITION)
-    first = (seq * tl.num_programs(1) + head) * NUM_PARTS
-    offs_p = tl.arange(0, CHUNK)
-    offs_d = tl.arange(0, HEAD_PAD)
-    m_vec = tl.full([CHUNK], float("-inf"), dtype=tl.float32)
-    for p0 in range(0, used, CHUNK):
-        m_vec = tl.maximum(m_vec, tl.load(MAX_LOGITS + first + p0 + offs_p,
-                                          mask=p0 + offs_p < used, other=float("-inf")))
-    m = tl.max(m_vec, axis=0)
-    acc = tl.zeros([CHUNK, HEAD_PAD], dtype=tl.float32)
-    weight_sum = tl.zeros([CHUNK], dtype=tl.float32)
-    for p0 in range(0, used, CHUNK):
-        p_ok = p0 + offs_p < used
-        logits = tl.load(MAX_LOGITS + first + p0 + offs_p, mask=p_ok, other=float("-inf"))
-        sums = tl.load(EXP_SUMS + first + p0 + offs_p, mask=p_ok, other=0.0)
-        weight = tl.where(p_ok, tl.math.exp2(logits - m) * sums, 0.0)
-        part_out = tl.load(TMP_OUT + (first + p0 + offs_p)[:, None] * HEAD_PAD + offs_d[None, :],
-                           mask=p_ok[:, None], other=0.0)
-        acc += weight[:, None] * part_out
-        weight_sum += weight
-    total = tl.sum(weight_sum, axis=0)
-    out = tl.sum(acc, axis=0) / tl.where(total > 0, total, 1.0)
-    tl.store(OUT + seq * stride_ob + head * stride_oh + offs_d, out.to(OUT.dtype.element_ty),
-             mask=offs_d < HEAD_SIZE)
-
-
-def partition_buffers(q: Tensor, num_parts: int, head_pad: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``tmp_out`` [B, Hq, P, head_pad], ``max_logits`` and ``exp_sums`` [B, Hq, P], fp32."""
-    batch, num_heads, _ = q.shape
-    tmp_out = torch.empty(batch, num_heads, num_parts, head_pad, dtype=torch.float32,
-                          device=q.device)
-    max_logits = torch.empty(batch, num_heads, num_parts, dtype=torch.float32, device=q.device)
-    return tmp_out, max_logits, torch.empty_like(max_logits)
-
-
-def reduce_partitions(out: Tensor, tmp_out: Tensor, max_logits: Tensor, exp_sums: Tensor,
-                      context_lens: Tensor, partition_size: int) -> None:
-    """Merge the partial results of every partition of each (sequence, head) into ``out``."""
-    batch, num_heads, head_size = out.shape
-    num_parts, head_pad = tmp_out.shape[2], tmp_out.shape[3]
-    _reduce_kernel[(batch, num_heads)](
-        out, tmp_out, max_logits, exp_sums, context_lens, out.stride(0), out.stride(1),
-        NUM_PARTS=num_parts, HEAD_SIZE=head_size, HEAD_PAD=head_pad, PARTITION=partition_size,
-        CHUNK=min(16, triton.next_power_of_2(num_parts)), num_warps=4)
+        tl.store(out_ptrs, out.to(OUT.dtype.element_ty), mask=d_ok)
 
 
 def check_decode_inputs(q: Tensor, k_cache: Tensor, v_cache: Tensor) -> None:
@@ -161,9 +132,10 @@ def paged_attention_v2(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables
                        context_lens: Tensor, max_context_len: int, scale: float,
                        k_scale: float = 1.0, v_scale: float = 1.0,
                        partition_size: int = PARTITION_SIZE,
-                       config: DecodeConfig | None = None) -> Tensor:
+                       config: DecodeConfig | None = None,
+                       splits: int | None = None) -> Tensor:
     """Decode attention, ``q`` [B, Hq, D] -> [B, Hq, D]; ``max_context_len`` bounds every
-    context."""
+    context. ``splits`` overrides ``split_kv.num_splits`` (partitions per launch)."""
     check_decode_inputs(q, k_cache, v_cache)
     batch, num_heads, head_size = q.shape
     page_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
@@ -171,21 +143,23 @@ def paged_attention_v2(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables
     cfg = config or default_config(q.device)
     if partition_size % cfg.block_n:
         raise ValueError(f"partition size {partition_size} is not a multiple of {cfg.block_n}")
-    num_parts = max(1, triton.cdiv(max_context_len, partition_size))
+    if splits is None:
+        splits = num_splits(batch * num_heads, max_context_len, partition_size, q.device)
     out = torch.empty_like(q)
     if batch == 0:
         return out
-    tmp_out, max_logits, exp_sums = (partition_buffers(q, num_parts, head_pad) if num_parts > 1
-                                     else (out, out, out))
-    _paged_v2_kernel[(batch, num_heads, num_parts)](
-        out, tmp_out, max_logits, exp_sums, q, k_cache, v_cache, block_tables, context_lens,
-        scale * k_scale * LOG2E, v_scale, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+    if splits > 1:
+        tmp_out, max_logits, exp_sums = split_buffers(q, splits, head_pad)
+        counters = arrival_counters(q.device, batch * num_heads)
+    else:
+        tmp_out = max_logits = exp_sums = counters = out
+    _paged_v2_kernel[(batch, num_heads, splits)](
+        out, tmp_out, max_logits, exp_sums, counters, q, k_cache, v_cache, block_tables,
+        context_lens, scale * k_scale * LOG2E, v_scale, q.stride(0), q.stride(1), out.stride(0),
+        out.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         GROUP=num_heads // num_kv_heads, HEAD_SIZE=head_size, HEAD_PAD=head_pad,
         PAGE_SIZE=page_size, PARTITION=partition_size, BLOCK_N=cfg.block_n,
-        ONE_PARTITION=num_parts == 1,
+        CHUNK=merge_chunk(2, splits, cfg.num_warps), SPLIT=splits > 1,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if num_parts > 1:
-        reduce_partitions(out, tmp_out, max_logits, exp_sums, context_lens, partition_size)
     return out

@@ -3,8 +3,9 @@
 
 CPU tensors use the torch reference. On a GPU, prefill runs solidx's Triton flash kernel, or the
 framework's flash attention (SDPA) when ``VLLM_USE_TRITON_FLASH_ATTN`` is off; decode runs the
-custom paged kernel where its envelope holds (fp16/bf16, block 16, head 128, context <= 16k,
-GQA ratio 1-16) and ``VLLM_USE_ROCM_CUSTOM_PAGED_ATTN`` is on, else PagedAttention v2.
+custom paged kernel where its envelope holds (fp16/bf16, block 16, head 128,
+``max_context_len`` <= 131072, GQA ratio 1-16) and ``VLLM_USE_ROCM_CUSTOM_PAGED_ATTN`` is on, else
+PagedAttention v2.
 Each choice is counted in ``KERNEL_COUNTS`` and logged at DEBUG the first time it is made.
 """
 from __future__ import annotations
@@ -28,7 +29,9 @@ KERNEL_COUNTS: Counter[str] = Counter()
 
 CUSTOM_BLOCK_SIZE = 16
 CUSTOM_HEAD_SIZE = 128
-CUSTOM_MAX_CONTEXT = 16384
+CUSTOM_MAX_CONTEXT_LEN = 131072
+"""The largest ``max_context_len`` (under CUDA graphs: ``max_model_len``) the custom kernel is
+chosen for, the longest preset's; its grid and buffers do not grow with it (``split_kv``)."""
 CUSTOM_MAX_GQA_RATIO = 16
 
 
@@ -39,11 +42,12 @@ def _ran(kernel: str) -> None:
 
 
 def custom_paged_applies(q: Tensor, k_cache: Tensor, max_context_len: int) -> bool:
-    """Whether the custom paged decode kernel supports this call (the ROCm docs' envelope)."""
+    """Whether the custom paged decode kernel is chosen for this call (the ROCm docs' envelope,
+    the context bound raised to :data:`CUSTOM_MAX_CONTEXT_LEN`)."""
     _, block_size, num_kv_heads, head_size = k_cache.shape
     ratio = q.shape[1] // num_kv_heads
     return (q.dtype in (torch.float16, torch.bfloat16) and block_size == CUSTOM_BLOCK_SIZE
-            and head_size == CUSTOM_HEAD_SIZE and max_context_len <= CUSTOM_MAX_CONTEXT
+            and head_size == CUSTOM_HEAD_SIZE and max_context_len <= CUSTOM_MAX_CONTEXT_LEN
             and 1 <= ratio <= CUSTOM_MAX_GQA_RATIO)
 
 

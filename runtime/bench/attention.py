@@ -9,14 +9,22 @@ page: full pages skip the mask, the last partial page of each sequence is cut by
 ``mask_mod``. Figures: time, GB/s of KV read, % of the device-to-device copy bandwidth measured
 in the same run (:func:`solidx.gradlib.timing.copy_bandwidth`), speed-up over FlexAttention.
 
+With ``max_model_len`` (``--max-model-len M``) decode is timed as the runtime's decode graphs
+run it: the custom kernel (where it applies at ``M``) and v2 called with ``max_context_len = M``
+over the real contexts, :data:`GRAPH_CALLS` calls captured in one CUDA graph (one per layer,
+over rotating copies of the cache so that the calls together read beyond L2) and timed by
+replay; the framework's kernels take no ``max_context_len`` and are left to the plain run.
+
 Prefill: one causal sequence through the Triton flash kernel and SDPA flash; TFLOP/s and ratio.
 Every output is checked against the torch reference before its time is reported. ``sweep`` also
-times candidate launch configurations of the Triton kernels.
+times candidate launch configurations of the Triton kernels (and, with ``max_model_len``, split
+counts).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -26,7 +34,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-from solidx.gradlib.timing import copy_bandwidth, time_calls
+from solidx.gradlib.timing import copy_bandwidth, l2_bytes, time_calls
 from solidx.runtime.attention import reference, selector
 from solidx.runtime.attention.paged_custom import paged_attention_custom
 from solidx.runtime.attention.paged_v2 import DecodeConfig, paged_attention_v2
@@ -40,6 +48,9 @@ PREFILL_SWEEP = [PrefillConfig(128, 64, 8, 3), PrefillConfig(128, 128, 8, 3),
                  PrefillConfig(128, 64, 4, 3), PrefillConfig(128, 32, 4, 4),
                  PrefillConfig(64, 64, 4, 3), PrefillConfig(128, 64, 8, 4),
                  PrefillConfig(128, 128, 8, 2), PrefillConfig(64, 128, 4, 3)]
+SPLITS_SWEEP = (1, 2, 4, 8, 16, 32, 64, 128)
+GRAPH_CALLS = 32
+"""Decode calls in one timed CUDA graph with ``max_model_len``: Llama-3-8B's 32 layers."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +58,7 @@ class BenchConfig:
     """One run: decode ``batch_size`` sequences at each of ``context_lens`` and prefill one
     causal sequence of each of ``prefill_lens``, with these head counts, head size, KV block
     size and dtype; ``sweep`` also times :data:`CUSTOM_SWEEP`, :data:`V2_SWEEP` and
-    :data:`PREFILL_SWEEP`."""
+    :data:`PREFILL_SWEEP`. ``max_model_len``: time decode as a CUDA graph captured at it."""
 
     batch_size: int = 32
     context_lens: tuple[int, ...] = (4096, 16384)
@@ -58,6 +69,13 @@ class BenchConfig:
     block_size: int = 16
     dtype: torch.dtype = torch.bfloat16
     sweep: bool = False
+    max_model_len: int | None = None
+
+    def __post_init__(self) -> None:
+        longest = max(self.context_lens, default=0)
+        if self.max_model_len is not None and self.max_model_len < longest:
+            raise ValueError(f"--max-model-len {self.max_model_len} is below the longest "
+                             f"--context-lens entry {longest}")
 
 
 @dataclass
@@ -112,7 +130,8 @@ def rel_err(out: Tensor, ref: Tensor) -> float:
 @dataclass
 class DecodeInputs:
     """A decode batch over a paged cache with shuffled blocks, every sequence ``context_len``
-    long: the arguments of ``paged_attention_*`` (:attr:`args`)."""
+    long, ``max_context_len`` its host-side bound: the arguments of ``paged_attention_*``
+    (:attr:`args`)."""
 
     q: Tensor
     k_cache: Tensor
@@ -121,12 +140,13 @@ class DecodeInputs:
     context_lens: Tensor
     context_len: int
     scale: float
+    max_context_len: int
 
     @property
     def args(self) -> tuple[Any, ...]:
-        """``(q, k_cache, v_cache, block_tables, context_lens, context_len, scale)``."""
+        """``(q, k_cache, v_cache, block_tables, context_lens, max_context_len, scale)``."""
         return (self.q, self.k_cache, self.v_cache, self.block_tables, self.context_lens,
-                self.context_len, self.scale)
+                self.max_context_len, self.scale)
 
     def kv_bytes(self) -> int:
         """Bytes of keys and values one decode step of the batch reads."""
@@ -135,8 +155,10 @@ class DecodeInputs:
             self.k_cache.element_size()
 
 
-def decode_inputs(cfg: BenchConfig, context_len: int, device: torch.device) -> DecodeInputs:
-    """Random queries, keys and values (``cfg``'s shapes) over blocks in a random order."""
+def decode_inputs(cfg: BenchConfig, context_len: int, device: torch.device,
+                  max_context_len: int | None = None) -> DecodeInputs:
+    """Random queries, keys and values (``cfg``'s shapes) over blocks in a random order;
+    ``max_context_len`` defaults to ``context_len``."""
     blocks_per_seq = triton.cdiv(context_len, cfg.block_size)
     num_blocks = cfg.batch_size * blocks_per_seq
     shape = (num_blocks, cfg.block_size, cfg.num_kv_heads, cfg.head_size)
@@ -145,7 +167,33 @@ def decode_inputs(cfg: BenchConfig, context_len: int, device: torch.device) -> D
     tables = torch.randperm(num_blocks, device=device).int().view(cfg.batch_size, blocks_per_seq)
     q = torch.randn(cfg.batch_size, cfg.num_heads, cfg.head_size, device=device, dtype=cfg.dtype)
     lens = torch.full((cfg.batch_size,), context_len, dtype=torch.int32, device=device)
-    return DecodeInputs(q, k_cache, v_cache, tables, lens, context_len, cfg.head_size ** -0.5)
+    return DecodeInputs(q, k_cache, v_cache, tables, lens, context_len, cfg.head_size ** -0.5,
+                        max_context_len or context_len)
+
+
+def cache_copies(inp: DecodeInputs, calls: int) -> list[DecodeInputs]:
+    """``inp`` and copies with cloned caches (queries and tables shared), enough that ``calls``
+    calls over them read at least 4 x L2 (one copy when one already does), at most ``calls``."""
+    wanted = math.ceil(4 * l2_bytes(inp.q.device) / max(1, inp.kv_bytes()))
+    return [inp] + [replace(inp, k_cache=inp.k_cache.clone(), v_cache=inp.v_cache.clone())
+                    for _ in range(min(calls, max(1, wanted)) - 1)]
+
+
+def graph_ms(fns: list[Callable[[], object]], device: torch.device) -> float:
+    """ms per call of :data:`GRAPH_CALLS` calls of ``fns`` in turn, captured in one CUDA graph
+    and timed by replay (:func:`time_ms` off CUDA)."""
+    for fn in fns:  # compile and make workspaces outside the capture
+        fn()
+    if device.type != "cuda":
+        return time_ms(fns[0], device)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(GRAPH_CALLS):
+            fns[i % len(fns)]()
+    ms = time_calls(graph.replay, device, calls=5, repeats=5, warmup=2).median_ms
+    graph.reset()
+    return ms / GRAPH_CALLS
 
 
 def sdpa_dense_decode(inp: DecodeInputs) -> Callable[[], Tensor]:
@@ -238,6 +286,46 @@ def bench_decode(cfg: BenchConfig, context_len: int, copy_gbps: float,
     return rows
 
 
+def bench_decode_in_graph(cfg: BenchConfig, context_len: int, copy_gbps: float,
+                          device: torch.device) -> list[Row]:
+    """Decode at ``context_len`` as a graph captured at ``cfg.max_model_len`` runs it: the
+    custom kernel (where it applies at that bound) and v2 (and the sweep, split counts
+    included), each checked against the reference and timed by :func:`graph_ms`."""
+    bound = cfg.max_model_len or context_len
+    inp = decode_inputs(cfg, context_len, device, max_context_len=bound)
+    copies = cache_copies(inp, GRAPH_CALLS)
+    ref = reference.decode_attention(*inp.args)
+    kernels: list[tuple[str, str, Callable[[DecodeInputs], Tensor]]] = []
+    if selector.custom_paged_applies(inp.q, inp.k_cache, bound):
+        kernels.append(("paged_custom", "", lambda c: paged_attention_custom(*c.args)))
+    kernels.append(("paged_v2", "", lambda c: paged_attention_v2(*c.args)))
+    if cfg.sweep:
+        for c in CUSTOM_SWEEP:
+            kernels.append(("paged_custom", str(c), lambda i, c=c: paged_attention_custom(
+                *i.args, config=c)))
+        for c in V2_SWEEP:
+            kernels.append(("paged_v2", str(c), lambda i, c=c: paged_attention_v2(
+                *i.args, config=c)))
+        for n in SPLITS_SWEEP:
+            kernels.append(("paged_custom", f"splits={n}", lambda i, n=n: paged_attention_custom(
+                *i.args, splits=n)))
+            kernels.append(("paged_v2", f"splits={n}", lambda i, n=n: paged_attention_v2(
+                *i.args, splits=n)))
+    rows = []
+    for kernel, note, fn in kernels:
+        row = Row("decode", kernel, context_len,
+                  note=f"graph, max_model_len {bound}, {len(copies)} cache copies {note}".strip())
+        try:
+            row.max_rel_err = rel_err(fn(inp), ref)
+            row.ms = graph_ms([lambda c=c: fn(c) for c in copies], device)
+            row.gbps = inp.kv_bytes() / (row.ms * 1e-3) / 1e9
+            row.pct_copy = 100 * row.gbps / copy_gbps
+        except Exception as exc:  # noqa: BLE001 (a failing contender is reported, not fatal)
+            row.note = f"{row.note} failed: {type(exc).__name__}: {exc}"[:400]
+        rows.append(row)
+    return rows
+
+
 def bench_prefill(cfg: BenchConfig, seq_len: int, device: torch.device) -> list[Row]:
     """Prefill of one causal sequence of ``seq_len``: SDPA flash, then the Triton kernel (and
     the sweep); each checked against the reference, speed-up over SDPA flash."""
@@ -287,8 +375,9 @@ def run_benchmark(cfg: BenchConfig, device: torch.device,
         for row in bench_prefill(cfg, seq_len, device):
             result.rows.append(row)
             progress(row)
+    decode = bench_decode if cfg.max_model_len is None else bench_decode_in_graph
     for context_len in cfg.context_lens:
-        for row in bench_decode(cfg, context_len, result.copy_gbps, device):
+        for row in decode(cfg, context_len, result.copy_gbps, device):
             result.rows.append(row)
             progress(row)
         if device.type == "cuda":
