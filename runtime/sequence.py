@@ -8,8 +8,6 @@ import time
 from dataclasses import dataclass
 from enum import Enum, auto
 
-import torch
-
 from solidx.runtime.sampling_params import SamplingParams
 
 
@@ -102,7 +100,7 @@ class Sequence:
         self.prompt_logprobs: list[dict[int, Logprob] | None] | None = (
             [None] if wants_prompt else None
         )
-        self.generator: torch.Generator | None = None
+        self.sampling_seed: int | None = None  # keys its sampling noise; set at first use
         self.metrics = RequestMetrics(arrival_time=time.perf_counter())
 
     def __len__(self) -> int:
