@@ -9,6 +9,7 @@ import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from solidx.runtime.layers.sampler import SamplingTensors, TokenLogprobs
@@ -20,6 +21,7 @@ ROW = struct.Struct("<2I2i3f")
 position (tokens its sequence has generated), ``top_k``, then the float32 bits of
 ``temperature``, ``top_p`` and ``min_p``. A step's rows go to the device in one transfer."""
 ROW_WORDS = ROW.size // 4
+POSITION, POSITION_OFFSET = struct.Struct("<i"), 8  # the output position's word in a ROW
 
 
 class SamplingMode(NamedTuple):
@@ -57,30 +59,44 @@ def graph_samples(seq: Sequence) -> bool:
 
 
 def pack_rows(
-    seqs: list[Sequence | None], vocab_size: int, seeds: random.Random, out: object
+    seqs: list[Sequence | None], vocab_size: int, seeds: random.Random, out: np.ndarray
 ) -> SamplingMode:
-    """Write one ``ROW`` per entry of ``seqs`` into the buffer ``out`` (None: a padding row,
-    greedy with every filter off) and return the rows' flags. A sequence gets its
-    ``sampling_seed`` at first use: its request's seed (plus its index), else a draw from
-    ``seeds`` (the engine's generator, seeded with ``config.seed``)."""
-    all_greedy, use_top_k_top_p, use_min_p = True, False, False
+    """Write one ``ROW`` per entry of ``seqs`` into ``out`` (int32, C-contiguous, at least
+    ``len(seqs)`` rows; None: a padding row, greedy with every filter off) and return the rows'
+    flags. Per row only the output position is packed anew each step."""
+    if not seqs:
+        return SamplingMode(all_greedy=True, use_top_k_top_p=False, use_min_p=False)
+    padding = _row(None, vocab_size, seeds)
+    rows = [
+        padding if seq is None else seq.sampling_row or _row(seq, vocab_size, seeds)
+        for seq in seqs
+    ]
+    buffer = memoryview(out).cast("B")
+    buffer[: len(seqs) * ROW.size] = b"".join(rows)
     for row, seq in enumerate(seqs):
-        if seq is None:
-            ROW.pack_into(out, row * ROW.size, 0, 0, 0, vocab_size, 0.0, 1.0, 0.0)
-            continue
-        if seq.sampling_seed is None:
-            seq.sampling_seed = seeds.getrandbits(64) if seq.seed is None else seq.seed
-        seed = seq.sampling_seed & 0xFFFFFFFFFFFFFFFF
-        params = seq.params
-        top_k = params.top_k if 0 < params.top_k < vocab_size else vocab_size
-        ROW.pack_into(
-            out, row * ROW.size, seed & 0xFFFFFFFF, seed >> 32, seq.num_output_tokens, top_k,
-            params.temperature, params.top_p, params.min_p,
-        )
-        all_greedy &= params.temperature == 0
-        use_top_k_top_p |= top_k < vocab_size or params.top_p < 1.0
-        use_min_p |= params.min_p > 0
-    return SamplingMode(all_greedy, use_top_k_top_p, use_min_p)
+        if seq is not None:
+            POSITION.pack_into(buffer, row * ROW.size + POSITION_OFFSET, seq.num_output_tokens)
+    params = [seq.params for seq in seqs if seq is not None]
+    return SamplingMode(
+        all_greedy=all(p.temperature == 0 for p in params),
+        use_top_k_top_p=any(0 < p.top_k < vocab_size or p.top_p < 1 for p in params),
+        use_min_p=any(p.min_p > 0 for p in params),
+    )
+
+
+def _row(seq: Sequence | None, vocab_size: int, seeds: random.Random) -> bytes:
+    """``seq``'s ``ROW`` at output position 0, kept as its ``sampling_row``. Its seed is its
+    request's (plus its index), else a draw from ``seeds`` (the engine's generator, seeded with
+    ``config.seed``), made here: when the sequence is first sampled."""
+    if seq is None:
+        return ROW.pack(0, 0, 0, vocab_size, 0.0, 1.0, 0.0)
+    seed = (seeds.getrandbits(64) if seq.seed is None else seq.seed) & 0xFFFFFFFFFFFFFFFF
+    params = seq.params
+    top_k = params.top_k if 0 < params.top_k < vocab_size else vocab_size
+    seq.sampling_row = ROW.pack(
+        seed & 0xFFFFFFFF, seed >> 32, 0, top_k, params.temperature, params.top_p, params.min_p
+    )
+    return seq.sampling_row
 
 
 def unpack(packed: torch.Tensor, mode: SamplingMode) -> SamplingTensors:
@@ -108,7 +124,7 @@ def sampling_tensors(
     the penalties' and masks' tensors in a few more where a row has them."""
     on_cpu = device.type == "cpu"
     packed = torch.empty(len(seqs), ROW_WORDS, dtype=torch.int32, pin_memory=not on_cpu)
-    mode = pack_rows(list(seqs), vocab_size, seeds, packed.numpy())
+    mode = pack_rows(seqs, vocab_size, seeds, packed.numpy())
     params = unpack(packed if on_cpu else packed.to(device, non_blocking=True), mode)
     if any(seq.params.has_penalties for seq in seqs):
         penalties = device_tensor(
