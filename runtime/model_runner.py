@@ -8,9 +8,12 @@ GPU memory after a profiling forward of ``max_num_batched_tokens`` tokens (times
 capped at what ``max_num_seqs`` sequences of ``max_model_len`` tokens can use.
 
 On a GPU (unless ``enforce_eager``), decode steps replay CUDA graphs captured right after the
-cache is allocated (``runtime.cuda_graphs``). A step's host inputs go to the device in two
-transfers from pinned memory, and the only host synchronisation of a step is reading its
-sampled tokens.
+cache is allocated (``runtime.cuda_graphs``): the forward with the LM head, then the sampler,
+whose settings go in one pinned transfer of packed rows (``sampling_metadata.ROW``); a step whose
+settings the sampler graphs do not cover (penalties, ``min_tokens``) samples eagerly from the
+graph's logits. A step's model inputs go to the device in two transfers from pinned memory, and
+the only host synchronisation of a step is reading its sampled tokens (and the logprobs a
+request asks for).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import array
 import itertools
 import logging
+import random
 import time
 from dataclasses import dataclass
 
@@ -31,20 +35,26 @@ from solidx.runtime.distributed import tp_min
 from solidx.runtime.layers.attention import Attention
 from solidx.runtime.layers.linear import tuned_gemms
 from solidx.runtime.layers.sampler import (
-    Sampler,
     SamplingTensors,
     TokenLogprobs,
     compute_logprobs,
     host_logprobs,
+    sample,
 )
 from solidx.runtime.loader import load_model
 from solidx.runtime.sampling_metadata import (
+    ROW_WORDS,
+    SamplingMode,
+    graph_samples,
     keep_top,
     num_logprobs,
+    pack_rows,
     prompt_logprob_rows,
     sampling_tensors,
+    unpack,
 )
 from solidx.runtime.scheduler import ScheduledSeq
+from solidx.runtime.sequence import Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +92,7 @@ class ModelRunner:
                               config.tensor_parallel_size)
         self.model = load_model(config)
         self.vocab_size = self.model.args.vocab_size
-        self.sampler = Sampler(torch.Generator(self.device).manual_seed(config.seed))
+        self.seeds = random.Random(config.seed)  # the seeds of requests that give none
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.graphs: DecodeGraphs | None = None  # captured once the KV cache exists
         self.num_kv_blocks = self._num_kv_blocks()
@@ -113,18 +123,46 @@ class ModelRunner:
     def run(self, batch: list[ScheduledSeq]) -> StepResult:
         """Compute the batch's tokens, sample the next ones, and the logprobs asked for."""
         inputs = self.prepare(batch)
-        hidden = self.forward(inputs)
-        prompt_logprobs = self._prompt_logprobs(batch, hidden)
-        logits = self.model.compute_logits(hidden[inputs.sample_indices])
         seqs = [item.seq for item in batch if item.samples]
-        token_ids = self.sampler(logits, sampling_tensors(seqs, self.vocab_size, self.device))
         wanted = [num_logprobs(seq.params.logprobs, self.vocab_size) for seq in seqs]
-        if all(k is None for k in wanted):
+        want_logprobs = any(k is not None for k in wanted)
+        hidden = None
+        if self.graphs is not None:
+            hidden = self.graphs.replay(inputs.input_ids, inputs.positions, inputs.context)
+        if hidden is None:
+            hidden = self._run_model(inputs.input_ids, inputs.positions, inputs.context)
+            logits = self.model.compute_logits(hidden[inputs.sample_indices])
+            token_ids = sample(logits, self._sampling_tensors(seqs))
+        else:
+            token_ids, logits = self._sample_replayed(batch, seqs, inputs)
+        prompt_logprobs = self._prompt_logprobs(batch, hidden)
+        if not want_logprobs:
             return StepResult(token_ids.tolist(), [None] * len(seqs), prompt_logprobs)
         top = compute_logprobs(logits, token_ids, max(k or 0 for k in wanted))
         entries = host_logprobs(token_ids, top)
         logprobs = [None if k is None else keep_top(e, k) for k, e in zip(wanted, entries)]
         return StepResult([e.token_id for e in entries], logprobs, prompt_logprobs)
+
+    def _sample_replayed(
+        self, batch: list[ScheduledSeq], seqs: list[Sequence], inputs: ModelInputs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and logits of the sampled rows of the decode step just replayed: drawn by
+        a sampler graph when it covers every row's settings, else by the eager sampler over the
+        graph's logits."""
+        graphs = self.graphs
+        size = inputs.input_ids.shape[0]
+        # batch row i is row i of the graph: when every row samples, slices (views) pick them
+        picked = slice(0, len(seqs)) if len(seqs) == len(batch) else inputs.sample_indices
+        logits = graphs.logits[:size][picked]
+        if not all(graph_samples(seq) for seq in seqs):
+            return sample(logits, self._sampling_tensors(seqs)), logits
+        rows = [item.seq if item.samples else None for item in batch]
+        rows += [None] * (size - len(batch))
+        mode = pack_rows(rows, self.vocab_size, self.seeds, graphs.sampling_rows(size))
+        return graphs.sample(size, mode)[picked], logits
+
+    def _sampling_tensors(self, seqs: list[Sequence]) -> SamplingTensors:
+        return sampling_tensors(seqs, self.vocab_size, self.device, self.seeds)
 
     def _prompt_logprobs(
         self, batch: list[ScheduledSeq], hidden: torch.Tensor
@@ -243,14 +281,17 @@ class ModelRunner:
     # -- CUDA graphs ---------------------------------------------------------------------
 
     def _capture_graphs(self) -> DecodeGraphs | None:
-        """Decode graphs over every bucket up to ``max_num_seqs``; None with ``enforce_eager``
-        or off CUDA."""
+        """Decode graphs (forward, LM head, sampler) over every bucket up to ``max_num_seqs``;
+        None with ``enforce_eager`` or off CUDA."""
         config = self.config
         if config.enforce_eager or self.device.type != "cuda":
             return None
         sizes = capture_sizes(config.max_num_seqs)
         max_blocks = -(-config.max_model_len // self.block_size)
-        graphs = DecodeGraphs(self._run_model, sizes, max_blocks, config.max_model_len, self.device)
+        graphs = DecodeGraphs(
+            self._run_model, self.model.compute_logits, sizes, max_blocks, config.max_model_len,
+            self.vocab_size, self.device,
+        )
         start, used = time.perf_counter(), torch.cuda.memory_allocated(self.device)
         tuned_gemms(self.model).warm_up(self.device)  # no library first initialised in a capture
         graphs.capture()
@@ -363,19 +404,14 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[inputs.sample_indices])
         ones = torch.ones(rows, device=self.device)
         no_tokens = torch.full((rows, 1), self.vocab_size, device=self.device)
-        worst_case = SamplingTensors(  # every setting on: penalties, min_p, top-k/top-p sorting
-            temperatures=ones,
-            top_k=torch.full((rows,), self.vocab_size - 1, device=self.device),
-            top_p=torch.full((rows,), 0.9, device=self.device),
-            generators=[None] * rows,
-            all_greedy=False,
-            use_top_k_top_p=True,
-            min_p=ones * 0.01,
-            presence_penalties=ones,
-            frequency_penalties=ones,
-            repetition_penalties=ones,
-            prompt_tokens=no_tokens,
-            output_tokens=no_tokens,
-        )
-        compute_logprobs(logits, self.sampler(logits, worst_case), 20)
-
+        packed = torch.zeros(rows, ROW_WORDS, dtype=torch.int32, device=self.device)
+        # every setting on: penalties, min_p, top-k/top-p sorting
+        worst_case = unpack(packed, SamplingMode(False, True, True))
+        worst_case.temperatures.fill_(1.0)
+        worst_case.top_k.fill_(self.vocab_size - 1)
+        worst_case.top_p.fill_(0.9)
+        worst_case.min_p.fill_(0.01)
+        worst_case.presence_penalties = worst_case.frequency_penalties = ones
+        worst_case.repetition_penalties = ones
+        worst_case.prompt_tokens = worst_case.output_tokens = no_tokens
+        compute_logprobs(logits, sample(logits, worst_case), 20)

@@ -8,8 +8,6 @@ import time
 from dataclasses import dataclass
 from enum import Enum, auto
 
-import torch
-
 from solidx.runtime.sampling_params import SamplingParams
 
 
@@ -102,7 +100,9 @@ class Sequence:
         self.prompt_logprobs: list[dict[int, Logprob] | None] | None = (
             [None] if wants_prompt else None
         )
-        self.generator: torch.Generator | None = None
+        # its sampling settings packed (``sampling_metadata.ROW``; its seed keys its noise),
+        # made when it is first sampled
+        self.sampling_row: bytes | None = None
         self.metrics = RequestMetrics(arrival_time=time.perf_counter())
 
     def __len__(self) -> int:

@@ -1,18 +1,29 @@
-"""CUDA graphs for decode: buckets, padding, eager fallback (CPU); graphs against eager (GPU)."""
+"""CUDA graphs for decode: buckets, padding, eager fallback, and the graphs' sampling against the
+eager sampler for each setting, with graphs that re-run their step at each replay (CPU); graphs
+against eager (GPU)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
+import random
 from collections import Counter
 
 import pytest
 import torch
 
 from solidx.gradlib.problem import GemmProblem
-from solidx.runtime import LLM, SamplingParams, attention
-from solidx.runtime.cuda_graphs import DecodeGraphs, _report, bucket_for, capture_sizes
+from solidx.runtime import LLM, SamplingParams, attention, cuda_graphs
+from solidx.runtime.cuda_graphs import (
+    GRAPH_MODES,
+    DecodeGraphs,
+    _report,
+    bucket_for,
+    capture_sizes,
+)
+from solidx.runtime.model_runner import ModelRunner
 from solidx.shape_capture.recorder import ShapeRecorder, recording
 
 GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
@@ -90,6 +101,14 @@ def _cpu_llm(**kwargs) -> LLM:
     )
 
 
+def _graphs(runner: ModelRunner, sizes: list[int], max_blocks: int = 4, max_model_len: int = 64):
+    """Decode graphs for ``runner`` over ``sizes``, not captured."""
+    return DecodeGraphs(
+        runner._run_model, runner.model.compute_logits, sizes, max_blocks, max_model_len,
+        runner.vocab_size, runner.device,
+    )
+
+
 def _prompts(count: int, length: int = 5, offset: int = 0) -> list[dict]:
     return [
         {"prompt_token_ids": [(7 * i + 3 * j + offset) % 500 + 3 for j in range(length + i)]}
@@ -125,7 +144,7 @@ def test_decode_batch_is_padded_to_its_bucket_with_harmless_rows():
     hidden_eager = runner.forward(eager).clone()
 
     # the buckets of a GPU runner, not captured: prepare pads, forward runs eagerly
-    runner.graphs = DecodeGraphs(runner._run_model, [1, 2, 4, 8], 4, 64, runner.device)
+    runner.graphs = _graphs(runner, [1, 2, 4, 8])
     padded = runner.prepare(batch)
     ctx = padded.context
     assert padded.input_ids.tolist() == eager.input_ids.tolist() + [0]
@@ -154,7 +173,7 @@ def test_padded_generation_gives_the_eager_tokens():
     prompts = _prompts(3)
     eager = [out.outputs[0].token_ids for out in llm.generate(prompts, GREEDY, use_tqdm=False)]
     runner = llm.llm_engine.model_runner
-    runner.graphs = DecodeGraphs(runner._run_model, [1, 2, 4, 8], 4, 64, runner.device)
+    runner.graphs = _graphs(runner, [1, 2, 4, 8])
     padded = [out.outputs[0].token_ids for out in llm.generate(prompts, GREEDY, use_tqdm=False)]
     assert padded == eager
 
@@ -173,7 +192,7 @@ def test_capture_and_replays_report_kernels_and_problems_once_each(monkeypatch):
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     llm = _cpu_llm()
     runner = llm.llm_engine.model_runner
-    graphs = DecodeGraphs(runner._run_model, [1, 2, 4], 4, 64, runner.device)
+    graphs = _graphs(runner, [1, 2, 4])
     with recording() as recorder:
         before_capture = Counter(attention.KERNEL_COUNTS)
         graphs.capture()
@@ -192,6 +211,116 @@ def test_capture_and_replays_report_kernels_and_problems_once_each(monkeypatch):
         if "model.layers.*.self_attn.qkv_proj" in row.layers
     }
     assert qkv == {1: 2, 2: 2, 4: 2 * (1 + 2), 15: 2}  # captures once, replays, the prefill
+
+
+class _Rerun:
+    """A stand-in graph that runs its step again at each replay: every output of a decode graph
+    is a static buffer, so this replays what a CUDA graph would, on a CPU."""
+
+    def __init__(self, step) -> None:
+        self.step, self.replays = step, 0
+
+    def replay(self) -> None:
+        self.replays += 1
+        self.step()
+
+
+@pytest.fixture(scope="module")
+def rerun_llm():
+    """A CPU engine with rerunning decode graphs over buckets 1, 2, 4, 8 (``graphs``: set as the
+    runner's ``graphs`` to use them)."""
+    llm = _cpu_llm()
+    runner = llm.llm_engine.model_runner
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cuda_graphs, "record_graph", lambda step, pool: _Rerun(step))
+        patch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+        patch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+        graphs = _graphs(runner, [1, 2, 4, 8])
+        graphs.capture()
+    llm.graphs = graphs
+    return llm
+
+
+def _run(llm: LLM, prompts, params, graphs: DecodeGraphs | None):
+    """Outputs of ``prompts`` with the runner's graphs set to ``graphs``, from the same engine
+    seed each time; and how often each sampler graph mode replayed."""
+    runner = llm.llm_engine.model_runner
+    runner.graphs, runner.seeds = graphs, random.Random(0)
+    before = {key: g.graph.replays for key, g in llm.graphs.samplers.items()}
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    runner.graphs = None
+    modes = Counter()
+    for key, g in llm.graphs.samplers.items():
+        modes[key[1]] += g.graph.replays - before[key]
+    return outputs, modes
+
+
+def _samples(outputs) -> list[list[list[int]]]:
+    return [[sample.token_ids for sample in out.outputs] for out in outputs]
+
+
+GREEDY_MODE, RANDOM_MODE, TOP_MODE = GRAPH_MODES
+STOP = 300  # a stop token for min_tokens
+DECODE_STEPS = 5  # of 6 tokens per sequence, after the prefill step
+SETTINGS = {  # name: (params, the sampler graphs that run the decode steps: none is eager)
+    "greedy": (SamplingParams(temperature=0), {GREEDY_MODE: DECODE_STEPS}),
+    "temperature": (SamplingParams(temperature=0.8, seed=1), {RANDOM_MODE: DECODE_STEPS}),
+    "top_k": (SamplingParams(top_k=20, seed=2), {TOP_MODE: DECODE_STEPS}),
+    "top_p": (SamplingParams(top_p=0.7, seed=3), {TOP_MODE: DECODE_STEPS}),
+    "min_p": (SamplingParams(min_p=0.3, seed=4), {RANDOM_MODE: DECODE_STEPS}),
+    "unseeded": (SamplingParams(temperature=1.2), {RANDOM_MODE: DECODE_STEPS}),
+    "n": (SamplingParams(n=2, temperature=1.5, seed=5), {RANDOM_MODE: DECODE_STEPS}),
+    "logprobs": (SamplingParams(seed=6, logprobs=3, top_k=50), {TOP_MODE: DECODE_STEPS}),
+    "penalties": (SamplingParams(seed=7, presence_penalty=1.5, repetition_penalty=1.3), {}),
+    # masked while fewer than 4 tokens are out: eager for 3 decode steps, then the graphs
+    "min_tokens": (SamplingParams(seed=8, min_tokens=4, stop_token_ids=[STOP]), {RANDOM_MODE: 2}),
+}
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_graph_sampling_gives_the_eager_tokens(rerun_llm, name):
+    params, modes = SETTINGS[name]
+    params = dataclasses.replace(params, max_tokens=6, ignore_eos=True)
+    prompts = _prompts(3, offset=11)
+    eager, _ = _run(rerun_llm, prompts, params, None)
+    graphed, replayed = _run(rerun_llm, prompts, params, rerun_llm.graphs)
+    assert _samples(graphed) == _samples(eager)
+    assert replayed == Counter(modes)
+    for ours, theirs in zip(graphed, eager):
+        for a, b in zip(ours.outputs, theirs.outputs):
+            assert (a.logprobs is None) == (params.logprobs is None)
+            for step_a, step_b in zip(a.logprobs or [], b.logprobs or []):
+                assert step_a.keys() == step_b.keys()
+                for token, logprob in step_a.items():
+                    assert logprob.logprob == pytest.approx(step_b[token].logprob, abs=1e-4)
+
+
+def test_sampled_tokens_are_not_the_greedy_ones(rerun_llm):
+    prompts = _prompts(3, offset=11)
+    greedy, _ = _run(rerun_llm, prompts, SamplingParams(temperature=0, max_tokens=6), None)
+    params = SamplingParams(temperature=1.5, seed=1, max_tokens=6)
+    graphed, _ = _run(rerun_llm, prompts, params, rerun_llm.graphs)
+    assert _samples(graphed) != _samples(greedy)
+
+
+def test_seeded_requests_draw_the_same_tokens_in_any_batch(rerun_llm):
+    """A seeded request alone, or beside others (other settings, other buckets), eagerly or in
+    the graphs: the same tokens; sequence i of a request draws with seed + i."""
+    seeded = SamplingParams(temperature=1.3, seed=42, max_tokens=8, ignore_eos=True)
+    prompt = _prompts(1, offset=5)
+    others = _prompts(5, offset=20)
+    other_params = [SamplingParams(temperature=t, top_k=k, max_tokens=8, ignore_eos=True)
+                    for t, k in [(0, -1), (1.0, 5), (0.7, -1), (1.1, 100), (0.9, -1)]]
+    runs = []
+    for graphs in (None, rerun_llm.graphs):
+        alone, _ = _run(rerun_llm, prompt, seeded, graphs)
+        mixed, _ = _run(rerun_llm, others[:2] + prompt + others[2:],
+                        other_params[:2] + [seeded] + other_params[2:], graphs)
+        runs += [alone[0].outputs[0].token_ids, mixed[2].outputs[0].token_ids]
+    assert all(run == runs[0] for run in runs), runs
+    pair, _ = _run(rerun_llm, prompt, dataclasses.replace(seeded, n=2, seed=41), rerun_llm.graphs)
+    assert pair[0].outputs[1].token_ids == runs[0]  # seed 41 + index 1
+    assert pair[0].outputs[0].token_ids != runs[0]
 
 
 # -- GPU -------------------------------------------------------------------------------------
@@ -237,7 +366,7 @@ def test_graphs_give_the_eager_greedy_tokens(gpu_model):
 
     # batch 3 in bucket 4: the same as an eager run padded the same way
     runner = eager.llm_engine.model_runner
-    runner.graphs = DecodeGraphs(runner._run_model, [1, 2, 4, 8], 16, 256, runner.device)
+    runner.graphs = _graphs(runner, [1, 2, 4, 8], 16, 256)
     prompts = _prompts(3, offset=3)
     assert _tokens(graphs, prompts) == _tokens(eager, prompts)
 
@@ -272,3 +401,28 @@ def test_shape_capture_sees_the_bucket_sizes_as_decode_n():
     # prefill (3 x 5 tokens), captures of buckets 1, 2, 4; decode of 3 padded to 4 (never N=3)
     assert set(qkv) == {15, 1, 2, 4}
     assert qkv[4] == 2 * (1 + 2)  # 2 layers: the capture, then 2 replayed decode steps
+
+
+SAMPLED = [
+    SamplingParams(temperature=0),
+    SamplingParams(temperature=0.9, seed=1),
+    SamplingParams(temperature=1.0),  # unseeded: both engines draw seeds from seed=0
+    SamplingParams(top_k=40, top_p=0.9, seed=2),
+    SamplingParams(min_p=0.05, seed=3, logprobs=2),
+    SamplingParams(seed=4, presence_penalty=1.0, repetition_penalty=1.2),  # eager sampling
+]
+
+
+@pytest.mark.gpu
+def test_graphs_give_the_eager_sampled_tokens(gpu_model):
+    model, _ = gpu_model
+    graphs = _gpu_llm(model, enforce_eager=False)
+    eager = _gpu_llm(model, enforce_eager=True)
+    for params in SAMPLED:
+        params = dataclasses.replace(params, max_tokens=8, ignore_eos=True)
+        for count, n in ((1, 1), (4, 1), (2, 2)):  # bucket sizes: the same GEMM shapes eagerly
+            prompts = _prompts(count, offset=count + n)
+            params_n = dataclasses.replace(params, n=n)
+            ours = _samples(graphs.generate(prompts, params_n, use_tqdm=False))
+            theirs = _samples(eager.generate(prompts, params_n, use_tqdm=False))
+            assert ours == theirs, params_n

@@ -16,7 +16,8 @@ import torch
 
 from solidx.runtime.bench.attention import time_ms
 from solidx.runtime.bench.result import device_name
-from solidx.runtime.layers.sampler import Sampler, SamplingTensors, compute_logprobs
+from solidx.runtime.layers.sampler import SamplingTensors, compute_logprobs, sample
+from solidx.runtime.sampling_metadata import ROW_WORDS, SamplingMode, unpack
 
 SETTINGS = ("greedy", "temperature", "top_k_top_p", "min_p", "penalties", "min_tokens",
             "seeded", "all", "logprobs")
@@ -26,44 +27,39 @@ def settings(name: str, rows: int, vocab: int, prompt_len: int, output_len: int,
              device: torch.device) -> SamplingTensors:
     """The sampler's tensors for one named group of settings (``all``: every one at once)."""
     every = name == "all"
-    full = (lambda value: torch.full((rows,), value, device=device))
-    tokens = (lambda length: torch.randint(0, vocab, (rows, length), device=device))
     penalties = every or name == "penalties"
-    return SamplingTensors(
-        temperatures=full(0.0 if name in ("greedy", "logprobs") else 0.8),
-        top_k=full(50 if every or name == "top_k_top_p" else vocab),
-        top_p=full(0.9 if every or name == "top_k_top_p" else 1.0),
-        generators=[
-            torch.Generator(device).manual_seed(i) if every or name == "seeded" else None
-            for i in range(rows)
-        ],
-        all_greedy=name in ("greedy", "logprobs"),
-        use_top_k_top_p=every or name == "top_k_top_p",
-        min_p=full(0.05) if every or name == "min_p" else None,
-        presence_penalties=full(0.5) if penalties else None,
-        frequency_penalties=full(0.5) if penalties else None,
-        repetition_penalties=full(1.2) if penalties else None,
-        prompt_tokens=tokens(prompt_len) if penalties else None,
-        output_tokens=tokens(output_len) if penalties else None,
-        suppress=(
-            (torch.arange(rows, device=device).repeat_interleave(2),
-             torch.tensor([0, 1], device=device).repeat(rows))
-            if every or name == "min_tokens" else None
-        ),
-    )
+    greedy = name in ("greedy", "logprobs")
+    packed = torch.zeros(rows, ROW_WORDS, dtype=torch.int32, device=device)
+    mode = SamplingMode(greedy, every or name == "top_k_top_p", every or name == "min_p")
+    params = unpack(packed, mode)
+    params.temperatures.fill_(0.0 if greedy else 0.8)
+    params.top_k.fill_(50 if mode.use_top_k_top_p else vocab)
+    params.top_p.fill_(0.9 if mode.use_top_k_top_p else 1.0)
+    params.min_p.fill_(0.05 if mode.use_min_p else 0.0)
+    if every or name == "seeded":
+        params.seeds[:, 0] = torch.arange(rows, device=device)
+    if penalties:
+        half = torch.full((rows,), 0.5, device=device)
+        params.presence_penalties = params.frequency_penalties = half
+        params.repetition_penalties = torch.full((rows,), 1.2, device=device)
+        params.prompt_tokens = torch.randint(0, vocab, (rows, prompt_len), device=device)
+        params.output_tokens = torch.randint(0, vocab, (rows, output_len), device=device)
+    if every or name == "min_tokens":
+        params.suppress = (torch.arange(rows, device=device).repeat_interleave(2),
+                           torch.tensor([0, 1], device=device).repeat(rows))
+    return params
 
 
 def run(vocab: int, batch_sizes: list[int], prompt_len: int, output_len: int,
         device: torch.device) -> list[dict]:
-    sampler = Sampler(torch.Generator(device).manual_seed(0))
     rows = []
     for batch in batch_sizes:
         logits = torch.randn(batch, vocab, device=device) * 3
         for name in SETTINGS:
             params = settings(name, batch, vocab, prompt_len, output_len, device)
-            fn: Callable[[], object] = lambda: sampler(logits, params)  # noqa: E731
+            fn: Callable[[], object] = lambda: sample(logits, params)  # noqa: E731
             if name == "logprobs":
-                fn = lambda: compute_logprobs(logits, sampler(logits, params), 20)  # noqa: E731
+                fn = lambda: compute_logprobs(logits, sample(logits, params), 20)  # noqa: E731
             rows.append({"batch": batch, "settings": name, "ms": time_ms(fn, device)})
     return rows
 

@@ -1,12 +1,15 @@
-"""Next-token sampling as vLLM defines it, on tensors only (no per-row Python work besides
-seeded generators), so that it can run inside a captured decode step.
+"""Next-token sampling as vLLM defines it, on tensors only: no per-row Python work and no
+branch on device data, so that the decode CUDA graphs capture it (``runtime.cuda_graphs``); the
+same function called eagerly is the reference the graphs are tested against.
 
 Order: tokens that may not be drawn yet (``min_tokens``) are masked, then the penalties are
 applied to the logits (repetition over prompt and output tokens, presence and frequency over
 output tokens); greedy rows take the argmax of these logits. The other rows are divided by their
 temperature, then filtered by ``min_p``, ``top_k`` and ``top_p`` and drawn with the exponential
-race (``argmax(p / E)`` with ``E ~ Exp(1)`` is a draw from ``p``), with per-request generators
-where a request has a seed. Logprobs are those of the model's raw logits, as vLLM returns them.
+race (``argmax(p / E)`` with ``E ~ Exp(1)`` is a draw from ``p``). ``E`` is counter-based noise
+(``layers.noise``) keyed by each row's seed and output position, so a seeded request draws the
+same tokens in any batch, eagerly or in a graph. Logprobs are those of the model's raw logits, as
+vLLM returns them.
 """
 
 from __future__ import annotations
@@ -14,27 +17,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+
+from solidx.runtime.layers.noise import exponential_noise
 
 
 @dataclass
 class SamplingTensors:
-    """One row per sequence being sampled, on the logits' device.
+    """One row per sequence being sampled, on the logits' device (views of one packed tensor:
+    ``sampling_metadata.unpack``).
 
-    ``top_k`` uses the vocabulary size for "off", ``top_p`` 1.0, ``min_p`` 0.0. ``prompt_tokens``
-    / ``output_tokens`` [B, L] (int64) are padded with the vocabulary size; None when no row has
-    penalties. ``suppress`` (rows, token ids), two int64 vectors, names the logits set to -inf.
-    ``generators[i]`` draws row i's noise (None: the shared generator). The ``use_*`` /
-    ``all_greedy`` host flags let the sampler skip work.
+    ``top_k`` uses the vocabulary size (or more) for "off", ``top_p`` 1.0, ``min_p`` 0.0.
+    ``seeds`` [B, 2] (int32) are the low and high words of each row's 64-bit seed, ``positions``
+    [B] the number of tokens its sequence has generated: together they key its noise.
+    ``prompt_tokens`` / ``output_tokens`` [B, L] (int64) are padded with the vocabulary size;
+    None when no row has penalties. ``suppress`` (rows, token ids), two int64 vectors, names the
+    logits set to -inf. The host flags ``all_greedy`` / ``use_*`` choose which steps run (fixed
+    in a captured graph).
     """
 
     temperatures: torch.Tensor
     top_k: torch.Tensor
     top_p: torch.Tensor
-    generators: list[torch.Generator | None]
+    min_p: torch.Tensor
+    seeds: torch.Tensor
+    positions: torch.Tensor
     all_greedy: bool
     use_top_k_top_p: bool
-    min_p: torch.Tensor | None = None
+    use_min_p: bool
     presence_penalties: torch.Tensor | None = None
     frequency_penalties: torch.Tensor | None = None
     repetition_penalties: torch.Tensor | None = None
@@ -117,13 +126,14 @@ def apply_top_k_top_p(
     logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
 ) -> torch.Tensor:
     """Set to -inf every logit outside its row's top-k, then outside its smallest top-p nucleus
-    (the most likely token always stays)."""
+    (the most likely token always stays; a row with ``top_p`` 1 loses none to rounding)."""
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     rank = torch.arange(logits.shape[-1], device=logits.device)
     sorted_logits.masked_fill_(rank[None, :] >= top_k[:, None], float("-inf"))
     probs = sorted_logits.softmax(dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs
-    sorted_logits.masked_fill_(mass_before >= top_p[:, None], float("-inf"))
+    outside = (mass_before >= top_p[:, None]) & (top_p[:, None] < 1)
+    sorted_logits.masked_fill_(outside, float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter_(-1, order, sorted_logits)
 
 
@@ -154,26 +164,18 @@ def compute_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, k: int) -> T
     return TopLogprobs(chosen, ranks, top_ids, top_logprobs)
 
 
-class Sampler(nn.Module):
-    def __init__(self, generator: torch.Generator) -> None:
-        super().__init__()
-        self.generator = generator
-
-    def forward(self, logits: torch.Tensor, params: SamplingTensors) -> torch.Tensor:
-        """Token ids [B] (int64, on the logits' device) for logits [B, V]."""
-        logits = processed_logits(logits, params)
-        greedy = logits.argmax(dim=-1)
-        if params.all_greedy:
-            return greedy
-        scaled = logits / params.temperatures.clamp(min=1e-5).unsqueeze(1)
-        if params.min_p is not None:
-            scaled = apply_min_p(scaled, params.min_p)
-        if params.use_top_k_top_p:
-            scaled = apply_top_k_top_p(scaled, params.top_k, params.top_p)
-        probs = scaled.softmax(dim=-1)
-        noise = torch.empty_like(probs).exponential_(generator=self.generator)
-        for row, generator in enumerate(params.generators):
-            if generator is not None:
-                noise[row].exponential_(generator=generator)
-        sampled = (probs / noise).argmax(dim=-1)
-        return torch.where(params.temperatures == 0, greedy, sampled)
+def sample(logits: torch.Tensor, params: SamplingTensors) -> torch.Tensor:
+    """Token ids [B] (int64, on the logits' device) for logits [B, V]."""
+    logits = processed_logits(logits, params)
+    greedy = logits.argmax(dim=-1)
+    if params.all_greedy:
+        return greedy
+    scaled = logits / params.temperatures.clamp(min=1e-5).unsqueeze(1)
+    if params.use_min_p:
+        scaled = apply_min_p(scaled, params.min_p)
+    if params.use_top_k_top_p:
+        scaled = apply_top_k_top_p(scaled, params.top_k, params.top_p)
+    probs = scaled.softmax(dim=-1)
+    noise = exponential_noise(params.seeds, params.positions, probs.shape[-1])
+    sampled = (probs / noise).argmax(dim=-1)
+    return torch.where(params.temperatures == 0, greedy, sampled)
