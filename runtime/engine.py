@@ -16,6 +16,7 @@ import itertools
 import logging
 import numbers
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Union
 
 from tqdm import tqdm
@@ -29,15 +30,27 @@ from solidx.runtime.distributed import (
     peers_needed,
 )
 from solidx.runtime.layers.sampler import TokenLogprobs
-from solidx.runtime.model_runner import ModelRunner
+from solidx.runtime.model_runner import LaunchedStep, ModelRunner
 from solidx.runtime.outputs import RequestOutput
 from solidx.runtime.sampling_params import SamplingParams
-from solidx.runtime.scheduler import Scheduler
+from solidx.runtime.scheduler import ScheduledSeq, Scheduler
 from solidx.runtime.sequence import Logprob, Request, Sequence
 from solidx.runtime.tokenizer import eos_token_ids, get_tokenizer
 from solidx.runtime.tunableop import configure_tunableop
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Launched:
+    """A step queued on the device: its batch, each sequence's request, the indices of the
+    pending tokens it samples (``Scheduler.launched``), and the runner's handle."""
+
+    batch: list[ScheduledSeq]
+    owner: dict[int, Request]
+    pending: list[int]
+    step: LaunchedStep
+
 
 PromptType = Union[str, list[int], dict[str, Any]]
 
@@ -101,6 +114,8 @@ class LLMEngine:
         self._refused: list[Request] = []
         self._ids = itertools.count()
         self._token_texts: dict[int, str] = {}
+        self.async_scheduling = config.async_scheduling_enabled
+        self._in_flight: _Launched | None = None  # the step launched, not yet finished
 
     # -- vLLM's engine API ---------------------------------------------------------------
 
@@ -199,39 +214,84 @@ class LLMEngine:
         return request
 
     def _step(self) -> list[Request]:
-        """One batch; the requests that progressed (refused ones first)."""
+        """One batch; the requests that progressed (refused ones first). With asynchronous
+        scheduling the next batch is launched before the one in flight is finished (its
+        device work runs while the host finishes the other and schedules), so the requests
+        returned are those of the batch launched one call earlier."""
         progressed, self._refused = self._refused, []
-        if not self.scheduler.has_unfinished():
-            return progressed
-        batch = self.scheduler.schedule()
-        if not batch:  # cannot happen while one sequence fits the cache; fail it, not the engine
-            request = self._of_seq[self.scheduler.waiting[0].seq_id]
-            self._fail(request, "the scheduler could not fit it in the KV cache")
-            return progressed + [request]
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None and self._needs_host_tokens():
+            progressed += self._finish(in_flight)
+            in_flight = None
+        launched = None
+        if self.scheduler.has_unfinished():
+            batch = self.scheduler.schedule()
+            if batch:
+                launched = self._launch(batch, in_flight)
+            elif in_flight is None:  # cannot happen while one sequence fits the cache
+                request = self._of_seq[self.scheduler.waiting[0].seq_id]
+                self._fail(request, "the scheduler could not fit it in the KV cache")
+                return progressed + [request]
+        if in_flight is not None:
+            progressed += self._finish(in_flight)
+        if isinstance(launched, list):  # the launch failed: these requests failed
+            return progressed + launched
+        if launched is not None:
+            if self.async_scheduling:
+                self._in_flight = launched
+            else:
+                progressed += self._finish(launched)
+        return progressed
+
+    def _needs_host_tokens(self) -> bool:
+        """Whether a sequence's sampling reads its tokens' values on the host (penalties), so
+        that no step may be launched while one is in flight."""
+        return any(seq.params.has_penalties
+                   for seq in itertools.chain(self.scheduler.running, self.scheduler.waiting))
+
+    def _launch(self, batch: list[ScheduledSeq], previous: _Launched | None
+                ) -> _Launched | list[Request]:
+        """Queue ``batch`` on the device (its pending input tokens from ``previous``); the
+        requests that failed if that raised."""
         owner = {item.seq.seq_id: self._of_seq[item.seq.seq_id] for item in batch}
         try:
-            result = self.model_runner.run(batch)
-        except Exception as exc:  # the batch's requests fail; the engine goes on
-            if get_tp_size() > 1:  # a rank may have failed alone: the ranks no longer agree
-                raise
-            logger.exception("an engine step failed")
-            failed = _unique(owner.values())
-            for request in failed:
-                self._fail(request, f"the engine step failed: {type(exc).__name__}: {exc}")
-            return progressed + failed
+            step = self.model_runner.launch(batch, previous.step if previous else None)
+        except Exception as exc:
+            return self._step_failed(exc, owner)
+        return _Launched(batch, owner, self.scheduler.launched(batch), step)
+
+    def _finish(self, launched: _Launched) -> list[Request]:
+        """Read a launched step's results and apply them; the requests that progressed."""
+        batch, owner = launched.batch, launched.owner
+        try:
+            result = launched.step.collect()
+        except Exception as exc:
+            return self._step_failed(exc, owner)
         sampled = [item.seq for item in batch if item.samples]
-        self.scheduler.postprocess(batch, result.token_ids)
+        live = [not seq.is_finished for seq in sampled]  # not aborted, not stopped meanwhile
+        self.scheduler.resolve(batch, launched.pending, result.token_ids)
         for seq_id, entries in result.prompt_logprobs.items():
             request = owner[seq_id]
             self._guard(request, self._add_prompt_logprobs, request.seqs[0], entries)
-        for seq, entry in zip(sampled, result.logprobs):
-            if owner[seq.seq_id].error is None:
+        for seq, entry, alive in zip(sampled, result.logprobs, live):
+            if alive and owner[seq.seq_id].error is None:
                 self._guard(owner[seq.seq_id], self._advance, seq, entry)
-        stepped = _unique(owner[seq.seq_id] for seq in sampled)
+        stepped = _unique(owner[seq.seq_id] for seq, alive in zip(sampled, live) if alive)
         for request in stepped:
             if request.finished:
                 self._forget(request)
-        return progressed + stepped
+        return stepped
+
+    def _step_failed(self, exc: Exception, owner: dict[int, Request]) -> list[Request]:
+        """A step raised: its requests fail and the engine goes on (under tensor parallelism
+        it raises: a rank may have failed alone, and the ranks no longer agree)."""
+        if get_tp_size() > 1:
+            raise exc
+        logger.exception("an engine step failed", exc_info=exc)
+        failed = _unique(owner.values())
+        for request in failed:
+            self._fail(request, f"the engine step failed: {type(exc).__name__}: {exc}")
+        return failed
 
     def _advance(self, seq: Sequence, entry: TokenLogprobs | None) -> None:
         """Record a sampled token's logprobs; check stop strings; set the text when done."""
@@ -275,7 +335,7 @@ class LLMEngine:
         if (
             params.stop_strings
             and seq.finish_reason in (None, "length")
-            and seq.num_output_tokens >= params.min_tokens
+            and len(tokens) >= params.min_tokens
         ):
             start = max(0, searched - max(map(len, params.stop_strings)) + 1)
             hits = [(text.find(s, start), s) for s in params.stop_strings]

@@ -37,6 +37,7 @@ from solidx.runtime.layers.linear import tuned_gemms
 from solidx.runtime.layers.sampler import (
     SamplingTensors,
     TokenLogprobs,
+    TopLogprobs,
     compute_logprobs,
     host_logprobs,
     sample,
@@ -54,7 +55,7 @@ from solidx.runtime.sampling_metadata import (
     unpack,
 )
 from solidx.runtime.scheduler import ScheduledSeq
-from solidx.runtime.sequence import Sequence
+from solidx.runtime.sequence import PENDING_TOKEN, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,38 @@ class StepResult:
     token_ids: list[int]
     logprobs: list[TokenLogprobs | None]
     prompt_logprobs: dict[int, list[TokenLogprobs]]
+
+
+class LaunchedStep:
+    """A step whose device work is queued: its sampled token ids (``rows``: sequence id -> row)
+    stay on the device, and a copy to the host is under way; ``collect`` waits for it."""
+
+    def __init__(self, token_ids: torch.Tensor, rows: dict[int, int],
+                 wanted: list[int | None], top: TopLogprobs | None,
+                 prompt_logprobs: dict[int, list[TokenLogprobs]]) -> None:
+        self.token_ids = token_ids
+        self.rows = rows
+        self.wanted = wanted
+        self.top = top
+        self.prompt_logprobs = prompt_logprobs
+        self._host = token_ids
+        self._done: torch.cuda.Event | None = None
+        if token_ids.is_cuda:
+            self._host = torch.empty(token_ids.shape, dtype=token_ids.dtype, pin_memory=True)
+            self._host.copy_(token_ids, non_blocking=True)
+            self._done = torch.cuda.Event()
+            self._done.record()
+
+    def collect(self) -> StepResult:
+        """Wait for the step and return its results (the only host synchronisation)."""
+        if self._done is not None:
+            self._done.synchronize()
+        token_ids = self._host.tolist()
+        if self.top is None:
+            return StepResult(token_ids, [None] * len(token_ids), self.prompt_logprobs)
+        entries = host_logprobs(self._host, self.top)
+        logprobs = [None if k is None else keep_top(e, k) for k, e in zip(self.wanted, entries)]
+        return StepResult(token_ids, logprobs, self.prompt_logprobs)
 
 
 class ModelRunner:
@@ -119,13 +152,21 @@ class ModelRunner:
 
     # -- one step -------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def run(self, batch: list[ScheduledSeq]) -> StepResult:
         """Compute the batch's tokens, sample the next ones, and the logprobs asked for."""
+        return self.launch(batch).collect()
+
+    @torch.inference_mode()
+    def launch(self, batch: list[ScheduledSeq], previous: LaunchedStep | None = None
+               ) -> LaunchedStep:
+        """Queue the batch's device work and return without waiting for it. A sequence whose
+        last token is still ``PENDING_TOKEN`` (sampled by ``previous``, not yet read on the
+        host) gets it on the device from ``previous``'s token ids."""
         inputs = self.prepare(batch)
+        if previous is not None:
+            self._feed_pending(batch, inputs, previous)
         seqs = [item.seq for item in batch if item.samples]
         wanted = [num_logprobs(seq.params.logprobs, self.vocab_size) for seq in seqs]
-        want_logprobs = any(k is not None for k in wanted)
         hidden = None
         if self.graphs is not None:
             hidden = self.graphs.replay(inputs.input_ids, inputs.positions, inputs.context)
@@ -136,12 +177,28 @@ class ModelRunner:
         else:
             token_ids, logits = self._sample_replayed(batch, seqs, inputs)
         prompt_logprobs = self._prompt_logprobs(batch, hidden)
-        if not want_logprobs:
-            return StepResult(token_ids.tolist(), [None] * len(seqs), prompt_logprobs)
-        top = compute_logprobs(logits, token_ids, max(k or 0 for k in wanted))
-        entries = host_logprobs(token_ids, top)
-        logprobs = [None if k is None else keep_top(e, k) for k, e in zip(wanted, entries)]
-        return StepResult([e.token_id for e in entries], logprobs, prompt_logprobs)
+        top = None
+        if any(k is not None for k in wanted):
+            top = compute_logprobs(logits, token_ids, max(k or 0 for k in wanted))
+        rows = {seq.seq_id: i for i, seq in enumerate(seqs)}
+        return LaunchedStep(token_ids, rows, wanted, top, prompt_logprobs)
+
+    def _feed_pending(self, batch: list[ScheduledSeq], inputs: ModelInputs,
+                      previous: LaunchedStep) -> None:
+        """Write the pending input tokens of ``batch`` from ``previous``'s sampled ids (on the
+        device, in stream order: before anything that replays over them)."""
+        dst: list[int] = []
+        src: list[int] = []
+        row = 0
+        for item in batch:
+            row += item.num_tokens
+            if item.seq.token_ids[item.start + item.num_tokens - 1] == PENDING_TOKEN:
+                dst.append(row - 1)
+                src.append(previous.rows[item.seq.seq_id])
+        if dst:
+            index = self._tensor(dst + src, torch.int64)
+            inputs.input_ids.index_copy_(0, index[: len(dst)],
+                                         previous.token_ids[index[len(dst):]])
 
     def _sample_replayed(
         self, batch: list[ScheduledSeq], seqs: list[Sequence], inputs: ModelInputs

@@ -17,25 +17,25 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from solidx.runtime.block_manager import BlockManager
 from solidx.runtime.config import Config
-from solidx.runtime.sequence import Sequence, SequenceStatus
+from solidx.runtime.sequence import PENDING_TOKEN, Sequence, SequenceStatus
 
 
 @dataclass(frozen=True)
 class ScheduledSeq:
-    """``seq`` computes tokens ``start .. start + num_tokens`` this step."""
+    """``seq`` computes tokens ``start .. start + num_tokens`` this step; ``samples``: the step
+    reaches the sequence's last token (as scheduled), so its logits give the next token."""
 
     seq: Sequence
     start: int
     num_tokens: int
+    samples: bool = field(init=False)
 
-    @property
-    def samples(self) -> bool:
-        """The step reaches the sequence's last token, so its logits give the next token."""
-        return self.start + self.num_tokens == self.seq.num_tokens
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "samples", self.start + self.num_tokens == self.seq.num_tokens)
 
 
 class Scheduler:
@@ -65,6 +65,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if self._at_limit(seq):
+                i += 1
+                continue
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
             while not self.block_manager.can_allocate(seq, n):
                 victim = self.running.pop()
@@ -99,18 +102,41 @@ class Scheduler:
     def postprocess(self, batch: list[ScheduledSeq], token_ids: list[int]) -> list[Sequence]:
         """Advance each scheduled sequence; ``token_ids`` holds one sampled token for each entry
         that ``samples``, in batch order. Returns the sequences that finished."""
-        sampled = iter(token_ids)
+        return self.resolve(batch, self.launched(batch), token_ids)
+
+    def launched(self, batch: list[ScheduledSeq]) -> list[int]:
+        """The batch is queued on the device: its tokens count as computed, and each sampling
+        sequence gets a ``PENDING_TOKEN``; their indices, in batch order of the samplers (for
+        :meth:`resolve`)."""
+        pending = []
+        for item in batch:
+            item.seq.num_computed_tokens += item.num_tokens
+            if item.samples:
+                pending.append(item.seq.append_pending())
+        return pending
+
+    def resolve(
+        self, batch: list[ScheduledSeq], pending: list[int], token_ids: list[int]
+    ) -> list[Sequence]:
+        """The launched ``batch``'s sampled ``token_ids`` replace its pending tokens; full blocks
+        join the prefix cache; stop rules apply. A sequence that finished meanwhile (an abort,
+        or a stop found while this step ran) keeps none of this step's tokens. Returns the
+        sequences that finished."""
         finished = []
+        sampled = iter(zip(pending, token_ids))
         for item in batch:
             seq = item.seq
-            seq.num_computed_tokens += item.num_tokens
+            index, token = next(sampled) if item.samples else (-1, -1)
+            if seq.is_finished:
+                continue
+            if item.samples:
+                seq.resolve(index, token)
             self.block_manager.cache_full_blocks(seq)
             if not item.samples:
                 continue
-            token = next(sampled)
-            seq.append_token(token)
-            reason, stop_reason = self._stop_reason(seq, token)
+            reason, stop_reason = self._stop_reason(seq, token, index + 1)
             if reason is not None:
+                del seq.token_ids[index + 1:]  # tokens a later step was launched with
                 self.finish(seq, reason, stop_reason)
                 finished.append(seq)
         return finished
@@ -118,7 +144,10 @@ class Scheduler:
     def finish(
         self, seq: Sequence, reason: str, stop_reason: int | str | None = None
     ) -> None:
-        """End a sequence (queued, running, or never queued) and release its blocks."""
+        """End a sequence (queued, running, or never queued) and release its blocks; a pending
+        last token (a step in flight sampled it) is dropped."""
+        if seq.token_ids and seq.token_ids[-1] == PENDING_TOKEN:
+            seq.token_ids.pop()
         if seq.status == SequenceStatus.RUNNING:
             self.running.remove(seq)
         elif seq.status == SequenceStatus.WAITING and seq in self.waiting:
@@ -147,17 +176,30 @@ class Scheduler:
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 
-    def _stop_reason(self, seq: Sequence, token: int) -> tuple[str | None, int | None]:
-        """vLLM's finish and stop reasons: ("stop", token) for a stop token, ("stop", None) for
-        EOS, ("length", None) at the length limits; stop tokens count after ``min_tokens``."""
+    def _stop_reason(
+        self, seq: Sequence, token: int, num_tokens: int
+    ) -> tuple[str | None, int | None]:
+        """vLLM's finish and stop reasons for the sequence's first ``num_tokens`` tokens, the
+        last being ``token``: ("stop", token) for a stop token, ("stop", None) for EOS,
+        ("length", None) at the length limits; stop tokens count after ``min_tokens``."""
         params = seq.params
-        if seq.num_output_tokens > params.min_tokens:
+        num_outputs = num_tokens - seq.num_prompt_tokens
+        if num_outputs > params.min_tokens:
             if token in params.stop_token_ids:
                 return "stop", token
             if not params.ignore_eos and token in self.eos_token_ids:
                 return "stop", None
-        if params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
+        if params.max_tokens is not None and num_outputs >= params.max_tokens:
             return "length", None
-        if seq.num_tokens >= self.max_model_len:
+        if num_tokens >= self.max_model_len:
             return "length", None
         return None, None
+
+    def _at_limit(self, seq: Sequence) -> bool:
+        """The sequence's last token is pending (a step in flight sampled it) and it will finish
+        on length whatever that token is: nothing more to compute."""
+        if not seq.token_ids or seq.token_ids[-1] != PENDING_TOKEN:
+            return False
+        limit = seq.params.max_tokens
+        return (limit is not None and seq.num_output_tokens >= limit) or (
+            seq.num_tokens >= self.max_model_len)

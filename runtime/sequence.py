@@ -11,6 +11,11 @@ from enum import Enum, auto
 from solidx.runtime.sampling_params import SamplingParams
 
 
+PENDING_TOKEN = -1
+"""Stands for a token sampled on the device but not yet read on the host (asynchronous
+scheduling); the step that sampled it resolves it."""
+
+
 class SequenceStatus(Enum):
     WAITING = auto()
     RUNNING = auto()
@@ -118,10 +123,15 @@ class Sequence:
 
     @property
     def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens :]
+        """The output tokens known on the host (a pending last token is left out)."""
+        end = len(self.token_ids)
+        if end > self.num_prompt_tokens and self.token_ids[-1] == PENDING_TOKEN:
+            end -= 1
+        return self.token_ids[self.num_prompt_tokens : end]
 
     @property
     def num_output_tokens(self) -> int:
+        """Output tokens sampled, a pending one included."""
         return len(self.token_ids) - self.num_prompt_tokens
 
     @property
@@ -144,6 +154,17 @@ class Sequence:
         if self.metrics.first_token_time is None:
             self.metrics.first_token_time = time.perf_counter()
         self.token_ids.append(token_id)
+
+    def append_pending(self) -> int:
+        """Append ``PENDING_TOKEN`` for a token sampled but not yet read; its index."""
+        self.token_ids.append(PENDING_TOKEN)
+        return len(self.token_ids) - 1
+
+    def resolve(self, index: int, token_id: int) -> None:
+        """The pending token at ``index`` is ``token_id``."""
+        if self.metrics.first_token_time is None:
+            self.metrics.first_token_time = time.perf_counter()
+        self.token_ids[index] = token_id
 
     def __repr__(self) -> str:
         return (

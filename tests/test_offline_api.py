@@ -257,15 +257,15 @@ def test_bad_requests_are_refused_up_front_and_the_llm_keeps_working(llm):
 def test_a_request_failing_inside_a_step_leaves_the_engine_usable(llm, monkeypatch):
     engine = llm.llm_engine
     bm = engine.scheduler.block_manager
-    real_run, calls = engine.model_runner.run, []
+    real_launch, calls = engine.model_runner.launch, []
 
-    def run_failing_once(batch):
+    def launch_failing_once(batch, previous=None):
         calls.append(len(batch))
         if len(calls) == 2:
             raise RuntimeError("device fault")
-        return real_run(batch)
+        return real_launch(batch, previous)
 
-    monkeypatch.setattr(engine.model_runner, "run", run_failing_once)
+    monkeypatch.setattr(engine.model_runner, "launch", launch_failing_once)
     outs = llm.generate(PROMPTS, greedy(max_tokens=4), use_tqdm=False)
     assert all(o.outputs[0].finish_reason == "error" and "device fault" in o.error for o in outs)
     assert bm.num_free_blocks == bm.num_blocks
