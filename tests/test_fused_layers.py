@@ -169,12 +169,14 @@ def test_cpu_layers_run_the_torch_code():
     assert torch.equal(SiluAndMul()(x), SiluAndMul().forward_native(x))
 
 
-def test_torch_only_turns_fusion_off_and_back_on():
+def test_torch_only_and_separate_kernels_turn_fusion_off_and_back_on():
     x = torch.empty(1, device="meta")
-    assert not fused.use_triton(x)  # not a CUDA tensor
+    assert not fused.use_triton(x) and not fused.use_fusion(x)  # not a CUDA tensor
     with fused.torch_only():
         assert not fused._enabled
-    assert fused._enabled
+    with fused.separate_kernels():
+        assert not fused._fuse_next
+    assert fused._enabled and fused._fuse_next
 
 
 # -- GPU: Llama-3-8B sizes and the engine ----------------------------------------------------
@@ -193,9 +195,11 @@ def test_gpu_kernels_at_llama3_8b_sizes(tokens, dtype):
 @pytest.mark.gpu
 def test_gpu_layers_dispatch_to_the_kernels_unless_torch_only():
     x = torch.randn(2, 64, device="cuda")
-    assert fused.use_triton(x)
+    assert fused.use_triton(x) and fused.use_fusion(x)
     with fused.torch_only():
-        assert not fused.use_triton(x)
+        assert not fused.use_triton(x) and not fused.use_fusion(x)
+    with fused.separate_kernels():
+        assert fused.use_triton(x) and not fused.use_fusion(x)
     q, k, _ = _qkv(2, 4, 2, 16, torch.bfloat16, "cuda")
     positions = torch.tensor([3, 9], device="cuda")
     rotary = _rotary(16, 32, "cuda")
