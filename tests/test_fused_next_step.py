@@ -1,5 +1,5 @@
 """Kernels that do the next step's work too: RMSNorm and SiLU-and-mul quantizing their output for
-the fp8 linear layer they feed; the layers and the Llama wiring.
+the fp8 linear layer they feed, rotary writing the KV cache; the layers and the Llama wiring.
 
 Each fused kernel is compared bit for bit with the separate kernels it replaces (the same Triton
 code: on the CPU under TRITON_INTERPRET=1, whose float casts round differently from torch's) and
@@ -21,10 +21,13 @@ import solidx.runtime.layers.fused.rms_norm as rms_norm_module
 import solidx.runtime.layers.fused.silu_mul as silu_mul_module
 import solidx.runtime.quantization.input_quant as iq
 from solidx.runtime import LLM, SamplingParams
+from solidx.runtime.attention import reference, triton_store
 from solidx.runtime.context import ForwardContext, forward_context
 from solidx.runtime.layers import fused
 from solidx.runtime.layers.activation import SiluAndMul
+from solidx.runtime.layers.attention import Attention
 from solidx.runtime.layers.fused.rms_norm import rms_norm
+from solidx.runtime.layers.fused.rotary import rotary_embedding, rotary_embedding_store_kv
 from solidx.runtime.layers.fused.silu_mul import silu_and_mul
 from solidx.runtime.layers.layernorm import RMSNorm
 from solidx.runtime.layers.linear import LinearBase, UnquantizedLinearMethod
@@ -216,11 +219,114 @@ def test_quantize_with_partials_matches_the_torch_quantization():
         iq.quantize_with_partials(x, torch.zeros(iq.PARTIALS_MAX + 1), FP8_DTYPE)
 
 
+# -- rotary + KV-cache write -----------------------------------------------------------------
+
+
+def _rotary_inputs(tokens: int, q_heads: int, kv_heads: int, head_dim: int, dtype, device):
+    rotary = RotaryEmbedding(head_dim, 256, 10000.0).to(device)
+    qkv = torch.randn(tokens, (q_heads + 2 * kv_heads) * head_dim, dtype=dtype, device=device)
+    positions = torch.randint(0, 256, (tokens,), device=device)
+    slots = torch.randperm(24)[:tokens].int().to(device)
+    slots[tokens // 2] = -1  # a padding token: rotated, not cached
+    return rotary, qkv, positions, slots
+
+
+def check_rotary_store(tokens: int, q_heads: int, kv_heads: int, head_dim: int,
+                       dtype: torch.dtype, cache_dtype: torch.dtype, device: str) -> None:
+    torch.manual_seed(tokens * 7 + head_dim)
+    rotary, qkv, positions, slots = _rotary_inputs(tokens, q_heads, kv_heads, head_dim, dtype,
+                                                   device)
+    sizes = [q_heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
+    shape = (6, 4, kv_heads, head_dim)  # 24 slots
+    caches = [torch.zeros(shape, dtype=cache_dtype, device=device) for _ in range(6)]
+    k_scale, v_scale = (0.5, 0.25) if cache_dtype == FP8_DTYPE else (1.0, 1.0)
+
+    fused_qkv = qkv.clone()
+    q, k, v = fused_qkv.split(sizes, dim=-1)
+    rotary_embedding_store_kv(positions, q, k, v, rotary.cos_sin_cache, head_dim, caches[0],
+                              caches[1], slots, k_scale, v_scale)
+
+    separate_qkv = qkv.clone()  # the kernels it replaces
+    q2, k2, v2 = separate_qkv.split(sizes, dim=-1)
+    rotary_embedding(positions, q2, k2, rotary.cos_sin_cache, head_dim)
+    triton_store.store_kvcache(k2.view(tokens, kv_heads, head_dim),
+                               v2.view(tokens, kv_heads, head_dim), caches[2], caches[3], slots,
+                               k_scale, v_scale)
+    assert torch.equal(fused_qkv, separate_qkv)
+    assert torch.equal(caches[0].view(torch.uint8), caches[2].view(torch.uint8))
+    assert torch.equal(caches[1].view(torch.uint8), caches[3].view(torch.uint8))
+
+    q3, k3, v3 = qkv.split(sizes, dim=-1)  # the torch reference
+    q3, k3 = rotary.forward_native(positions, q3, k3)
+    reference.store_kvcache(k3.reshape(tokens, kv_heads, head_dim),
+                            v3.reshape(tokens, kv_heads, head_dim), caches[4], caches[5], slots,
+                            k_scale, v_scale)
+    tol = {"rtol": 2**-6, "atol": 2**-6} if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(q, q3, **tol)
+    torch.testing.assert_close(k, k3, **tol)
+    assert torch.equal(v, v3)
+    cache_tol = {"rtol": 2**-3, "atol": 2**-6} if cache_dtype == FP8_DTYPE else tol
+    for got, want in ((caches[0], caches[4]), (caches[1], caches[5])):
+        torch.testing.assert_close(got.float(), want.float(), **cache_tol)
+    unwritten = torch.tensor([s for s in range(24) if s not in slots.tolist()], device=device)
+    for cache in caches[:2]:  # slots nobody writes stay empty
+        assert not cache.view(24, -1)[unwritten].float().any()
+
+
+@pytest.mark.parametrize("dtype, cache_dtype", [(torch.float32, torch.float32),
+                                                (torch.bfloat16, torch.bfloat16),
+                                                (torch.bfloat16, FP8_DTYPE)])
+@pytest.mark.parametrize("tokens, q_heads, kv_heads, head_dim", [(5, 4, 2, 16), (3, 3, 1, 12)])
+def test_rotary_store_kernel_matches_the_separate_kernels(tokens, q_heads, kv_heads, head_dim,
+                                                          dtype, cache_dtype):
+    check_rotary_store(tokens, q_heads, kv_heads, head_dim, dtype, cache_dtype, "cpu")
+
+
+def test_rotary_store_kernel_refuses_mismatched_caches():
+    rotary, qkv, positions, slots = _rotary_inputs(3, 2, 1, 8, torch.float32, "cpu")
+    q, k, v = qkv.split([16, 8, 8], dim=-1)
+    cache = torch.zeros(2, 4, 1, 8)
+    with pytest.raises(ValueError, match="does not hold keys"):
+        rotary_embedding_store_kv(positions, q, k, v, rotary.cos_sin_cache, 8,
+                                  torch.zeros(2, 4, 2, 8), cache, slots)
+    with pytest.raises(ValueError, match="slot_mapping"):
+        rotary_embedding_store_kv(positions, q, k, v, rotary.cos_sin_cache, 8, cache, cache,
+                                  slots[:2])
+
+
 def _prefill_context(slots: torch.Tensor) -> ForwardContext:
     """One sequence of ``len(slots)`` new tokens, nothing cached before."""
     tokens = slots.shape[0]
     cu = torch.tensor([0, tokens], dtype=torch.int32, device=slots.device)
     return ForwardContext(slots, cu, cu, tokens, tokens, cu[1:], tokens, None, False)
+
+
+def _attention(kv_heads: int, head_dim: int, device: str, dtype) -> Attention:
+    layer = Attention(4, head_dim, head_dim**-0.5, kv_heads,
+                      RotaryEmbedding(head_dim, 256, 10000.0).to(device))
+    shape = (6, 4, kv_heads, head_dim)
+    layer.k_cache = torch.zeros(shape, dtype=dtype, device=device)
+    layer.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+    return layer
+
+
+def test_attention_layer_rotates_in_place_and_caches_on_the_cpu():
+    torch.manual_seed(3)
+    layer = _attention(2, 16, "cpu", torch.float32)
+    rotary, qkv, positions, _ = _rotary_inputs(5, 4, 2, 16, torch.float32, "cpu")
+    slots = torch.tensor([9, 3, 4, 20, 0], dtype=torch.int32)
+    q, k, v = qkv.split([64, 32, 32], dim=-1)
+    want_q, want_k = layer.rotary_emb.forward_native(positions, q, k)
+    with forward_context(_prefill_context(slots)):
+        out = layer(q, k, v, positions)
+    assert torch.equal(q, want_q) and torch.equal(k, want_k)  # what calibration hooks read
+    k_cache, v_cache = torch.zeros_like(layer.k_cache), torch.zeros_like(layer.v_cache)
+    reference.store_kvcache(want_k.view(5, 2, 16), v.view(5, 2, 16), k_cache, v_cache, slots)
+    assert torch.equal(layer.k_cache, k_cache) and torch.equal(layer.v_cache, v_cache)
+    cu = torch.tensor([0, 5], dtype=torch.int32)
+    want = reference.prefill_attention(want_q.view(5, 4, 16), want_k.view(5, 2, 16),
+                                       v.view(5, 2, 16), cu, cu, 5, 5, 16**-0.5)
+    assert torch.equal(out, want.reshape(5, 64))
 
 
 # -- the Llama wiring ------------------------------------------------------------------------
@@ -297,6 +403,13 @@ def test_gpu_fused_quantization_at_llama3_8b_sizes(path, tokens, dtype):
     check_silu_quant(tokens, 14336, dtype, "cuda", quant)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, FP8_DTYPE])
+@pytest.mark.parametrize("tokens", [1, 7, 300])
+def test_gpu_rotary_store_at_llama3_8b_sizes(tokens, cache_dtype):
+    check_rotary_store(tokens, 32, 8, 128, torch.bfloat16, cache_dtype, "cuda")
+
+
 def _gpu_decoder_outputs(static: bool, tokens: int) -> list[torch.Tensor]:
     """A decoder layer's output, residual, keys and values cache after one step on CUDA."""
     layer = _decoder_layer("cuda", torch.bfloat16, static)
@@ -358,10 +471,10 @@ def _decode_step_kernels(llm: LLM) -> int:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("quantization, saved", [(None, 0), ("fp8", 3)])
+@pytest.mark.parametrize("quantization, saved", [(None, 1), ("fp8", 4)])
 def test_gpu_decode_step_launches_fewer_kernels_per_layer(quantization, saved):
-    """fp8 (dynamic, batch 1): both norms and the SiLU-and-mul quantize for qkv, gate_up and
-    down."""
+    """bf16: rotary + store is one launch; fp8 (dynamic, batch 1) also both norms and the
+    SiLU-and-mul quantize for qkv, gate_up and down."""
     llm = _engine(quantization, enforce_eager=True)
     with fused.separate_kernels():
         separate = _decode_step_kernels(llm)

@@ -57,18 +57,17 @@ class LlamaAttention(nn.Module):
             linear_method(f"{prefix}.o_proj"),
             f"{prefix}.o_proj",
         )
-        self.rotary_emb = rotary
         q_size, kv_size, _ = self.qkv_proj.output_sizes
         self.split = [q_size, kv_size, kv_size]
         self.attn = Attention(
-            self.qkv_proj.num_heads, args.head_dim, args.head_dim**-0.5, self.qkv_proj.num_kv_heads
+            self.qkv_proj.num_heads, args.head_dim, args.head_dim**-0.5,
+            self.qkv_proj.num_kv_heads, rotary,
         )
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor | QuantizedInput
                 ) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden).split(self.split, dim=-1)
-        q, k = self.rotary_emb(positions, q, k)
-        return self.o_proj(self.attn(q, k, v))
+        return self.o_proj(self.attn(q, k, v, positions))
 
 
 class LlamaMLP(nn.Module):
