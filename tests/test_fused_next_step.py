@@ -222,11 +222,16 @@ def test_quantize_with_partials_matches_the_torch_quantization():
 # -- rotary + KV-cache write -----------------------------------------------------------------
 
 
+def _num_slots(tokens: int) -> int:
+    """Cache slots for a step of ``tokens`` (blocks of 4): room for some never written."""
+    return 4 * max(6, triton.cdiv(2 * tokens, 4))
+
+
 def _rotary_inputs(tokens: int, q_heads: int, kv_heads: int, head_dim: int, dtype, device):
     rotary = RotaryEmbedding(head_dim, 256, 10000.0).to(device)
     qkv = torch.randn(tokens, (q_heads + 2 * kv_heads) * head_dim, dtype=dtype, device=device)
     positions = torch.randint(0, 256, (tokens,), device=device)
-    slots = torch.randperm(24)[:tokens].int().to(device)
+    slots = torch.randperm(_num_slots(tokens))[:tokens].int().to(device)
     slots[tokens // 2] = -1  # a padding token: rotated, not cached
     return rotary, qkv, positions, slots
 
@@ -237,7 +242,8 @@ def check_rotary_store(tokens: int, q_heads: int, kv_heads: int, head_dim: int,
     rotary, qkv, positions, slots = _rotary_inputs(tokens, q_heads, kv_heads, head_dim, dtype,
                                                    device)
     sizes = [q_heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
-    shape = (6, 4, kv_heads, head_dim)  # 24 slots
+    num_slots = _num_slots(tokens)
+    shape = (num_slots // 4, 4, kv_heads, head_dim)
     caches = [torch.zeros(shape, dtype=cache_dtype, device=device) for _ in range(6)]
     k_scale, v_scale = (0.5, 0.25) if cache_dtype == FP8_DTYPE else (1.0, 1.0)
 
@@ -268,9 +274,10 @@ def check_rotary_store(tokens: int, q_heads: int, kv_heads: int, head_dim: int,
     cache_tol = {"rtol": 2**-3, "atol": 2**-6} if cache_dtype == FP8_DTYPE else tol
     for got, want in ((caches[0], caches[4]), (caches[1], caches[5])):
         torch.testing.assert_close(got.float(), want.float(), **cache_tol)
-    unwritten = torch.tensor([s for s in range(24) if s not in slots.tolist()], device=device)
+    written = set(slots.tolist())
+    unwritten = torch.tensor([s for s in range(num_slots) if s not in written], device=device)
     for cache in caches[:2]:  # slots nobody writes stay empty
-        assert not cache.view(24, -1)[unwritten].float().any()
+        assert not cache.view(num_slots, -1)[unwritten].float().any()
 
 
 @pytest.mark.parametrize("dtype, cache_dtype", [(torch.float32, torch.float32),
