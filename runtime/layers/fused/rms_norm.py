@@ -83,13 +83,13 @@ def _rms_norm_quant_one_program(X, RESIDUAL, WEIGHT, OUT, RESIDUAL_OUT, Q, SCALE
     the dynamic scale, then quantize ``OUT`` into ``Q``."""
     cols = tl.arange(0, BLOCK)
     ok = cols < n_cols
-    amax = 0.0
+    amax = tl.zeros([BLOCK], dtype=tl.float32)  # per column, over the rows
     for row in range(n_rows):
         out = _norm_row(X, RESIDUAL, WEIGHT, RESIDUAL_OUT, row, stride_x, stride_r, n_cols, eps,
                         BLOCK, HAS_RESIDUAL, OUT.dtype.element_ty)
         tl.store(OUT + row * n_cols + cols, out.to(OUT.dtype.element_ty), mask=ok)
-        amax = tl.maximum(amax, tl.max(tl.abs(out), axis=0))
-    scale = dynamic_scale(amax, FP8_MAX, MIN_SCALE)
+        amax = tl.maximum(amax, tl.abs(out))
+    scale = dynamic_scale(tl.max(amax, axis=0), FP8_MAX, MIN_SCALE)
     tl.store(SCALE, scale)
     tl.debug_barrier()  # every row stored before any is read back
     for row in range(n_rows):

@@ -66,12 +66,12 @@ def _silu_mul_quant_one_program(X, OUT, Q, SCALE, n_rows, stride_x, d, BLOCK: tl
     ``Q``."""
     cols = tl.arange(0, BLOCK)
     ok = cols < d
-    amax = 0.0
+    amax = tl.zeros([BLOCK], dtype=tl.float32)  # per column, over the rows
     for row in range(n_rows):
         out = _silu_mul_block(X, row, cols, ok, stride_x, d)
         tl.store(OUT + row * d + cols, out.to(OUT.dtype.element_ty), mask=ok)
-        amax = tl.maximum(amax, tl.max(tl.abs(out), axis=0))
-    scale = dynamic_scale(amax, FP8_MAX, MIN_SCALE)
+        amax = tl.maximum(amax, tl.abs(out))
+    scale = dynamic_scale(tl.max(amax, axis=0), FP8_MAX, MIN_SCALE)
     tl.store(SCALE, scale)
     tl.debug_barrier()  # every row stored before any is read back
     for row in range(n_rows):
