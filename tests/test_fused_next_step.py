@@ -1,11 +1,12 @@
 """Kernels that do the next step's work too: RMSNorm and SiLU-and-mul quantizing their output for
 the fp8 linear layer they feed, rotary writing the KV cache; the layers and the Llama wiring.
 
-Each fused kernel is compared bit for bit with the separate kernels it replaces (the same Triton
-code: on the CPU under TRITON_INTERPRET=1, whose float casts round differently from torch's) and
-within rounding with the torch reference. Every path of the dynamic scale (one program, partial
-maxima, the separate quantization) runs on small shapes by lowering its thresholds. ``-m gpu``
-tests run Llama-3-8B sizes, a decoder layer, and engines with and without the fusion.
+Each fused kernel is compared bit for bit with the separate kernels it replaces (on the CPU both
+under TRITON_INTERPRET=1) and within rounding with the torch reference (the interpreter truncates
+float32 to bfloat16, and the kernels' float32 sums run in another order than torch's). Every
+path of the dynamic scale (one program, partial maxima, the separate quantization) runs on small
+shapes by lowering its thresholds. ``-m gpu`` tests run Llama-3-8B sizes, a decoder layer, and
+engines with and without the fusion.
 """
 
 from __future__ import annotations
