@@ -1,13 +1,16 @@
 """The fused input-quantization kernels against fp8_math.quantize.
 
-Under the Triton interpreter (CPU) the inputs are exact e4m3 values times a power of two, so no
-rounding happens (the interpreter's float-to-e4m3 rounding differs from the GPU's); on a GPU
-``quantize_input`` is compared bit for bit on random inputs of every path."""
+Under the Triton interpreter (CPU) the dynamic paths get exact e4m3 values times a power of two
+(so the scale has no rounding to differ in) and the static path random inputs (the kernels round
+to e4m3 themselves, since the interpreter's own cast rounds wrongly); on a GPU ``quantize_input``
+is compared bit for bit on random inputs of every path."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import solidx.runtime.quantization.input_quant as iq
 from solidx.runtime.quantization.fp8_math import FP8_DTYPE, FP8_MAX, quantize
@@ -42,6 +45,43 @@ def test_kernels_match_the_torch_quantization(numel: int) -> None:
     q = torch.empty(numel, dtype=FP8_DTYPE)
     iq._quantize_blocks[grid](x, q, static, static, numel, False, FP8_MAX, iq.MIN_SCALE, iq.BLOCK)
     assert torch.equal(q.view(torch.uint8), quantize(x, static)[0].view(torch.uint8))
+
+
+@triton.jit
+def _round_kernel(x_ptr, y_ptr, numel, MIN_EXPONENT: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < numel)
+    tl.store(y_ptr + offs, iq.round_to_e4m3(x, MIN_EXPONENT), mask=offs < numel)
+
+
+def random_in_range(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """Random values from below the subnormals to the saturation value, both signs, zeros."""
+    gen = torch.Generator().manual_seed(numel)
+    x = torch.randn(numel, generator=gen) * 2.0 ** torch.randint(-14, 9, (numel,), generator=gen)
+    x[:4] = torch.tensor([0.0, -0.0, 1e-9, -1e-9])
+    limit = torch.finfo(dtype).max
+    return x.clamp(-limit, limit)
+
+
+@pytest.mark.parametrize("dtype, min_exponent", [(torch.float8_e4m3fn, -6),
+                                                 (torch.float8_e4m3fnuz, -7)])
+def test_round_to_e4m3_rounds_as_torch_casts(dtype: torch.dtype, min_exponent: int) -> None:
+    x = random_in_range(3000, dtype)
+    y = torch.empty_like(x)
+    _round_kernel[(-(-x.numel() // iq.BLOCK),)](x, y, x.numel(), min_exponent, iq.BLOCK)
+    assert torch.equal(y.to(dtype).float(), y)  # on the e4m3 grid: the cast below is exact
+    assert torch.equal(y.to(dtype).view(torch.uint8), x.to(dtype).view(torch.uint8))
+
+
+def test_kernels_round_random_inputs_as_torch_does() -> None:
+    x = random_in_range(3000, FP8_DTYPE) * 0.05
+    static = torch.tensor(0.05)
+    q = torch.empty(x.shape, dtype=FP8_DTYPE)
+    grid = (-(-x.numel() // iq.BLOCK),)
+    iq._quantize_blocks[grid](x, q, static, static, x.numel(), False, FP8_MAX, iq.MIN_SCALE,
+                              iq.BLOCK)
+    # values, not bits: the interpreter's cast drops the sign of -0.0 (the GPU's keeps it)
+    assert torch.equal(q.float(), quantize(x, static)[0].float())
 
 
 def test_cpu_tensors_take_the_torch_path() -> None:

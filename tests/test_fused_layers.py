@@ -160,21 +160,24 @@ def test_cpu_layers_run_the_torch_code():
     for got, want in zip(norm(x, residual), norm.forward_native(x, residual), strict=True):
         assert torch.equal(got, want)
     rotary = _rotary(8, 32, "cpu")
-    q, k, _ = _qkv(3, 2, 1, 8, torch.float32, "cpu")
+    q, k, v = _qkv(3, 2, 1, 8, torch.float32, "cpu")
     positions = torch.tensor([0, 5, 31])
-    got_q, got_k = rotary(positions, q, k)
     want_q, want_k = rotary.forward_native(positions, q, k)
-    assert torch.equal(got_q, want_q) and torch.equal(got_k, want_k)
-    assert got_q.data_ptr() != q.data_ptr()  # the torch code leaves its inputs alone
+    assert not torch.equal(want_q, q)  # the torch code leaves its inputs alone
+    v_before = v.clone()
+    rotary(positions, q, k)  # the layer rotates in place on every device
+    assert torch.equal(q, want_q) and torch.equal(k, want_k) and torch.equal(v, v_before)
     assert torch.equal(SiluAndMul()(x), SiluAndMul().forward_native(x))
 
 
-def test_torch_only_turns_fusion_off_and_back_on():
+def test_torch_only_and_separate_kernels_turn_fusion_off_and_back_on():
     x = torch.empty(1, device="meta")
-    assert not fused.use_triton(x)  # not a CUDA tensor
+    assert not fused.use_triton(x) and not fused.use_fusion(x)  # not a CUDA tensor
     with fused.torch_only():
         assert not fused._enabled
-    assert fused._enabled
+    with fused.separate_kernels():
+        assert not fused._fuse_next
+    assert fused._enabled and fused._fuse_next
 
 
 # -- GPU: Llama-3-8B sizes and the engine ----------------------------------------------------
@@ -193,15 +196,18 @@ def test_gpu_kernels_at_llama3_8b_sizes(tokens, dtype):
 @pytest.mark.gpu
 def test_gpu_layers_dispatch_to_the_kernels_unless_torch_only():
     x = torch.randn(2, 64, device="cuda")
-    assert fused.use_triton(x)
+    assert fused.use_triton(x) and fused.use_fusion(x)
     with fused.torch_only():
-        assert not fused.use_triton(x)
+        assert not fused.use_triton(x) and not fused.use_fusion(x)
+    with fused.separate_kernels():
+        assert fused.use_triton(x) and not fused.use_fusion(x)
     q, k, _ = _qkv(2, 4, 2, 16, torch.bfloat16, "cuda")
     positions = torch.tensor([3, 9], device="cuda")
     rotary = _rotary(16, 32, "cuda")
+    want_q, want_k = rotary.forward_native(positions, q, k)
     with fused.torch_only():
-        assert rotary(positions, q, k)[0].data_ptr() != q.data_ptr()
-    assert rotary(positions, q, k)[0].data_ptr() == q.data_ptr()
+        rotary(positions, q, k)  # the torch code, copied back: exactly its result
+    assert torch.equal(q, want_q) and torch.equal(k, want_k)
 
 
 def _greedy_tokens(enforce_eager: bool) -> list[list[int]]:

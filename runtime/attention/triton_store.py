@@ -1,4 +1,5 @@
-"""Writing new keys and values into the paged KV cache, in Triton (CUDA-graph safe).
+"""Writing new keys and values into the paged KV cache, in Triton (CUDA-graph safe); the fused
+rotary kernel (``runtime.layers.fused.rotary``) writes them as ``kv_cache_value`` says too.
 
 Token ``t`` goes to slot ``slot_mapping[t]`` (``block * block_size + offset``); slot -1 (padding
 of a CUDA-graph batch) is skipped inside the kernel, so the host never inspects the mapping.
@@ -12,16 +13,16 @@ import triton.language as tl
 from torch import Tensor
 
 from solidx.runtime.attention.reference import FP8_E4M3_MAX
+from solidx.runtime.quantization.input_quant import round_to_e4m3
 
 
 @triton.jit
-def _round_to_e4m3(x):
-    """``x`` (fp32, within the fp8 range) rounded to the nearest e4m3 value, ties to even, so the
-    cast to fp8 is exact everywhere (the Triton interpreter's own cast rounds wrongly)."""
-    exponent = ((x.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
-    exponent = tl.maximum(exponent, -6)  # subnormals share the smallest normal's spacing
-    quantum = ((exponent - 3 + 127) << 23).to(tl.float32, bitcast=True)  # 3 mantissa bits
-    return ((x / quantum + 12582912.0) - 12582912.0) * quantum  # 1.5 * 2**23: round to integer
+def kv_cache_value(x, scale, FP8: tl.constexpr, FP8_MAX: tl.constexpr):
+    """What the cache stores for ``x`` (float32): ``x / scale`` saturated and rounded to e4m3fn
+    for an fp8 cache, else ``x`` (cast it to the cache dtype to store)."""
+    if FP8:
+        x = round_to_e4m3(tl.clamp(x / scale, -FP8_MAX, FP8_MAX), -6)
+    return x
 
 
 @triton.jit
@@ -41,9 +42,8 @@ def _store_kernel(K, V, K_CACHE, V_CACHE, SLOT_MAPPING, k_scale, v_scale,
     d_ok = offs_d < HEAD_SIZE
     k = tl.load(K + token * stride_kt + head * stride_kh + offs_d, mask=d_ok).to(tl.float32)
     v = tl.load(V + token * stride_vt + head * stride_vh + offs_d, mask=d_ok).to(tl.float32)
-    if FP8:
-        k = _round_to_e4m3(tl.clamp(k / k_scale, -FP8_MAX, FP8_MAX))
-        v = _round_to_e4m3(tl.clamp(v / v_scale, -FP8_MAX, FP8_MAX))
+    k = kv_cache_value(k, k_scale, FP8, FP8_MAX)
+    v = kv_cache_value(v, v_scale, FP8, FP8_MAX)
     tl.store(K_CACHE + block * stride_kb + offset * stride_ks + head * stride_kh_cache + offs_d,
              k.to(K_CACHE.dtype.element_ty), mask=d_ok)
     tl.store(V_CACHE + block * stride_vb + offset * stride_vs + head * stride_vh_cache + offs_d,

@@ -1,12 +1,16 @@
-"""RMSNorm, optionally fused with the residual add before it (one Triton kernel on CUDA)."""
+"""RMSNorm, optionally fused with the residual add before it (one Triton kernel on CUDA), and
+optionally handing its output quantized to the fp8 linear layer it feeds."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from solidx.runtime.layers.fused import use_triton
+from solidx.runtime.layers.fused import use_fusion, use_triton
 from solidx.runtime.layers.fused.rms_norm import rms_norm
+from solidx.runtime.quantization.input_quant import InputQuant, QuantizedInput
+
+NormOutput = torch.Tensor | QuantizedInput
 
 
 class RMSNorm(nn.Module):
@@ -20,16 +24,21 @@ class RMSNorm(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """``norm(x)``; with ``residual``: ``(norm(x + residual), x + residual)``."""
+        self, x: torch.Tensor, residual: torch.Tensor | None = None,
+        quant: InputQuant | None = None,
+    ) -> NormOutput | tuple[NormOutput, torch.Tensor]:
+        """``norm(x)``; with ``residual``: ``(norm(x + residual), x + residual)``. With ``quant``
+        (the :class:`InputQuant` of the fp8 linear layer it feeds) ``norm`` comes as that layer's
+        :class:`QuantizedInput` of the rows ``x [tokens, hidden]``; on CUDA the norm kernel
+        quantizes (no launch of its own)."""
         if use_triton(x):
-            return rms_norm(x, self.weight, self.eps, residual)
-        return self.forward_native(x, residual)
+            return rms_norm(x, self.weight, self.eps, residual, quant, separate=not use_fusion(x))
+        return self.forward_native(x, residual, quant)
 
     def forward_native(
-        self, x: torch.Tensor, residual: torch.Tensor | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        self, x: torch.Tensor, residual: torch.Tensor | None = None,
+        quant: InputQuant | None = None,
+    ) -> NormOutput | tuple[NormOutput, torch.Tensor]:
         """The torch code: the reference of the fused kernel."""
         if residual is not None:
             x = x + residual
@@ -38,4 +47,6 @@ class RMSNorm(nn.Module):
         xf = x.float()
         normed = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
         out = self.weight * normed.to(dtype)
+        if quant is not None:
+            out = quant.quantize(out)
         return out if residual is None else (out, residual)

@@ -27,6 +27,7 @@ from solidx.gradlib.operands import GemmOperands
 from solidx.gradlib.problem import GemmProblem
 from solidx.gradlib.tuned import TunedGemms
 from solidx.runtime.distributed import get_tp_rank, get_tp_size, tp_all_reduce
+from solidx.runtime.quantization.input_quant import InputQuant, QuantizedInput
 from solidx.shape_capture.recorder import active_recorder
 from solidx.shape_capture.sharding import divide, head_shard
 
@@ -117,7 +118,8 @@ class LinearMethod(ABC):
     may set its own ``weight_loader``, else the layer's is used. ``process_weights_after_loading``
     runs once after the whole checkpoint is loaded. ``operands`` gives the operands of
     ``x [tokens, in] @ Wᵀ + bias`` in the layout of :class:`GemmOperands` (capturable in a CUDA
-    graph); the layer runs the GEMM.
+    graph); the layer runs the GEMM. A method that quantizes its input says how in
+    ``input_quant``; ``x`` may then arrive quantized that way, as a :class:`QuantizedInput`.
     """
 
     @abstractmethod
@@ -128,9 +130,13 @@ class LinearMethod(ABC):
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         return None
 
+    def input_quant(self, layer: nn.Module) -> InputQuant | None:
+        """How ``operands`` quantizes the input (None: it takes the input as it is)."""
+        return None
+
     @abstractmethod
     def operands(
-        self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
+        self, layer: nn.Module, x: torch.Tensor | QuantizedInput, bias: torch.Tensor | None
     ) -> GemmOperands: ...
 
 
@@ -147,8 +153,11 @@ class UnquantizedLinearMethod(LinearMethod):
         layer.register_parameter("weight", weight)
 
     def operands(
-        self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
+        self, layer: nn.Module, x: torch.Tensor | QuantizedInput, bias: torch.Tensor | None
     ) -> GemmOperands:
+        if isinstance(x, QuantizedInput):
+            raise TypeError(f"{layer.prefix} is not quantized: it takes its input unquantized "
+                            "(give quantized inputs only to layers whose input_quant() asks)")
         return GemmOperands(x, layer.weight, None, None, bias)
 
 
@@ -209,13 +218,21 @@ class LinearBase(nn.Module, ABC):
         size = param.shape[dim]
         copy_shard(param, loaded, dim, 0, self.tp_rank * size, size, size * self.tp_size)
 
-    def gemm(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """``x @ Wᵀ + bias`` for ``x [..., in]``: the method's operands through the dispatch."""
+    def input_quant(self) -> InputQuant | None:
+        """How this layer quantizes its input: the kernel that produces the input may do it and
+        hand over a :class:`QuantizedInput` (None: the layer takes a plain tensor)."""
+        return self.linear_method.input_quant(self)
+
+    def gemm(self, x: torch.Tensor | QuantizedInput, bias: torch.Tensor | None) -> torch.Tensor:
+        """``x @ Wᵀ + bias`` for ``x [..., in]`` or the quantized rows of one: the method's
+        operands through the dispatch."""
+        if isinstance(x, QuantizedInput):
+            return self.gemm_dispatch(self.linear_method.operands(self, x, bias), x.dtype)
         x2 = x.reshape(-1, x.shape[-1])
         y = self.gemm_dispatch(self.linear_method.operands(self, x2, bias), x.dtype)
         return y.view(*x.shape[:-1], self.output_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | QuantizedInput) -> torch.Tensor:
         return self.gemm(x, self.bias)
 
 
@@ -346,7 +363,7 @@ class RowParallelLinear(LinearBase):
     ) -> None:
         self._load_rank_slice(param, loaded, "input_dim")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | QuantizedInput) -> torch.Tensor:
         if self.tp_size == 1:
             return self.gemm(x, self.bias)
         y = tp_all_reduce(self.gemm(x, None))

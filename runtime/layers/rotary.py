@@ -1,6 +1,7 @@
 """Rotary position embedding (the rotate-half layout of Hugging Face Llama), with the ``linear``
-and ``llama3`` frequency scalings. The cos/sin table is computed once, in float32. On CUDA one
-Triton kernel rotates the queries and keys in place."""
+and ``llama3`` frequency scalings. The cos/sin table is computed once, in float32. The queries and
+keys are rotated in place: on CUDA by one Triton kernel (which the attention layer may also have
+write the KV cache, ``runtime.layers.fused.rotary``)."""
 
 from __future__ import annotations
 
@@ -62,14 +63,15 @@ class RotaryEmbedding(nn.Module):
             "cos_sin_cache", torch.cat([freqs.cos(), freqs.sin()], dim=-1), persistent=False
         )
 
-    def forward(
-        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotate ``q`` [T, Hq*D] and ``k`` [T, Hkv*D] by their tokens' ``positions`` [T]. On CUDA
-        ``q`` and ``k`` are rotated in place; use the returned tensors either way."""
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> None:
+        """Rotate ``q`` [T, Hq*D] and ``k`` [T, Hkv*D] in place by their tokens' ``positions``
+        [T] (on other devices than CUDA the torch code's result is copied back)."""
         if use_triton(q):
-            return rotary_embedding(positions, q, k, self.cos_sin_cache, self.head_dim)
-        return self.forward_native(positions, q, k)
+            rotary_embedding(positions, q, k, self.cos_sin_cache, self.head_dim)
+            return
+        rotated_q, rotated_k = self.forward_native(positions, q, k)
+        q.copy_(rotated_q)
+        k.copy_(rotated_k)
 
     def forward_native(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor

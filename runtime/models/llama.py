@@ -2,6 +2,11 @@
 
 Module and parameter names follow Hugging Face, with q/k/v fused into ``qkv_proj`` and gate/up
 into ``gate_up_proj`` (``packed_modules_mapping`` tells the loader how).
+
+Each RMSNorm and the SiLU-and-mul get the ``input_quant()`` of the linear layer they feed
+(``qkv_proj``, ``gate_up_proj``, ``down_proj``): for an fp8 layer their kernel quantizes its
+input, for another (unquantized models, layers a checkpoint excludes) it is None and the layer
+gets the plain tensor. ``o_proj`` quantizes the attention output itself.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from solidx.runtime.layers.linear import (
     RowParallelLinear,
 )
 from solidx.runtime.layers.rotary import RotaryEmbedding
+from solidx.runtime.quantization.input_quant import QuantizedInput
 from solidx.shape_capture.model_args import ModelArgs
 
 
@@ -51,17 +57,17 @@ class LlamaAttention(nn.Module):
             linear_method(f"{prefix}.o_proj"),
             f"{prefix}.o_proj",
         )
-        self.rotary_emb = rotary
         q_size, kv_size, _ = self.qkv_proj.output_sizes
         self.split = [q_size, kv_size, kv_size]
         self.attn = Attention(
-            self.qkv_proj.num_heads, args.head_dim, args.head_dim**-0.5, self.qkv_proj.num_kv_heads
+            self.qkv_proj.num_heads, args.head_dim, args.head_dim**-0.5,
+            self.qkv_proj.num_kv_heads, rotary,
         )
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor | QuantizedInput
+                ) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden).split(self.split, dim=-1)
-        q, k = self.rotary_emb(positions, q, k)
-        return self.o_proj(self.attn(q, k, v))
+        return self.o_proj(self.attn(q, k, v, positions))
 
 
 class LlamaMLP(nn.Module):
@@ -93,8 +99,8 @@ class LlamaMLP(nn.Module):
         )
         self.act_fn = SiluAndMul()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+    def forward(self, x: torch.Tensor | QuantizedInput) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_up_proj(x), self.down_proj.input_quant()))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -115,14 +121,17 @@ class LlamaDecoderLayer(nn.Module):
     def forward(
         self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        qkv_quant = self.self_attn.qkv_proj.input_quant()
         if residual is None:
             residual = hidden
-            hidden = self.input_layernorm(hidden)
+            normed = self.input_layernorm(hidden, quant=qkv_quant)
         else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+            normed, residual = self.input_layernorm(hidden, residual, qkv_quant)
+        hidden = self.self_attn(positions, normed)
+        normed, residual = self.post_attention_layernorm(
+            hidden, residual, self.mlp.gate_up_proj.input_quant()
+        )
+        return self.mlp(normed), residual
 
 
 class LlamaModel(nn.Module):

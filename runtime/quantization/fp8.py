@@ -39,7 +39,7 @@ from solidx.runtime.quantization.checkpoint_formats import (
     inspect_checkpoint,
 )
 from solidx.runtime.quantization.fp8_math import e4m3fn_to_e4m3fnuz, quantize, requantize_shards
-from solidx.runtime.quantization.input_quant import quantize_input
+from solidx.runtime.quantization.input_quant import InputQuant, QuantizedInput
 
 
 class Fp8Config:
@@ -112,7 +112,8 @@ class Fp8LinearMethod(LinearMethod):
     ``serialized``: the checkpoint stores the weight as fp8 with ``weight_scale`` (one per fused
     part, unified at load); else the weight loads in the model dtype and is quantized at load.
     ``static_input``: ``input_scale`` comes from the checkpoint; else it is computed per call.
-    ``operands`` quantizes the input (capturable in a CUDA graph).
+    ``operands`` quantizes the input (capturable in a CUDA graph) unless the kernel before the
+    layer did, as ``input_quant`` says.
     ``fp8_dtype``: the e4m3 encoding the device computes with. On fnuz hardware (MI300-class) an
     e4m3fn checkpoint is converted at load as ROCm's vLLM does (``e4m3fn_to_e4m3fnuz``: bits
     reinterpreted, scales doubled) and inputs are quantized to fnuz.
@@ -156,12 +157,15 @@ class Fp8LinearMethod(LinearMethod):
         layer.weight = _parameter(weight)
         layer.weight_scale = _parameter(scale)
 
+    def input_quant(self, layer: nn.Module) -> InputQuant:
+        return InputQuant(layer.input_scale if self.static_input else None, self.fp8_dtype)
+
     def operands(
-        self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
+        self, layer: nn.Module, x: torch.Tensor | QuantizedInput, bias: torch.Tensor | None
     ) -> GemmOperands:
-        q, scale = quantize_input(x, layer.input_scale if self.static_input else None,
-                                  self.fp8_dtype)
-        return GemmOperands(q, layer.weight, scale, layer.weight_scale, bias)
+        if not isinstance(x, QuantizedInput):
+            x = self.input_quant(layer).quantize(x)
+        return GemmOperands(x.q, layer.weight, x.scale, layer.weight_scale, bias)
 
 
 def _parameter(tensor: torch.Tensor) -> nn.Parameter:
