@@ -31,9 +31,9 @@ from solidx.runtime.quantization.input_quant import (
 
 TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 # What a row program stores: its output; the output quantized; the output and its max |out|.
-PLAIN: tl.constexpr = 0
-STATIC: tl.constexpr = 1
-PARTIAL: tl.constexpr = 2
+PLAIN = tl.constexpr(0)
+STATIC = tl.constexpr(1)
+PARTIAL = tl.constexpr(2)
 
 
 @triton.jit
@@ -161,7 +161,7 @@ class _Launch:
         self.num_warps = min(max(self.block // 512, 1), 16)
 
     def norm(self, out: torch.Tensor, scale: torch.Tensor | None = None,
-             mode: int = PLAIN) -> torch.Tensor:
+             mode: tl.constexpr = PLAIN) -> torch.Tensor:
         """One program per row into ``out`` (``x``'s shape): see ``_rms_norm_kernel``."""
         rows = self.rows
         if rows.shape[0] > 0:
@@ -171,7 +171,7 @@ class _Launch:
                 rows.stride(0), self.res_rows.stride(0), rows.shape[1], self.eps,
                 BLOCK=self.block, HAS_RESIDUAL=self.res_out is not None,
                 OUT_DTYPE=TL_DTYPES[torch.promote_types(self.weight.dtype, rows.dtype)],
-                MODE=mode, FP8_MAX=torch.finfo(out.dtype).max if mode == STATIC else 0.0,
+                MODE=int(mode), FP8_MAX=torch.finfo(out.dtype).max if mode == STATIC else 0.0,
                 num_warps=self.num_warps,
             )
         return out

@@ -27,9 +27,9 @@ from solidx.runtime.quantization.input_quant import (
 
 BLOCK = 1024
 # What a block program stores: its output; the output quantized; the output and its max |out|.
-PLAIN: tl.constexpr = 0
-STATIC: tl.constexpr = 1
-PARTIAL: tl.constexpr = 2
+PLAIN = tl.constexpr(0)
+STATIC = tl.constexpr(1)
+PARTIAL = tl.constexpr(2)
 
 
 @triton.jit
@@ -121,13 +121,13 @@ def silu_and_mul(
 
 
 def _launch(rows: torch.Tensor, out: torch.Tensor, scale: torch.Tensor | None = None,
-            mode: int = PLAIN) -> torch.Tensor:
+            mode: tl.constexpr = PLAIN) -> torch.Tensor:
     """One program per row and block of ``BLOCK`` columns into ``out``: see the kernel."""
     d = rows.shape[1] // 2
     if rows.shape[0] > 0 and d > 0:
         _silu_mul_kernel[(rows.shape[0], triton.cdiv(d, BLOCK))](
             rows, out, out if scale is None else scale, rows.stride(0), d, d, BLOCK=BLOCK,
-            MODE=mode, FP8_MAX=torch.finfo(out.dtype).max if mode == STATIC else 0.0,
+            MODE=int(mode), FP8_MAX=torch.finfo(out.dtype).max if mode == STATIC else 0.0,
             num_warps=4,
         )
     return out
