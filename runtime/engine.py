@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from solidx.runtime.block_manager import BlockManager
 from solidx.runtime.config import Config
+from solidx.runtime.detokenizer import IncrementalDetokenizer
 from solidx.runtime.distributed import (
     get_tp_rank,
     get_tp_size,
@@ -31,7 +32,7 @@ from solidx.runtime.distributed import (
 from solidx.runtime.layers.sampler import TokenLogprobs
 from solidx.runtime.model_runner import ModelRunner
 from solidx.runtime.outputs import RequestOutput
-from solidx.runtime.sampling_params import SamplingParams
+from solidx.runtime.sampling_params import RequestOutputKind, SamplingParams
 from solidx.runtime.scheduler import Scheduler
 from solidx.runtime.sequence import Logprob, Request, Sequence
 from solidx.runtime.tokenizer import eos_token_ids, get_tokenizer
@@ -132,13 +133,14 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Run one batch; the state of every request that progressed (new tokens, or finished),
-        in order of arrival: partial text and token ids, ``finished`` once done."""
-        progressed = self._step()
-        for request in progressed:
-            for seq in request.seqs:
-                if not seq.is_finished:
-                    self._guard(request, self._detokenize, seq)
-        return [RequestOutput.from_request(request) for request in progressed]
+        in order of arrival, shaped by its ``output_kind``: partial text and token ids (all so
+        far, or only the new ones), ``finished`` once done; FINAL_ONLY requests only then."""
+        outputs = []
+        for request in self._step(partial=True):
+            kind = request.params.output_kind
+            if request.finished or kind is not RequestOutputKind.FINAL_ONLY:
+                outputs.append(RequestOutput.from_request(request, kind is RequestOutputKind.DELTA))
+        return outputs
 
     def check_params(self, params: SamplingParams) -> None:
         check_params(params, self.config)
@@ -161,7 +163,7 @@ class LLMEngine:
             show = use_tqdm and len(requests) > 1 and get_tp_rank() == 0
             with tqdm(total=len(requests), desc="generate", unit="req", disable=not show) as bar:
                 while self.has_unfinished_requests():
-                    bar.update(sum(request.finished for request in self._step()))
+                    bar.update(sum(request.finished for request in self._step(partial=False)))
         return [RequestOutput.from_request(request) for request in requests]
 
     # -- internals -----------------------------------------------------------------------
@@ -198,8 +200,9 @@ class LLMEngine:
             self.scheduler.add(seq)
         return request
 
-    def _step(self) -> list[Request]:
-        """One batch; the requests that progressed (refused ones first)."""
+    def _step(self, partial: bool) -> list[Request]:
+        """One batch; the requests that progressed (refused ones first). ``partial``: keep the
+        text of unfinished sequences up to date (for ``step``'s outputs) unless FINAL_ONLY."""
         progressed, self._refused = self._refused, []
         if not self.scheduler.has_unfinished():
             return progressed
@@ -226,20 +229,26 @@ class LLMEngine:
             self._guard(request, self._add_prompt_logprobs, request.seqs[0], entries)
         for seq, entry in zip(sampled, result.logprobs):
             if owner[seq.seq_id].error is None:
-                self._guard(owner[seq.seq_id], self._advance, seq, entry)
+                self._guard(owner[seq.seq_id], self._advance, seq, entry, partial)
         stepped = _unique(owner[seq.seq_id] for seq in sampled)
         for request in stepped:
             if request.finished:
                 self._forget(request)
         return progressed + stepped
 
-    def _advance(self, seq: Sequence, entry: TokenLogprobs | None) -> None:
-        """Record a sampled token's logprobs; check stop strings; set the text when done."""
+    def _advance(self, seq: Sequence, entry: TokenLogprobs | None, partial: bool) -> None:
+        """Record a sampled token's logprobs; set the final text once done, else read the new
+        text when stop strings or ``partial`` outputs need it."""
+        params = seq.params
         if entry is not None and seq.logprobs is not None:
             seq.logprobs.append(self._logprob_dict(entry))
             seq.cumulative_logprob = (seq.cumulative_logprob or 0.0) + entry.logprob
-        if seq.params.stop_strings or seq.is_finished:
-            self._detokenize(seq)
+        if seq.is_finished:
+            self._final_text(seq)
+        elif params.stop_strings or (
+            partial and params.output_kind is not RequestOutputKind.FINAL_ONLY
+        ):
+            self._read_text(seq)
 
     def _add_prompt_logprobs(self, seq: Sequence, entries: list[TokenLogprobs]) -> None:
         if seq.prompt_logprobs is not None:
@@ -261,33 +270,58 @@ class LLMEngine:
             )
         return text
 
-    def _detokenize(self, seq: Sequence) -> None:
-        """Set ``seq.text`` (without a final EOS or stop token unless
-        ``include_stop_str_in_output``); at a stop string (from ``min_tokens`` outputs on), cut
-        the text there and finish the sequence with the string as its stop reason."""
+    def _read_text(self, seq: Sequence) -> None:
+        """Decode the new tokens of an unfinished sequence and search the new text for stop
+        strings; at one, cut the text there and finish the sequence with it as stop reason.
+        While it runs, ``seq.text`` leaves out the last characters a stop string could still
+        claim (unless ``include_stop_str_in_output``), so that no partial output shows them."""
+        params = seq.params
+        if seq.detokenizer is None:
+            seq.detokenizer = IncrementalDetokenizer(
+                self.tokenizer, params.skip_special_tokens, seq.num_prompt_tokens
+            )
+        seq.detokenizer.update(seq.token_ids)
+        text = seq.detokenizer.text
+        if self._cut_at_stop(seq, text):
+            return
+        held = 0
+        if params.stop_strings and not params.include_stop_str_in_output:
+            held = max(map(len, params.stop_strings)) - 1
+        seq.text = text[: len(text) - held]
+
+    def _final_text(self, seq: Sequence) -> None:
+        """Set a finished sequence's text: its whole output decoded (without a final EOS or stop
+        token unless ``include_stop_str_in_output``), cut at a stop string not yet searched."""
         params = seq.params
         tokens = seq.output_token_ids
         if seq.finish_reason == "stop" and not params.include_stop_str_in_output:
             tokens = tokens[:-1]
         text = self.tokenizer.decode(tokens, skip_special_tokens=params.skip_special_tokens)
+        if seq.finish_reason == "stop" or not self._cut_at_stop(seq, text):
+            seq.text = text
+
+    def _cut_at_stop(self, seq: Sequence, text: str) -> bool:
+        """From ``min_tokens`` outputs on, search ``text`` past what earlier calls searched for
+        the first stop string; at one, set ``seq.text`` to ``text`` cut there (after the string
+        with ``include_stop_str_in_output``) and finish the sequence with the string as stop
+        reason. Whether it found one."""
+        params = seq.params
         searched = seq.num_text_checked
         seq.num_text_checked = len(text)
-        if (
-            params.stop_strings
-            and seq.finish_reason in (None, "length")
-            and seq.num_output_tokens >= params.min_tokens
-        ):
-            start = max(0, searched - max(map(len, params.stop_strings)) + 1)
-            hits = [(text.find(s, start), s) for s in params.stop_strings]
-            found = min((hit for hit in hits if hit[0] >= 0), default=None)
-            if found is not None:
-                at, stop = found
-                text = text[: at + len(stop)] if params.include_stop_str_in_output else text[:at]
-                if seq.is_finished:
-                    seq.finish_reason, seq.stop_reason = "stop", stop
-                else:
-                    self.scheduler.finish(seq, "stop", stop)
-        seq.text = text
+        if not params.stop_strings or seq.num_output_tokens < params.min_tokens:
+            return False
+        start = max(0, searched - max(map(len, params.stop_strings)) + 1)
+        hits = [(text.find(s, start), s) for s in params.stop_strings]
+        found = min((hit for hit in hits if hit[0] >= 0), default=None)
+        if found is None:
+            return False
+        at, stop = found
+        seq.text = text[: at + len(stop)] if params.include_stop_str_in_output else text[:at]
+        if seq.is_finished:
+            seq.finish_reason, seq.stop_reason = "stop", stop
+        else:
+            self.scheduler.finish(seq, "stop", stop)
+        return True
 
     def _guard(self, request: Request, work: Any, *args: Any) -> None:
         """Run ``work(*args)``; if it raises, fail ``request`` alone."""

@@ -10,6 +10,7 @@ from enum import Enum, auto
 
 import torch
 
+from solidx.runtime.detokenizer import IncrementalDetokenizer
 from solidx.runtime.sampling_params import SamplingParams
 
 
@@ -62,7 +63,10 @@ class Sequence:
     already offered to the prefix cache; ``num_cached_tokens`` how many prompt tokens the prefix
     cache (or ``parent``) supplied at the latest admission. ``parent`` is sequence 0 of the same
     request, whose computed prompt blocks this one shares (None for sequence 0).
-    ``stop_ids`` are the tokens that end it (stop tokens, and EOS unless ``ignore_eos``)."""
+    ``stop_ids`` are the tokens that end it (stop tokens, and EOS unless ``ignore_eos``).
+    ``text`` is its output text: final once it finished, else what ``detokenizer`` (made by the
+    engine when text is needed before the end) has read, less what a stop string may still cut.
+    ``sent_tokens`` and ``sent_chars`` count the output that DELTA outputs have carried."""
 
     _ids = itertools.count()
 
@@ -94,7 +98,10 @@ class Sequence:
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None
         self.text = ""
+        self.detokenizer: IncrementalDetokenizer | None = None
         self.num_text_checked = 0  # characters of text already searched for stop strings
+        self.sent_tokens = 0
+        self.sent_chars = 0
         wants_logprobs = params.logprobs is not None
         self.logprobs: list[dict[int, Logprob]] | None = [] if wants_logprobs else None
         self.cumulative_logprob: float | None = 0.0 if wants_logprobs else None
