@@ -1,21 +1,18 @@
 """The async front in this process: requests through the engine thread, a failing step fails
-its requests and not the loop, a closed stream aborts and frees its KV blocks; incremental
-detokenization equals decoding the whole output."""
+its requests and not the loop, a closed stream aborts and frees its KV blocks, and a client
+gone before its first chunk leaves nothing behind in the front."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+import contextlib
+import json
 
 import pytest
 from solidx.runtime.config import Config
 from solidx.runtime.engine import LLMEngine
 from solidx.runtime.sampling_params import SamplingParams
 from solidx.runtime.serve.async_engine import AsyncLLMEngine, EngineStepError, QueueFullError
-from solidx.runtime.serve.detokenize import IncrementalDetokenizer
-from solidx.runtime.tokenizer import ByteTokenizer
-
-from tests.checkpoints import train_tokenizer
 
 GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
 
@@ -92,16 +89,48 @@ def test_closed_stream_aborts_and_frees_blocks_and_queue_limit(engine) -> None:
     assert _used_blocks(engine) == 0 and not engine.has_unfinished_requests()
 
 
-@pytest.mark.parametrize("kind", ["byte", "bpe"])
-def test_incremental_detokenization_equals_whole(kind, tmp_path: Path) -> None:
-    tokenizer = (ByteTokenizer(300, 1, 2) if kind == "byte" else train_tokenizer(tmp_path))
-    text = "Héllo wörld, the quick brown fox — 東京 jumps!"
-    ids = tokenizer.encode(text)
-    detok = IncrementalDetokenizer(tokenizer)
-    pieces = [detok.update(ids[: i + 1]) for i in range(len(ids))]
-    whole = tokenizer.decode(ids, skip_special_tokens=True)
-    assert "".join(pieces) + detok.finish(whole) == whole
-    assert "".join(pieces) == whole  # nothing was held back to the end
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_gone_before_the_first_chunk_aborts_and_forgets(engine, stream) -> None:
+    pytest.importorskip("fastapi")
+    from solidx.runtime.serve.api_server import ServerSettings, build_app
+    from solidx.runtime.serve.chat import ChatPrompter
+
+    front = AsyncLLMEngine(engine, "m", max_waiting_requests=4)
+    app = build_app(front, ServerSettings(["m"], None, 64, engine.vocab_size),
+                    ChatPrompter(engine.tokenizer, None))
+    body = json.dumps({"prompt": [1, 40, 41], "max_tokens": 60, "stream": stream,
+                       "ignore_eos": True}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
+             "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/completions", "raw_path": b"/v1/completions", "query_string": b"",
+             "root_path": "", "headers": [(b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+
+    async def main() -> None:
+        messages = [{"type": "http.request", "body": body, "more_body": False},
+                    {"type": "http.disconnect"}]
+
+        async def receive() -> dict:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:  # the client left: the first send fails
+            raise OSError("the client is gone")
+
+        front.start()
+        try:
+            with contextlib.suppress(Exception):
+                await app(scope, receive, send)
+            for _ in range(500):
+                if not engine.has_unfinished_requests() and front.num_waiting == 0:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            front.stop()
+
+    asyncio.run(main())
+    assert not front._streams and front.num_waiting == 0
+    assert front.metrics.finished == {"abort": 1}  # aborted, not run to its 60 tokens
+    assert _used_blocks(engine) == 0 and not engine.has_unfinished_requests()
 
 
 def test_engine_abort_request_frees_blocks_of_running_and_waiting(engine) -> None:
