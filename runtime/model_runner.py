@@ -10,7 +10,9 @@ capped at what ``max_num_seqs`` sequences of ``max_model_len`` tokens can use.
 On a GPU (unless ``enforce_eager``), decode steps replay CUDA graphs captured right after the
 cache is allocated (``runtime.cuda_graphs``). A step's host inputs go to the device in two
 transfers from pinned memory, and the only host synchronisation of a step is reading its
-sampled tokens.
+sampled tokens. ``on_queued``, when set, runs just before that synchronisation, once the step's
+device work is queued: host work placed there overlaps the device (the server's engine loop
+hands the previous step's outputs to its event loop there).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import array
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +88,7 @@ class ModelRunner:
         self.sampler = Sampler(torch.Generator(self.device).manual_seed(config.seed))
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.graphs: DecodeGraphs | None = None  # captured once the KV cache exists
+        self.on_queued: Callable[[], None] | None = None
         self.num_kv_blocks = self._num_kv_blocks()
         layer = self.attention_layers[0]
         self.kv_cache = torch.zeros(
@@ -118,6 +122,8 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[inputs.sample_indices])
         seqs = [item.seq for item in batch if item.samples]
         token_ids = self.sampler(logits, sampling_tensors(seqs, self.vocab_size, self.device))
+        if self.on_queued is not None:
+            self.on_queued()
         wanted = [num_logprobs(seq.params.logprobs, self.vocab_size) for seq in seqs]
         if all(k is None for k in wanted):
             return StepResult(token_ids.tolist(), [None] * len(seqs), prompt_logprobs)

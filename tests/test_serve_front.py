@@ -1,18 +1,22 @@
 """The async front in this process: requests through the engine thread, a failing step fails
 its requests and not the loop, a closed stream aborts and frees its KV blocks, and a client
-gone before its first chunk leaves nothing behind in the front."""
+gone before its first chunk leaves nothing behind in the front, and outputs handed over while
+the next batch runs arrive whole and in order."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import threading
+import traceback
 
 import pytest
 from solidx.runtime.config import Config
 from solidx.runtime.engine import LLMEngine
-from solidx.runtime.sampling_params import SamplingParams
+from solidx.runtime.sampling_params import RequestOutputKind, SamplingParams
 from solidx.runtime.serve.async_engine import AsyncLLMEngine, EngineStepError, QueueFullError
+from solidx.runtime.serve.engine_loop import Add, EngineLoop, Stop
 
 GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
 
@@ -131,6 +135,38 @@ def test_client_gone_before_the_first_chunk_aborts_and_forgets(engine, stream) -
     assert not front._streams and front.num_waiting == 0
     assert front.metrics.finished == {"abort": 1}  # aborted, not run to its 60 tokens
     assert _used_blocks(engine) == 0 and not engine.has_unfinished_requests()
+
+
+def test_overlapped_hand_over_keeps_every_output_in_order(engine) -> None:
+    got, inside_run = [], []
+    done = threading.Event()
+
+    def on_step(outputs, failed, stats) -> None:
+        assert not failed
+        got.extend(outputs)
+        inside_run.append(any(f.name == "run" and f.filename.endswith("model_runner.py")
+                              for f in traceback.extract_stack()))
+        if sum(out.finished for out in got) == 2:
+            done.set()
+
+    loop = EngineLoop(engine, on_step, overlap=True)  # as on a GPU
+    loop.start()
+    prompts = [[1, 40, 41], [1, 50]]
+    delta = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True,
+                           output_kind=RequestOutputKind.DELTA)
+    for request_id, prompt in zip("xy", prompts):
+        loop.submit(Add(request_id, prompt, delta))
+    assert done.wait(60)
+    loop.submit(Stop())
+    loop.join(30)
+    assert any(inside_run) and engine.model_runner.on_queued is None
+    greedy = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    expected = engine.generate(prompts, [greedy] * 2, use_tqdm=False)
+    for request_id, want in zip("xy", expected):
+        outs = [out for out in got if out.request_id == request_id]
+        assert [t for out in outs for t in out.outputs[0].token_ids] == want.outputs[0].token_ids
+        assert "".join(out.outputs[0].text for out in outs) == want.outputs[0].text
+        assert [out.finished for out in outs] == [False] * (len(outs) - 1) + [True]
 
 
 def test_engine_abort_request_frees_blocks_of_running_and_waiting(engine) -> None:

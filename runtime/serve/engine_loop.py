@@ -129,18 +129,27 @@ def _broadcast(commands: list[Command] | None) -> list[Command]:
 
 class EngineLoop(threading.Thread):
     """Rank 0's stepping thread. ``on_step(outputs, failed, stats)`` (``failed``: {request id:
-    error}) is called on this thread after a step with outputs or failures, after commands were
-    applied, and at least every ``STATS_S`` seconds while the engine runs."""
+    error}) is called on this thread with the results of a step that had outputs or failures,
+    applied commands, or came ``STATS_S`` seconds after the last report.
+
+    With ``overlap`` (the default on a GPU) a step's results are handed over once the next
+    step's batch is queued on the device, just before that step waits for it, and at once when
+    no step follows: the event loop's work on them then runs while the device computes instead
+    of against this thread's host work for the next batch (the two threads share the GIL, and
+    the stepping thread lets it go at every torch call)."""
 
     def __init__(
         self,
         engine: LLMEngine,
         on_step: Callable[[list[RequestOutput], dict[str, str], EngineStats], None],
+        overlap: bool | None = None,
     ) -> None:
         super().__init__(name="solidx-engine", daemon=True)
         self._applier = _Applier(engine)
         self._on_step = on_step
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._overlap = engine.config.torch_device.type == "cuda" if overlap is None else overlap
+        self._results: tuple[list[RequestOutput], dict[str, str], EngineStats] | None = None
 
     def submit(self, command: Command) -> None:
         """Queue a command (any thread)."""
@@ -150,23 +159,38 @@ class EngineLoop(threading.Thread):
         engine = self._applier.engine
         if engine.config.torch_device.type == "cuda":  # the current device is per thread
             torch.cuda.set_device(engine.config.torch_device)
+        if self._overlap:
+            engine.model_runner.on_queued = self._hand_over
         reported = time.monotonic()
-        with peers_needed():
-            while True:
-                commands = self._take(block=not engine.has_unfinished_requests())
-                if get_tp_size() > 1:
-                    commands = _broadcast(commands)
-                keep_going, failed = self._applier.apply(commands)
-                if not keep_going:
-                    return
-                outputs: list[RequestOutput] = []
-                if engine.has_unfinished_requests():
-                    outputs, step_failed = self._applier.step()
-                    failed.update(step_failed)
-                now = time.monotonic()
-                if outputs or failed or commands or now - reported > STATS_S:
-                    reported = now
-                    self._on_step(outputs, failed, engine_stats(engine, self._applier.num_added))
+        try:
+            with peers_needed():
+                while True:
+                    commands = self._take(block=not engine.has_unfinished_requests())
+                    if get_tp_size() > 1:
+                        commands = _broadcast(commands)
+                    keep_going, failed = self._applier.apply(commands)
+                    if not keep_going:
+                        return
+                    outputs: list[RequestOutput] = []
+                    if engine.has_unfinished_requests():
+                        outputs, step_failed = self._applier.step()
+                        failed.update(step_failed)
+                    self._hand_over()  # the previous step's results, if this step did not
+                    now = time.monotonic()
+                    if outputs or failed or commands or now - reported > STATS_S:
+                        reported = now
+                        stats = engine_stats(engine, self._applier.num_added)
+                        self._results = (outputs, failed, stats)
+                        if not (self._overlap and engine.has_unfinished_requests()):
+                            self._hand_over()
+        finally:
+            self._hand_over()
+            engine.model_runner.on_queued = None
+
+    def _hand_over(self) -> None:
+        results, self._results = self._results, None
+        if results is not None:
+            self._on_step(*results)
 
     def _take(self, block: bool) -> list[Command]:
         commands: list[Command] = []
