@@ -1,7 +1,7 @@
 """The async front in this process: requests through the engine thread, a failing step fails
 its requests and not the loop, a closed stream aborts and frees its KV blocks, and a client
 gone before its first chunk leaves nothing behind in the front, and outputs handed over while
-the next batch runs arrive whole and in order."""
+the next batch runs arrive whole and in order; the fast text chunk is the dict chunk's text."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from solidx.runtime.engine import LLMEngine
 from solidx.runtime.sampling_params import RequestOutputKind, SamplingParams
 from solidx.runtime.serve.async_engine import AsyncLLMEngine, EngineStepError, QueueFullError
 from solidx.runtime.serve.engine_loop import Add, EngineLoop, Stop
+from solidx.runtime.serve.responses import Formatter, sse
 
 GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
 
@@ -181,3 +182,11 @@ def test_engine_abort_request_frees_blocks_of_running_and_waiting(engine) -> Non
     assert _used_blocks(engine) == 0 and not engine.has_unfinished_requests()
     assert not engine.scheduler.waiting and engine.step() == []
     assert engine.get_num_unfinished_requests() == 0
+
+
+@pytest.mark.parametrize("kind", ["completion", "chat"])
+def test_text_chunks_are_the_dict_chunks(kind) -> None:
+    fmt = Formatter(kind, "cmpl-1", 'a "model"', None)
+    for text, reason in [("hello", None), ('q"b\\c\n東京\ufffd', "stop"), ("", "length")]:
+        whole = sse(fmt.chunk([fmt.choice(2, text, reason, None, True)]))
+        assert fmt.text_chunk(2, text, reason) == whole

@@ -273,7 +273,11 @@ async def _stream(fmt: Formatter, kids: list[Child], prompt_tokens: int,
                 logprobs = fmt.logprobs(comp.token_ids, comp.logprobs, child.top_logprobs)
             completion_tokens += len(comp.token_ids)
             reason = comp.finish_reason if out.finished else None
-            if comp.token_ids or comp.text or reason:
+            if not (comp.token_ids or comp.text or reason):
+                continue
+            if logprobs is None:
+                yield fmt.text_chunk(child.index, comp.text, reason)
+            else:
                 yield sse(fmt.chunk([fmt.choice(child.index, comp.text, reason, logprobs, True)]))
         if include_usage:
             yield sse(fmt.chunk([], usage(prompt_tokens, completion_tokens)))
