@@ -186,6 +186,9 @@ class Request:
 
     def metrics(self) -> RequestMetrics:
         """Arrival, the first sequence's first token, and the last sequence's end."""
+        if len(self.seqs) == 1:  # most requests, at every step: a copy
+            m = self.seqs[0].metrics
+            return RequestMetrics(m.arrival_time, m.first_token_time, m.finished_time)
         firsts = [s.metrics.first_token_time for s in self.seqs if s.metrics.first_token_time]
         ends = [s.metrics.finished_time for s in self.seqs]
         return RequestMetrics(
