@@ -163,7 +163,7 @@ class LLMEngine:
             show = use_tqdm and len(requests) > 1 and get_tp_rank() == 0
             with tqdm(total=len(requests), desc="generate", unit="req", disable=not show) as bar:
                 while self.has_unfinished_requests():
-                    bar.update(sum(request.finished for request in self._step(partial=False)))
+                    bar.update(sum(request.finished for request in self._step()))
         return [RequestOutput.from_request(request) for request in requests]
 
     # -- internals -----------------------------------------------------------------------
@@ -200,7 +200,7 @@ class LLMEngine:
             self.scheduler.add(seq)
         return request
 
-    def _step(self, partial: bool) -> list[Request]:
+    def _step(self, partial: bool = False) -> list[Request]:
         """One batch; the requests that progressed (refused ones first). ``partial``: keep the
         text of unfinished sequences up to date (for ``step``'s outputs) unless FINAL_ONLY."""
         progressed, self._refused = self._refused, []
