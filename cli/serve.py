@@ -21,7 +21,7 @@ from solidx.shape_capture.presets import PRESETS
 @click.option("--chat-template", default=None,
               help="Jinja chat template (a file, or the template) when the tokenizer has none.")
 @click.option("--max-waiting-requests", default=256, show_default=True,
-              type=click.IntRange(1), help="Requests waiting for a first token before 503s.")
+              type=click.IntRange(1), help="Requests waiting to be scheduled before 503s.")
 @click.option("--uvicorn-log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug", "trace"]))
 @engine_options

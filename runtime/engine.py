@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from solidx.runtime.block_manager import BlockManager
 from solidx.runtime.config import Config
+from solidx.runtime.detokenizer import IncrementalDetokenizer
 from solidx.runtime.distributed import (
     get_tp_rank,
     get_tp_size,
@@ -32,7 +33,7 @@ from solidx.runtime.distributed import (
 from solidx.runtime.layers.sampler import TokenLogprobs
 from solidx.runtime.model_runner import LaunchedStep, ModelRunner
 from solidx.runtime.outputs import RequestOutput
-from solidx.runtime.sampling_params import SamplingParams
+from solidx.runtime.sampling_params import RequestOutputKind, SamplingParams
 from solidx.runtime.scheduler import ScheduledSeq, Scheduler
 from solidx.runtime.sequence import Logprob, Request, Sequence
 from solidx.runtime.tokenizer import eos_token_ids, get_tokenizer
@@ -147,13 +148,14 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Run one batch; the state of every request that progressed (new tokens, or finished),
-        in order of arrival: partial text and token ids, ``finished`` once done."""
-        progressed = self._step()
-        for request in progressed:
-            for seq in request.seqs:
-                if not seq.is_finished:
-                    self._guard(request, self._detokenize, seq)
-        return [RequestOutput.from_request(request) for request in progressed]
+        in order of arrival, shaped by its ``output_kind``: partial text and token ids (all so
+        far, or only the new ones), ``finished`` once done; FINAL_ONLY requests only then."""
+        outputs = []
+        for request in self._step(partial=True):
+            kind = request.params.output_kind
+            if request.finished or kind is not RequestOutputKind.FINAL_ONLY:
+                outputs.append(RequestOutput.from_request(request, kind is RequestOutputKind.DELTA))
+        return outputs
 
     def check_params(self, params: SamplingParams) -> None:
         check_params(params, self.config)
@@ -213,15 +215,16 @@ class LLMEngine:
             self.scheduler.add(seq)
         return request
 
-    def _step(self) -> list[Request]:
-        """One batch; the requests that progressed (refused ones first). With asynchronous
-        scheduling the next batch is launched before the one in flight is finished (its
-        device work runs while the host finishes the other and schedules), so the requests
-        returned are those of the batch launched one call earlier."""
+    def _step(self, partial: bool = False) -> list[Request]:
+        """One batch; the requests that progressed (refused ones first). ``partial``: keep the
+        text of unfinished sequences up to date (for ``step``'s outputs) unless FINAL_ONLY.
+        With asynchronous scheduling the next batch is launched before the one in flight is
+        finished (its device work runs while the host finishes the other and schedules), so
+        the requests returned are those of the batch launched one call earlier."""
         progressed, self._refused = self._refused, []
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is not None and self._needs_host_tokens():
-            progressed += self._finish(in_flight)
+            progressed += self._finish(in_flight, partial)
             in_flight = None
         launched = None
         if self.scheduler.has_unfinished():
@@ -233,14 +236,14 @@ class LLMEngine:
                 self._fail(request, "the scheduler could not fit it in the KV cache")
                 return progressed + [request]
         if in_flight is not None:
-            progressed += self._finish(in_flight)
+            progressed += self._finish(in_flight, partial)
         if isinstance(launched, list):  # the launch failed: these requests failed
             return progressed + launched
         if launched is not None:
             if self.async_scheduling:
                 self._in_flight = launched
             else:
-                progressed += self._finish(launched)
+                progressed += self._finish(launched, partial)
         return progressed
 
     def _needs_host_tokens(self) -> bool:
@@ -260,7 +263,7 @@ class LLMEngine:
             return self._step_failed(exc, owner)
         return _Launched(batch, owner, self.scheduler.launched(batch), step)
 
-    def _finish(self, launched: _Launched) -> list[Request]:
+    def _finish(self, launched: _Launched, partial: bool) -> list[Request]:
         """Read a launched step's results and apply them; the requests that progressed."""
         batch, owner = launched.batch, launched.owner
         try:
@@ -275,7 +278,7 @@ class LLMEngine:
             self._guard(request, self._add_prompt_logprobs, request.seqs[0], entries)
         for seq, entry, alive in zip(sampled, result.logprobs, live):
             if alive and owner[seq.seq_id].error is None:
-                self._guard(owner[seq.seq_id], self._advance, seq, entry)
+                self._guard(owner[seq.seq_id], self._advance, seq, entry, partial)
         stepped = _unique(owner[seq.seq_id] for seq, alive in zip(sampled, live) if alive)
         for request in stepped:
             if request.finished:
@@ -293,13 +296,19 @@ class LLMEngine:
             self._fail(request, f"the engine step failed: {type(exc).__name__}: {exc}")
         return failed
 
-    def _advance(self, seq: Sequence, entry: TokenLogprobs | None) -> None:
-        """Record a sampled token's logprobs; check stop strings; set the text when done."""
+    def _advance(self, seq: Sequence, entry: TokenLogprobs | None, partial: bool) -> None:
+        """Record a sampled token's logprobs; set the final text once done, else read the new
+        text when stop strings or ``partial`` outputs need it."""
+        params = seq.params
         if entry is not None and seq.logprobs is not None:
             seq.logprobs.append(self._logprob_dict(entry))
             seq.cumulative_logprob = (seq.cumulative_logprob or 0.0) + entry.logprob
-        if seq.params.stop_strings or seq.is_finished:
-            self._detokenize(seq)
+        if seq.is_finished:
+            self._final_text(seq)
+        elif params.stop_strings or (
+            partial and params.output_kind is not RequestOutputKind.FINAL_ONLY
+        ):
+            self._read_text(seq)
 
     def _add_prompt_logprobs(self, seq: Sequence, entries: list[TokenLogprobs]) -> None:
         if seq.prompt_logprobs is not None:
@@ -321,33 +330,58 @@ class LLMEngine:
             )
         return text
 
-    def _detokenize(self, seq: Sequence) -> None:
-        """Set ``seq.text`` (without a final EOS or stop token unless
-        ``include_stop_str_in_output``); at a stop string (from ``min_tokens`` outputs on), cut
-        the text there and finish the sequence with the string as its stop reason."""
+    def _read_text(self, seq: Sequence) -> None:
+        """Decode the new tokens of an unfinished sequence and search the new text for stop
+        strings; at one, cut the text there and finish the sequence with it as stop reason.
+        While it runs, ``seq.text`` leaves out the last characters a stop string could still
+        claim (unless ``include_stop_str_in_output``), so that no partial output shows them."""
+        params = seq.params
+        if seq.detokenizer is None:
+            seq.detokenizer = IncrementalDetokenizer(
+                self.tokenizer, params.skip_special_tokens, seq.num_prompt_tokens
+            )
+        seq.detokenizer.update(seq.known_token_ids)
+        text = seq.detokenizer.text
+        if self._cut_at_stop(seq, text):
+            return
+        held = 0
+        if params.stop_strings and not params.include_stop_str_in_output:
+            held = max(map(len, params.stop_strings)) - 1
+        seq.text = text[: len(text) - held]
+
+    def _final_text(self, seq: Sequence) -> None:
+        """Set a finished sequence's text: its whole output decoded (without a final EOS or stop
+        token unless ``include_stop_str_in_output``), cut at a stop string not yet searched."""
         params = seq.params
         tokens = seq.output_token_ids
         if seq.finish_reason == "stop" and not params.include_stop_str_in_output:
             tokens = tokens[:-1]
         text = self.tokenizer.decode(tokens, skip_special_tokens=params.skip_special_tokens)
+        if seq.finish_reason == "stop" or not self._cut_at_stop(seq, text):
+            seq.text = text
+
+    def _cut_at_stop(self, seq: Sequence, text: str) -> bool:
+        """From ``min_tokens`` outputs on, search ``text`` past what earlier calls searched for
+        the first stop string; at one, set ``seq.text`` to ``text`` cut there (after the string
+        with ``include_stop_str_in_output``) and finish the sequence with the string as stop
+        reason. Whether it found one."""
+        params = seq.params
         searched = seq.num_text_checked
         seq.num_text_checked = len(text)
-        if (
-            params.stop_strings
-            and seq.finish_reason in (None, "length")
-            and len(tokens) >= params.min_tokens
-        ):
-            start = max(0, searched - max(map(len, params.stop_strings)) + 1)
-            hits = [(text.find(s, start), s) for s in params.stop_strings]
-            found = min((hit for hit in hits if hit[0] >= 0), default=None)
-            if found is not None:
-                at, stop = found
-                text = text[: at + len(stop)] if params.include_stop_str_in_output else text[:at]
-                if seq.is_finished:
-                    seq.finish_reason, seq.stop_reason = "stop", stop
-                else:
-                    self.scheduler.finish(seq, "stop", stop)
-        seq.text = text
+        if not params.stop_strings or len(seq.output_token_ids) < params.min_tokens:
+            return False
+        start = max(0, searched - max(map(len, params.stop_strings)) + 1)
+        hits = [(text.find(s, start), s) for s in params.stop_strings]
+        found = min((hit for hit in hits if hit[0] >= 0), default=None)
+        if found is None:
+            return False
+        at, stop = found
+        seq.text = text[: at + len(stop)] if params.include_stop_str_in_output else text[:at]
+        if seq.is_finished:
+            seq.finish_reason, seq.stop_reason = "stop", stop
+        else:
+            self.scheduler.finish(seq, "stop", stop)
+        return True
 
     def _guard(self, request: Request, work: Any, *args: Any) -> None:
         """Run ``work(*args)``; if it raises, fail ``request`` alone."""

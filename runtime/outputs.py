@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from solidx.runtime.sequence import Logprob, Request, RequestMetrics
+from solidx.runtime.sequence import Logprob, Request, RequestMetrics, Sequence
 
 __all__ = ["CompletionOutput", "Logprob", "RequestOutput"]
 
@@ -44,29 +44,56 @@ class RequestOutput:
     num_cached_tokens: int = 0
     error: str | None = None
 
+    def add(self, later: RequestOutput) -> None:
+        """Merge ``later``, the next DELTA output of the same request, into this one: texts,
+        tokens and logprobs joined, the rest (finish reasons, ``finished``, metrics) ``later``'s."""
+        for mine, new in zip(self.outputs, later.outputs):
+            mine.text += new.text
+            mine.token_ids = mine.token_ids + new.token_ids
+            if mine.logprobs is not None and new.logprobs is not None:
+                mine.logprobs = mine.logprobs + new.logprobs
+            mine.cumulative_logprob = new.cumulative_logprob
+            mine.finish_reason, mine.stop_reason = new.finish_reason, new.stop_reason
+        if self.prompt_logprobs is None:
+            self.prompt_logprobs = later.prompt_logprobs
+        self.finished, self.metrics, self.error = later.finished, later.metrics, later.error
+
     @classmethod
-    def from_request(cls, request: Request) -> RequestOutput:
-        completions = [
-            CompletionOutput(
-                seq.index,
-                seq.text,
-                seq.output_token_ids,
-                seq.cumulative_logprob,
-                None if seq.logprobs is None else list(seq.logprobs),
-                seq.finish_reason,
-                seq.stop_reason,
-            )
-            for seq in request.seqs
-        ]
+    def from_request(cls, request: Request, delta: bool = False) -> RequestOutput:
+        """``request``'s state; with ``delta`` only what no earlier delta output carried (the
+        new tokens, text and logprobs of each sequence; prompt logprobs in the first one), and
+        the sequences' ``sent_tokens`` and ``sent_chars`` advance."""
         first = request.seqs[0]
+        prompt_logprobs = first.prompt_logprobs
+        if delta and first.sent_tokens:
+            prompt_logprobs = None
+        completions = [_completion(seq, delta) for seq in request.seqs]
         return cls(
             request.request_id,
             request.prompt,
             request.prompt_token_ids,
-            None if first.prompt_logprobs is None else list(first.prompt_logprobs),
+            None if prompt_logprobs is None else list(prompt_logprobs),
             completions,
             request.finished,
             request.metrics(),
             first.num_cached_tokens,
             request.error,
         )
+
+
+def _completion(seq: Sequence, delta: bool) -> CompletionOutput:
+    tokens, chars = (seq.sent_tokens, seq.sent_chars) if delta else (0, 0)
+    logprobs = None if seq.logprobs is None else seq.logprobs[tokens:]
+    out = CompletionOutput(
+        seq.index,
+        seq.text[chars:],
+        seq.token_ids[seq.num_prompt_tokens + tokens : seq.num_known_tokens],
+        seq.cumulative_logprob,
+        logprobs,
+        seq.finish_reason,
+        seq.stop_reason,
+    )
+    if delta:
+        seq.sent_tokens += len(out.token_ids)
+        seq.sent_chars = len(seq.text)
+    return out

@@ -10,8 +10,19 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
+from enum import Enum
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+
+
+class RequestOutputKind(Enum):
+    """What ``LLMEngine.step`` returns for a request, as vLLM: everything so far (CUMULATIVE),
+    only what is new since its last output (DELTA), or one output once it finished
+    (FINAL_ONLY: no text is decoded before then unless stop strings need it)."""
+
+    CUMULATIVE = 0
+    DELTA = 1
+    FINAL_ONLY = 2
 
 
 def check_int(name: str, value: object, low: int | None = None, high: int | None = None) -> int:
@@ -47,7 +58,8 @@ class SamplingParams:
     at EOS (unless ``ignore_eos``), at any of ``stop_token_ids`` or at any ``stop`` string (left
     out of the text unless ``include_stop_str_in_output``). ``logprobs=k`` returns for each
     output token the ``k`` most likely tokens and the chosen one; ``prompt_logprobs=k`` the same
-    for each prompt token after the first.
+    for each prompt token after the first. ``output_kind`` shapes the outputs of
+    ``LLMEngine.step`` (``LLM.generate`` returns finished requests whatever it is).
     """
 
     n: int = 1
@@ -68,6 +80,7 @@ class SamplingParams:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     stop_strings: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -104,6 +117,10 @@ class SamplingParams:
         for name in ("include_stop_str_in_output", "ignore_eos", "skip_special_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.output_kind, RequestOutputKind):
+            raise ValueError(
+                f"output_kind must be a RequestOutputKind, got {self.output_kind!r}"
+            )
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         for i, s in enumerate(stop):
             if not isinstance(s, str) or not s:

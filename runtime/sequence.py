@@ -8,6 +8,9 @@ import time
 from dataclasses import dataclass
 from enum import Enum, auto
 
+import torch
+
+from solidx.runtime.detokenizer import IncrementalDetokenizer
 from solidx.runtime.sampling_params import SamplingParams
 
 
@@ -65,7 +68,10 @@ class Sequence:
     already offered to the prefix cache; ``num_cached_tokens`` how many prompt tokens the prefix
     cache (or ``parent``) supplied at the latest admission. ``parent`` is sequence 0 of the same
     request, whose computed prompt blocks this one shares (None for sequence 0).
-    ``stop_ids`` are the tokens that end it (stop tokens, and EOS unless ``ignore_eos``)."""
+    ``stop_ids`` are the tokens that end it (stop tokens, and EOS unless ``ignore_eos``).
+    ``text`` is its output text: final once it finished, else what ``detokenizer`` (made by the
+    engine when text is needed before the end) has read, less what a stop string may still cut.
+    ``sent_tokens`` and ``sent_chars`` count the output that DELTA outputs have carried."""
 
     _ids = itertools.count()
 
@@ -97,7 +103,10 @@ class Sequence:
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None
         self.text = ""
+        self.detokenizer: IncrementalDetokenizer | None = None
         self.num_text_checked = 0  # characters of text already searched for stop strings
+        self.sent_tokens = 0
+        self.sent_chars = 0
         wants_logprobs = params.logprobs is not None
         self.logprobs: list[dict[int, Logprob]] | None = [] if wants_logprobs else None
         self.cumulative_logprob: float | None = 0.0 if wants_logprobs else None
@@ -122,12 +131,21 @@ class Sequence:
         return self.token_ids[: self.num_prompt_tokens]
 
     @property
+    def num_known_tokens(self) -> int:
+        """Tokens known on the host: all but a pending last one."""
+        pending = bool(self.token_ids) and self.token_ids[-1] == PENDING_TOKEN
+        return len(self.token_ids) - pending
+
+    @property
+    def known_token_ids(self) -> list[int]:
+        """``token_ids`` without a pending last token (the list itself when there is none)."""
+        end = self.num_known_tokens
+        return self.token_ids if end == len(self.token_ids) else self.token_ids[:end]
+
+    @property
     def output_token_ids(self) -> list[int]:
         """The output tokens known on the host (a pending last token is left out)."""
-        end = len(self.token_ids)
-        if end > self.num_prompt_tokens and self.token_ids[-1] == PENDING_TOKEN:
-            end -= 1
-        return self.token_ids[self.num_prompt_tokens : end]
+        return self.known_token_ids[self.num_prompt_tokens :]
 
     @property
     def num_output_tokens(self) -> int:
@@ -200,6 +218,9 @@ class Request:
 
     def metrics(self) -> RequestMetrics:
         """Arrival, the first sequence's first token, and the last sequence's end."""
+        if len(self.seqs) == 1:  # most requests, at every step: a copy
+            m = self.seqs[0].metrics
+            return RequestMetrics(m.arrival_time, m.first_token_time, m.finished_time)
         firsts = [s.metrics.first_token_time for s in self.seqs if s.metrics.first_token_time]
         ends = [s.metrics.finished_time for s in self.seqs]
         return RequestMetrics(

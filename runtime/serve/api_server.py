@@ -3,8 +3,10 @@
 ``/v1/models``, ``/health`` and ``/metrics``.
 
 Each request's prompts are checked and turned into engine requests (``n`` per prompt, ids
-``<response id>-<prompt>-<i>``) before any reaches the engine. A client that disconnects has
-its requests aborted; a full waiting queue answers 503.
+``<response id>-<prompt>-<i>``) before any reaches the engine; a streamed response gets DELTA
+outputs, a whole one a single FINAL_ONLY output. However a response ends (done, the client
+disconnected, even before the first chunk) its engine requests' streams are closed, aborting the
+unfinished ones; a full waiting queue answers 503.
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from solidx.runtime.outputs import RequestOutput
-from solidx.runtime.serve.async_engine import AsyncLLMEngine, EngineStepError, QueueFullError
+from solidx.runtime.serve.async_engine import (
+    AsyncLLMEngine,
+    EngineStepError,
+    QueueFullError,
+    RequestStream,
+)
 from solidx.runtime.serve.chat import ChatPrompter
-from solidx.runtime.serve.detokenize import IncrementalDetokenizer
 from solidx.runtime.serve.protocol import (
     MAX_N,
     ApiError,
@@ -42,7 +48,7 @@ class Child:
     index: int
     prompt_len: int
     top_logprobs: int | None
-    stream: AsyncIterator[RequestOutput]
+    stream: RequestStream
 
 
 @dataclass
@@ -53,8 +59,33 @@ class ServerSettings:
     vocab_size: int
 
 
+class ClosingStreamingResponse(StreamingResponse):
+    """A streamed response that closes its children's streams however it ends: sent in full,
+    the client gone mid-stream, or gone before the first chunk (when the body never starts)."""
+
+    def __init__(self, content: AsyncIterator[str], kids: list[Child]) -> None:
+        super().__init__(content, media_type="text/event-stream")
+        self.kids = kids
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            _close(self.kids)
+
+
+def _close(kids: list[Child]) -> None:
+    for kid in kids:
+        kid.stream.close()
+
+
 async def _merge(children: list[Child]) -> AsyncIterator[tuple[Child, RequestOutput]]:
-    """Every child's outputs as they come; closing this closes (aborts) every child."""
+    """Every child's outputs as they come (the caller closes the children's streams)."""
+    if len(children) == 1:
+        child = children[0]
+        async for out in child.stream:
+            yield child, out
+        return
     queue: asyncio.Queue[tuple[Child, Any]] = asyncio.Queue()
 
     async def pump(child: Child) -> None:
@@ -63,8 +94,6 @@ async def _merge(children: list[Child]) -> AsyncIterator[tuple[Child, RequestOut
                 queue.put_nowait((child, out))
         except Exception as exc:
             queue.put_nowait((child, exc))
-        finally:
-            await child.stream.aclose()
 
     tasks = [asyncio.ensure_future(pump(child)) for child in children]
     try:
@@ -152,11 +181,15 @@ def build_app(front: AsyncLLMEngine, settings: ServerSettings, chat: ChatPrompte
             front.check_capacity(len(prompts) * req.n)
         except QueueFullError as exc:
             raise ApiError(503, str(exc), None, "queue_full") from None
-        out = []
-        for p, (ids, per_prompt) in enumerate(zip(prompts, params)):
-            for i, sp in enumerate(per_prompt):
-                stream = front.add_request(f"{request_id}-{p}-{i}", ids, sp)
-                out.append(Child(p * req.n + i, len(ids), logprobs, stream))
+        out: list[Child] = []
+        try:
+            for p, (ids, per_prompt) in enumerate(zip(prompts, params)):
+                for i, sp in enumerate(per_prompt):
+                    stream = front.add_request(f"{request_id}-{p}-{i}", ids, sp)
+                    out.append(Child(p * req.n + i, len(ids), logprobs, stream))
+        except BaseException:
+            _close(out)
+            raise
         return out
 
     async def respond(request: Request, fmt: Formatter, req: Any,
@@ -164,9 +197,12 @@ def build_app(front: AsyncLLMEngine, settings: ServerSettings, chat: ChatPrompte
         prompt_tokens = sum(k.prompt_len for k in kids if k.index % req.n == 0)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_stream(fmt, kids, prompt_tokens, include_usage),
-                                     media_type="text/event-stream")
-        return await _until_disconnect(request, _whole(fmt, kids, prompt_tokens))
+            return ClosingStreamingResponse(_stream(fmt, kids, prompt_tokens, include_usage),
+                                            kids)
+        try:
+            return await _until_disconnect(request, _whole(fmt, kids, prompt_tokens))
+        finally:
+            _close(kids)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -225,27 +261,24 @@ def build_app(front: AsyncLLMEngine, settings: ServerSettings, chat: ChatPrompte
 
 async def _stream(fmt: Formatter, kids: list[Child], prompt_tokens: int,
                   include_usage: bool) -> AsyncIterator[str]:
-    texts = {k.index: IncrementalDetokenizer(fmt.tokenizer) for k in kids}
-    sent = {k.index: 0 for k in kids}
+    """The chunks of a streamed response: each child's DELTA outputs as they come."""
     completion_tokens = 0
     try:
         if fmt.kind == "chat":
             yield sse(fmt.chunk([fmt.choice(k.index, "", None, None, True, True) for k in kids]))
         async for child, out in _merge(kids):
             comp = out.outputs[0]
-            detok = texts[child.index]
-            delta = detok.finish(comp.text) if out.finished else detok.update(comp.token_ids)
-            new = comp.token_ids[sent[child.index]:]
             logprobs = None
             if child.top_logprobs is not None and comp.logprobs is not None:
-                logprobs = fmt.logprobs(new, comp.logprobs[sent[child.index]:],
-                                        child.top_logprobs)
-            sent[child.index] = len(comp.token_ids)
+                logprobs = fmt.logprobs(comp.token_ids, comp.logprobs, child.top_logprobs)
+            completion_tokens += len(comp.token_ids)
             reason = comp.finish_reason if out.finished else None
-            if out.finished:
-                completion_tokens += len(comp.token_ids)
-            if new or delta or reason:
-                yield sse(fmt.chunk([fmt.choice(child.index, delta, reason, logprobs, True)]))
+            if not (comp.token_ids or comp.text or reason):
+                continue
+            if logprobs is None:
+                yield fmt.text_chunk(child.index, comp.text, reason)
+            else:
+                yield sse(fmt.chunk([fmt.choice(child.index, comp.text, reason, logprobs, True)]))
         if include_usage:
             yield sse(fmt.chunk([], usage(prompt_tokens, completion_tokens)))
     except EngineStepError as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Union
@@ -29,6 +30,7 @@ from solidx.runtime.sampling_params import SamplingParams
 logger = logging.getLogger(__name__)
 
 IDLE_S = 0.5
+STATS_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -53,21 +55,23 @@ Command = Union[Add, Abort, Stop]
 
 @dataclass(frozen=True)
 class EngineStats:
-    """A snapshot taken after each step."""
+    """A snapshot taken after each step: sequences running and waiting in the scheduler, and
+    ``num_added``, the ``Add`` commands applied so far."""
 
     running: int
     waiting: int
     kv_cache_usage: float  # share of the KV blocks in use, 0..1
     num_preemptions: int
+    num_added: int
 
 
-def engine_stats(engine: LLMEngine) -> EngineStats:
+def engine_stats(engine: LLMEngine, num_added: int) -> EngineStats:
     scheduler = engine.scheduler
     blocks = scheduler.block_manager
     used = blocks.num_blocks - blocks.num_free_blocks
     return EngineStats(
         len(scheduler.running), len(scheduler.waiting), used / max(blocks.num_blocks, 1),
-        scheduler.num_preemptions,
+        scheduler.num_preemptions, num_added,
     )
 
 
@@ -77,6 +81,7 @@ class _Applier:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
         self.live: set[str] = set()
+        self.num_added = 0
 
     def apply(self, commands: list[Command]) -> tuple[bool, dict[str, str]]:
         """Apply ``commands``: (False once a ``Stop`` is among them, {request id: error} of the
@@ -86,6 +91,7 @@ class _Applier:
             if isinstance(command, Stop):
                 return False, failed
             if isinstance(command, Add):
+                self.num_added += 1
                 try:
                     self.engine.add_request(command.request_id, command.prompt_token_ids,
                                             command.params)
@@ -123,7 +129,13 @@ def _broadcast(commands: list[Command] | None) -> list[Command]:
 
 class EngineLoop(threading.Thread):
     """Rank 0's stepping thread. ``on_step(outputs, failed, stats)`` (``failed``: {request id:
-    error}) is called on this thread after every step and after commands were applied."""
+    error}) is called on this thread with the results of a step that had outputs or failures,
+    applied commands, or came ``STATS_S`` seconds after the last report.
+
+    With asynchronous scheduling (the engine's default on a GPU) ``step`` returns once the next
+    batch is queued on the device, so the event loop's work on a step's results runs while the
+    device computes, not against this thread's host work for the next batch (the two threads
+    share the GIL, and the stepping thread lets it go at every torch call)."""
 
     def __init__(
         self,
@@ -143,6 +155,7 @@ class EngineLoop(threading.Thread):
         engine = self._applier.engine
         if engine.config.torch_device.type == "cuda":  # the current device is per thread
             torch.cuda.set_device(engine.config.torch_device)
+        reported = time.monotonic()
         with peers_needed():
             while True:
                 commands = self._take(block=not engine.has_unfinished_requests())
@@ -155,8 +168,10 @@ class EngineLoop(threading.Thread):
                 if engine.has_unfinished_requests():
                     outputs, step_failed = self._applier.step()
                     failed.update(step_failed)
-                if outputs or failed or commands:
-                    self._on_step(outputs, failed, engine_stats(engine))
+                now = time.monotonic()
+                if outputs or failed or commands or now - reported > STATS_S:
+                    reported = now
+                    self._on_step(outputs, failed, engine_stats(engine, self._applier.num_added))
 
     def _take(self, block: bool) -> list[Command]:
         commands: list[Command] = []

@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
-from solidx.runtime.sampling_params import SamplingParams
+from solidx.runtime.sampling_params import RequestOutputKind, SamplingParams
 
 MAX_N = 128
 MAX_LOGPROBS = 20
@@ -94,8 +94,8 @@ def sampling_params(
     request: _Sampling, prompt_len: int, max_model_len: int, max_tokens: int | None,
     logprobs: int | None, seed: int | None,
 ) -> SamplingParams:
-    """The request's SamplingParams for a prompt of ``prompt_len`` tokens; ApiError(400) names
-    the field that is out of range."""
+    """The request's SamplingParams for a prompt of ``prompt_len`` tokens (DELTA outputs when it
+    streams, else FINAL_ONLY); ApiError(400) names the field that is out of range."""
     room = max_model_len - prompt_len
     if max_tokens is not None and max_tokens < 1:
         raise ApiError(400, f"max_tokens must be at least 1, got {max_tokens}", "max_tokens")
@@ -127,6 +127,7 @@ def sampling_params(
         max_tokens=room if max_tokens is None else max_tokens, stop=stop,
         stop_token_ids=request.stop_token_ids, ignore_eos=request.ignore_eos, seed=seed,
         logprobs=logprobs,
+        output_kind=RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY,
     )
 
 

@@ -27,6 +27,7 @@ class Formatter:
     def __init__(self, kind: str, request_id: str, model: str, tokenizer: Tokenizer) -> None:
         self.kind, self.id, self.model, self.tokenizer = kind, request_id, model, tokenizer
         self.created = int(time.time())
+        self._sse_head = sse(self.chunk([]))[: -len("]}\n\n")]  # ... "choices": [
 
     def _head(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
@@ -44,6 +45,19 @@ class Formatter:
             return {"index": index, "delta": body, "logprobs": logprobs, "finish_reason": reason}
         body["role"] = "assistant"
         return {"index": index, "message": body, "logprobs": logprobs, "finish_reason": reason}
+
+    def text_chunk(self, index: int, text: str, reason: str | None) -> str:
+        """The event of a streamed chunk of one choice without logprobs, the same text as
+        ``sse(self.chunk([self.choice(index, text, reason, None, True)]))`` at a fraction of
+        its cost (most chunks of a stream are these)."""
+        finish = "null" if reason is None else json.dumps(reason)
+        if self.kind == "completion":
+            body = (f'"text": {json.dumps(text)}, "logprobs": null, "finish_reason": {finish}, '
+                    '"stop_reason": null')
+        else:
+            body = f'"delta": {{"content": {json.dumps(text)}}}, "logprobs": null, ' \
+                   f'"finish_reason": {finish}'
+        return f'{self._sse_head}{{"index": {index}, {body}}}]}}\n\n'
 
     def chunk(self, choices: list[dict[str, Any]], usage_body: Any = None) -> dict[str, Any]:
         obj = "text_completion" if self.kind == "completion" else "chat.completion.chunk"
