@@ -8,8 +8,6 @@ import time
 from dataclasses import dataclass
 from enum import Enum, auto
 
-import torch
-
 from solidx.runtime.detokenizer import IncrementalDetokenizer
 from solidx.runtime.sampling_params import SamplingParams
 
