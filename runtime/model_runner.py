@@ -69,6 +69,8 @@ class ModelInputs:
     positions: torch.Tensor
     context: ForwardContext
     sample_indices: torch.Tensor
+    pending: list[tuple[int, int]]
+    """(row, sequence id) of each input token still pending (written as 0 until fed)."""
 
 
 @dataclass
@@ -163,8 +165,10 @@ class ModelRunner:
         last token is still ``PENDING_TOKEN`` (sampled by ``previous``, not yet read on the
         host) gets it on the device from ``previous``'s token ids."""
         inputs = self.prepare(batch)
-        if previous is not None:
-            self._feed_pending(batch, inputs, previous)
+        if inputs.pending:
+            if previous is None:
+                raise RuntimeError("a pending token without the step that sampled it")
+            self._feed_pending(inputs, previous)
         seqs = [item.seq for item in batch if item.samples]
         wanted = [num_logprobs(seq.params.logprobs, self.vocab_size) for seq in seqs]
         hidden = None
@@ -183,22 +187,14 @@ class ModelRunner:
         rows = {seq.seq_id: i for i, seq in enumerate(seqs)}
         return LaunchedStep(token_ids, rows, wanted, top, prompt_logprobs)
 
-    def _feed_pending(self, batch: list[ScheduledSeq], inputs: ModelInputs,
-                      previous: LaunchedStep) -> None:
-        """Write the pending input tokens of ``batch`` from ``previous``'s sampled ids (on the
-        device, in stream order: before anything that replays over them)."""
-        dst: list[int] = []
-        src: list[int] = []
-        row = 0
-        for item in batch:
-            row += item.num_tokens
-            if item.seq.token_ids[item.start + item.num_tokens - 1] == PENDING_TOKEN:
-                dst.append(row - 1)
-                src.append(previous.rows[item.seq.seq_id])
-        if dst:
-            index = self._tensor(dst + src, torch.int64)
-            inputs.input_ids.index_copy_(0, index[: len(dst)],
-                                         previous.token_ids[index[len(dst):]])
+    def _feed_pending(self, inputs: ModelInputs, previous: LaunchedStep) -> None:
+        """Write the step's pending input tokens (``inputs.pending``) from ``previous``'s
+        sampled ids, on the device and in stream order: before anything that replays over
+        them."""
+        dst = [row for row, _ in inputs.pending]
+        src = [previous.rows[seq_id] for _, seq_id in inputs.pending]
+        index = self._tensor(dst + src, torch.int64)
+        inputs.input_ids.index_copy_(0, index[: len(dst)], previous.token_ids[index[len(dst):]])
 
     def _sample_replayed(
         self, batch: list[ScheduledSeq], seqs: list[Sequence], inputs: ModelInputs
@@ -261,10 +257,14 @@ class ModelRunner:
         positions: list[int] = []
         slots: list[int] = []
         cu_q, cu_k, context_lens, sample_indices = [0], [0], [], []
+        pending: list[tuple[int, int]] = []
         reads_cache = False
         for item in batch:
             seq, start, end = item.seq, item.start, item.start + item.num_tokens
             input_ids.extend(seq.token_ids[start:end])
+            if input_ids[-1] == PENDING_TOKEN:  # only a last token can be pending
+                input_ids[-1] = 0
+                pending.append((len(input_ids) - 1, seq.seq_id))
             positions.extend(range(start, end))
             for b in range(start // bs, (end - 1) // bs + 1):
                 base = seq.block_table[b] * bs - b * bs
@@ -317,7 +317,7 @@ class ModelRunner:
             block_tables=table.view(rows, width) if width else None,
             decode_only=decode_only,
         )
-        return ModelInputs(ids, pos, context, sample)
+        return ModelInputs(ids, pos, context, sample, pending)
 
     def _tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
         if self.device.type == "cpu":
@@ -456,6 +456,7 @@ class ModelRunner:
             positions,
             context,
             torch.arange(tokens - rows, tokens, device=self.device),
+            [],
         )
         hidden = self.forward(inputs)
         logits = self.model.compute_logits(hidden[inputs.sample_indices])

@@ -117,8 +117,10 @@ def _prompts(count: int, length: int = 5, offset: int = 0) -> list[dict]:
 
 
 def _decode_batch(llm: LLM, count: int):
-    """The scheduled decode batch of ``count`` sequences after their prefill step."""
+    """The scheduled decode batch of ``count`` sequences after their prefill step (scheduled
+    synchronously: the prefill's tokens are read back before the decode batch is built)."""
     engine = llm.llm_engine
+    engine.async_scheduling = False
     for i, prompt in enumerate(_prompts(count)):
         engine.add_request(f"decode-{i}", prompt, GREEDY)
     engine.step()
