@@ -86,29 +86,36 @@ class StepResult:
 
 class LaunchedStep:
     """A step whose device work is queued: its sampled token ids (``rows``: sequence id -> row)
-    stay on the device, and a copy to the host is under way; ``collect`` waits for it."""
+    stay on the device, and a copy to the host is under way; ``collect`` waits for it.
+    ``order``: the batch order of the rows, when it differs (a split step)."""
 
-    def __init__(self, token_ids: torch.Tensor, rows: dict[int, int],
+    def __init__(self, token_ids: torch.Tensor, seqs: list[Sequence],
                  wanted: list[int | None], top: TopLogprobs | None,
-                 prompt_logprobs: dict[int, list[TokenLogprobs]]) -> None:
+                 prompt_logprobs: dict[int, list[TokenLogprobs]],
+                 order: list[int] | None = None) -> None:
         self.token_ids = token_ids
-        self.rows = rows
+        self.rows = {seq.seq_id: i for i, seq in enumerate(seqs)}
         self.wanted = wanted
         self.top = top
         self.prompt_logprobs = prompt_logprobs
-        self._host = token_ids
+        self.order = order
+        # a copy now: a graph's output buffer is overwritten by the next replay
         self._done: torch.cuda.Event | None = None
         if token_ids.is_cuda:
             self._host = torch.empty(token_ids.shape, dtype=token_ids.dtype, pin_memory=True)
             self._host.copy_(token_ids, non_blocking=True)
             self._done = torch.cuda.Event()
             self._done.record()
+        else:
+            self._host = token_ids.clone()
 
     def collect(self) -> StepResult:
         """Wait for the step and return its results (the only host synchronisation)."""
         if self._done is not None:
             self._done.synchronize()
         token_ids = self._host.tolist()
+        if self.order is not None:
+            token_ids = [token_ids[i] for i in self.order]
         if self.top is None:
             return StepResult(token_ids, [None] * len(token_ids), self.prompt_logprobs)
         entries = host_logprobs(self._host, self.top)
@@ -163,7 +170,38 @@ class ModelRunner:
                ) -> LaunchedStep:
         """Queue the batch's device work and return without waiting for it. A sequence whose
         last token is still ``PENDING_TOKEN`` (sampled by ``previous``, not yet read on the
-        host) gets it on the device from ``previous``'s token ids."""
+        host) gets it on the device from ``previous``'s token ids. A batch that mixes prompt
+        chunks with decode rows that fill a CUDA-graph bucket runs as two forwards, the chunks
+        eagerly and the decode rows by replay: one more read of the weights instead of a whole
+        eager step (not when a request asks for logprobs)."""
+        parts = self._split(batch)
+        if parts is None:
+            return LaunchedStep(*self._run(batch, previous))
+        runs = [self._run(part, previous) for part in parts]
+        seqs = [seq for run in runs for seq in run[1]]
+        place = {seq.seq_id: i for i, seq in enumerate(seqs)}
+        order = [place[item.seq.seq_id] for item in batch if item.samples]
+        prompt_logprobs = {**runs[0][4], **runs[1][4]}
+        return LaunchedStep(torch.cat([runs[0][0], runs[1][0]]), seqs, [None] * len(seqs), None,
+                            prompt_logprobs, order)
+
+    def _split(self, batch: list[ScheduledSeq]) -> list[list[ScheduledSeq]] | None:
+        """The batch as (prompt chunks, decode rows) when it mixes them and the decode rows fit
+        a captured bucket; else None."""
+        if self.graphs is None:
+            return None
+        decode = [item for item in batch if item.num_tokens == 1]
+        if not decode or len(decode) == len(batch) or self.graphs.bucket(len(decode)) is None:
+            return None
+        if any(item.samples and item.seq.params.logprobs is not None for item in batch):
+            return None
+        return [[item for item in batch if item.num_tokens != 1], decode]
+
+    def _run(self, batch: list[ScheduledSeq], previous: LaunchedStep | None) -> tuple[
+            torch.Tensor, list[Sequence], list[int | None], TopLogprobs | None,
+            dict[int, list[TokenLogprobs]]]:
+        """Queue one forward and its sampling: the sampled ids (device), the sequences that
+        sample, their logprob counts, the logprobs asked for, the prompt logprobs."""
         inputs = self.prepare(batch)
         if inputs.pending:
             if previous is None:
@@ -184,8 +222,7 @@ class ModelRunner:
         top = None
         if any(k is not None for k in wanted):
             top = compute_logprobs(logits, token_ids, max(k or 0 for k in wanted))
-        rows = {seq.seq_id: i for i, seq in enumerate(seqs)}
-        return LaunchedStep(token_ids, rows, wanted, top, prompt_logprobs)
+        return token_ids, seqs, wanted, top, prompt_logprobs
 
     def _feed_pending(self, inputs: ModelInputs, previous: LaunchedStep) -> None:
         """Write the step's pending input tokens (``inputs.pending``) from ``previous``'s

@@ -271,7 +271,8 @@ SETTINGS = {  # name: (params, the sampler graphs that run the decode steps: non
     "top_p": (SamplingParams(top_p=0.7, seed=3), {TOP_MODE: DECODE_STEPS}),
     "min_p": (SamplingParams(min_p=0.3, seed=4), {RANDOM_MODE: DECODE_STEPS}),
     "unseeded": (SamplingParams(temperature=1.2), {RANDOM_MODE: DECODE_STEPS}),
-    "n": (SamplingParams(n=2, temperature=1.5, seed=5), {RANDOM_MODE: DECODE_STEPS}),
+    # the requests are admitted a step apart: 3 steps mix prompts with decode rows, which replay
+    "n": (SamplingParams(n=2, temperature=1.5, seed=5), {RANDOM_MODE: DECODE_STEPS + 3}),
     "logprobs": (SamplingParams(seed=6, logprobs=3, top_k=50), {TOP_MODE: DECODE_STEPS}),
     "penalties": (SamplingParams(seed=7, presence_penalty=1.5, repetition_penalty=1.3), {}),
     # masked while fewer than 4 tokens are out: eager for 3 decode steps, then the graphs
@@ -428,3 +429,25 @@ def test_graphs_give_the_eager_sampled_tokens(gpu_model):
             ours = _samples(graphs.generate(prompts, params_n, use_tqdm=False))
             theirs = _samples(eager.generate(prompts, params_n, use_tqdm=False))
             assert ours == theirs, params_n
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_mixed_steps_replay_their_decode_rows(rerun_llm, monkeypatch, async_scheduling):
+    """A small token budget chunks the long prompts beside the short ones' decoding: those
+    steps run the chunks eagerly and the decode rows by replay, with the tokens of an eager
+    run."""
+    engine = rerun_llm.llm_engine
+    monkeypatch.setattr(engine.scheduler, "max_num_batched_tokens", 16)
+    monkeypatch.setattr(engine, "async_scheduling", async_scheduling)
+    runner = engine.model_runner
+    splits = []
+    real_split = runner._split
+    monkeypatch.setattr(runner, "_split", lambda batch: splits.append(real_split(batch))
+                        or splits[-1])
+    prompts = [{"prompt_token_ids": [3 + (7 * j) % 400 for j in range(n)]} for n in (3, 40, 5, 50)]
+    params = SamplingParams(temperature=0.8, seed=1, max_tokens=8, ignore_eos=True)
+    eager, _ = _run(rerun_llm, prompts, params, None)
+    splits.clear()
+    graphed, _ = _run(rerun_llm, prompts, params, rerun_llm.graphs)
+    assert _samples(graphed) == _samples(eager)
+    assert sum(parts is not None for parts in splits) >= 3
