@@ -33,12 +33,6 @@ def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
             )(command)
             continue
         base = next(t for t in typing.get_args(kind) or (kind,) if t is not type(None))
-        if base is bool:  # bool | None: on, off, or (unset) the engine's default
-            off = "--no-" + field.name.replace("_", "-")
-            command = click.option(
-                f"{flag}/{off}", field.name, default=None, help=help_text
-            )(command)
-            continue
         choices = field.metadata.get("choices")
         command = click.option(
             flag,

@@ -80,10 +80,8 @@ class Config:
     )
     num_gpu_blocks_override: int | None = _opt(None, "Exact number of KV cache blocks (testing).")
     enforce_eager: bool = _opt(False, "Never use CUDA graphs.")
-    async_scheduling: bool | None = _opt(
-        None,
-        "Schedule and prepare the next step while the device runs this one (default: on with a"
-        " GPU at tensor_parallel_size 1).",
+    async_scheduling: bool = _opt(
+        False, "Schedule and prepare the next step while the device runs this one."
     )
     load_format: str = _opt(
         "auto", "auto (the folder's safetensors) or dummy (seeded random weights).", LOAD_FORMATS
@@ -125,13 +123,6 @@ class Config:
     @property
     def is_preset(self) -> bool:
         return self.model in PRESETS
-
-    @property
-    def async_scheduling_enabled(self) -> bool:
-        """``async_scheduling``, or its default: on with a GPU at tensor parallel size 1."""
-        if self.async_scheduling is not None:
-            return self.async_scheduling
-        return self.torch_device.type == "cuda" and self.tensor_parallel_size == 1
 
     @property
     def kv_cache_torch_dtype(self) -> torch.dtype:

@@ -115,7 +115,7 @@ class LLMEngine:
         self._refused: list[Request] = []
         self._ids = itertools.count()
         self._token_texts: dict[int, str] = {}
-        self.async_scheduling = config.async_scheduling_enabled
+        self.async_scheduling = config.async_scheduling
         self._in_flight: _Launched | None = None  # the step launched, not yet finished
 
     # -- vLLM's engine API ---------------------------------------------------------------

@@ -110,7 +110,7 @@ def test_step_and_abort_with_a_step_in_flight(checkpoint):
     assert bm.num_free_blocks == bm.num_blocks
 
 
-def test_default_is_synchronous_on_cpu(checkpoint):
+def test_default_is_synchronous(checkpoint):
     llm = LLM(str(checkpoint), dtype="float32", max_model_len=64, kv_cache_memory_bytes=1 << 24)
     assert llm.llm_engine.async_scheduling is False
 
@@ -120,8 +120,7 @@ def test_default_is_synchronous_on_cpu(checkpoint):
 def test_async_equals_sync_on_the_gpu_with_graphs(checkpoint):
     options = {"dtype": "bfloat16", "max_model_len": 128, "kv_cache_memory_bytes": 1 << 26}
     sync = LLM(str(checkpoint), async_scheduling=False, **options)
-    asynchronous = LLM(str(checkpoint), **options)
-    assert asynchronous.llm_engine.async_scheduling is True
+    asynchronous = LLM(str(checkpoint), async_scheduling=True, **options)
     for params in PARAMS.values():
         params = params * len(PROMPTS) if len(params) == 1 else (params * 5)[: len(PROMPTS)]
         expected = [[c.token_ids for c in o.outputs]

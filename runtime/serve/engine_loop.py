@@ -132,7 +132,7 @@ class EngineLoop(threading.Thread):
     error}) is called on this thread with the results of a step that had outputs or failures,
     applied commands, or came ``STATS_S`` seconds after the last report.
 
-    With asynchronous scheduling (the engine's default on a GPU) ``step`` returns once the next
+    With asynchronous scheduling (``--async-scheduling``) ``step`` returns once the next
     batch is queued on the device, so the event loop's work on a step's results runs while the
     device computes, not against this thread's host work for the next batch (the two threads
     share the GIL, and the stepping thread lets it go at every torch call)."""
