@@ -70,7 +70,10 @@ def materialize(model: nn.Module, device: torch.device) -> None:
             if param is None:
                 continue
             if id(param) not in new:
-                fresh = nn.Parameter(torch.empty_like(param, device=device), requires_grad=False)
+                # empty, not empty_like: empty_like on a meta tensor imports torch's symbolic
+                # shapes (about 1 s of start-up)
+                storage = torch.empty(param.shape, dtype=param.dtype, device=device)
+                fresh = nn.Parameter(storage, requires_grad=False)
                 fresh.__dict__.update(param.__dict__)
                 new[id(param)] = fresh
             module._parameters[name] = new[id(param)]
