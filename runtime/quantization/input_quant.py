@@ -94,6 +94,21 @@ def quantize_values(x, scale, FP8_MAX: tl.constexpr):
 
 
 @triton.jit
+def quantize_rows_with_max(OUT, Q, SCALE, amax, n_rows, n_cols, cols, ok,
+                           FP8_MAX: tl.constexpr, MIN_SCALE: tl.constexpr):
+    """The second half of a one-program producer that stored ``n_rows`` contiguous rows in
+    ``OUT`` keeping their per-column max magnitude ``amax``: store the dynamic scale at
+    ``SCALE``, then quantize ``OUT`` into ``Q``."""
+    scale = dynamic_scale(tl.max(amax, axis=0), FP8_MAX, MIN_SCALE)
+    tl.store(SCALE, scale)
+    tl.debug_barrier()  # every row stored before any is read back
+    for row in range(n_rows):
+        out = tl.load(OUT + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32)
+        q = quantize_values(out, scale, FP8_MAX)
+        tl.store(Q + row * n_cols + cols, q.to(Q.dtype.element_ty), mask=ok)
+
+
+@triton.jit
 def _quantize_one_program(x_ptr, q_ptr, scale_ptr, numel, FP8_MAX: tl.constexpr,
                           MIN_SCALE: tl.constexpr, BLOCK: tl.constexpr):
     """Dynamic scale for a small input (``numel <= BLOCK``): one program loads ``x`` once,

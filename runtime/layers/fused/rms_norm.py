@@ -24,8 +24,8 @@ from solidx.runtime.quantization.input_quant import (
     PARTIALS_MAX,
     InputQuant,
     QuantizedInput,
-    dynamic_scale,
     quantize_values,
+    quantize_rows_with_max,
     quantize_with_partials,
 )
 
@@ -89,13 +89,7 @@ def _rms_norm_quant_one_program(X, RESIDUAL, WEIGHT, OUT, RESIDUAL_OUT, Q, SCALE
                         BLOCK, HAS_RESIDUAL, OUT.dtype.element_ty)
         tl.store(OUT + row * n_cols + cols, out.to(OUT.dtype.element_ty), mask=ok)
         amax = tl.maximum(amax, tl.abs(out))
-    scale = dynamic_scale(tl.max(amax, axis=0), FP8_MAX, MIN_SCALE)
-    tl.store(SCALE, scale)
-    tl.debug_barrier()  # every row stored before any is read back
-    for row in range(n_rows):
-        out = tl.load(OUT + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32)
-        q = quantize_values(out, scale, FP8_MAX)
-        tl.store(Q + row * n_cols + cols, q.to(Q.dtype.element_ty), mask=ok)
+    quantize_rows_with_max(OUT, Q, SCALE, amax, n_rows, n_cols, cols, ok, FP8_MAX, MIN_SCALE)
 
 
 def rms_norm(

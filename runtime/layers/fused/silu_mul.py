@@ -20,8 +20,8 @@ from solidx.runtime.quantization.input_quant import (
     PARTIALS_MAX,
     InputQuant,
     QuantizedInput,
-    dynamic_scale,
     quantize_values,
+    quantize_rows_with_max,
     quantize_with_partials,
 )
 
@@ -71,13 +71,7 @@ def _silu_mul_quant_one_program(X, OUT, Q, SCALE, n_rows, stride_x, d, BLOCK: tl
         out = _silu_mul_block(X, row, cols, ok, stride_x, d)
         tl.store(OUT + row * d + cols, out.to(OUT.dtype.element_ty), mask=ok)
         amax = tl.maximum(amax, tl.abs(out))
-    scale = dynamic_scale(tl.max(amax, axis=0), FP8_MAX, MIN_SCALE)
-    tl.store(SCALE, scale)
-    tl.debug_barrier()  # every row stored before any is read back
-    for row in range(n_rows):
-        out = tl.load(OUT + row * d + cols, mask=ok, other=0.0).to(tl.float32)
-        q = quantize_values(out, scale, FP8_MAX)
-        tl.store(Q + row * d + cols, q.to(Q.dtype.element_ty), mask=ok)
+    quantize_rows_with_max(OUT, Q, SCALE, amax, n_rows, d, cols, ok, FP8_MAX, MIN_SCALE)
 
 
 def silu_and_mul(
