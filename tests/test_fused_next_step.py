@@ -141,9 +141,11 @@ def check_norm_quant(tokens: int, hidden: int, dtype: torch.dtype, device: str,
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_residual", [False, True])
-def test_rms_norm_quantizes_as_the_separate_kernel_does(path, dtype, with_residual, monkeypatch):
+@pytest.mark.parametrize("tokens", [1, 3])  # one row: quantized from registers
+def test_rms_norm_quantizes_as_the_separate_kernel_does(path, dtype, with_residual, tokens,
+                                                        monkeypatch):
     quant = dynamic_path(monkeypatch, rms_norm_module, path)
-    check_norm_quant(3, 40, dtype, "cpu", quant, with_residual)
+    check_norm_quant(tokens, 40, dtype, "cpu", quant, with_residual)
 
 
 def test_rms_norm_separate_flag_quantizes_in_a_launch_of_its_own(monkeypatch):
@@ -189,7 +191,7 @@ def check_silu_quant(tokens: int, d: int, dtype: torch.dtype, device: str,
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("tokens, d", [(3, 37), (2, 1100)])  # 1100: two column blocks
+@pytest.mark.parametrize("tokens, d", [(1, 37), (3, 37), (2, 1100)])  # 1100: two blocks
 def test_silu_mul_quantizes_as_the_separate_kernel_does(path, dtype, tokens, d, monkeypatch):
     quant = dynamic_path(monkeypatch, silu_mul_module, path)
     check_silu_quant(tokens, d, dtype, "cpu", quant)

@@ -205,7 +205,7 @@ def bench_throughput(
     **engine_kwargs: Any,
 ) -> ThroughputResult:
     """Run the workload (``prompts`` with ``output_len``, else ``num_prompts`` random prompts of
-    ``input_len``) through the engine after a short warm-up; greedy. ``engine_kwargs`` are
+    ``input_len``) through the engine after a warm-up over the same prompt lengths; greedy. ``engine_kwargs`` are
     ``LLM`` options; a preset runs on dummy weights; ``max_model_len`` defaults to the longest
     request and ``max_num_seqs`` to min(requests, 256)."""
     if prompts is not None:
@@ -232,9 +232,15 @@ def bench_throughput(
         SamplingParams(temperature=0, max_tokens=r.output_len, ignore_eos=ignore_eos)
         for r in requests
     ]
-    warm_up = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
-    logger.info("bench throughput: warm-up")
-    llm.generate(inputs[:4], warm_up, use_tqdm=False)
+    # The warm-up runs every prompt's prefill and a few decode steps, so the steps the timed run
+    # meets (prompt chunks, mixed batches, every decode bucket) have their kernels compiled;
+    # its token ids are shifted by one, so no prefix of the timed prompts is cached.
+    vocab_size = engine.model_runner.vocab_size
+    warm_up = [{"prompt_token_ids": [(t + 1) % vocab_size for t in r.prompt_token_ids]}
+               for r in requests]
+    logger.info("bench throughput: warm-up (every prefill, 4 decode steps)")
+    llm.generate(warm_up, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True),
+                 use_tqdm=False)
     logger.info("bench throughput: timing %d requests (progress per finished request)",
                 len(requests))
 

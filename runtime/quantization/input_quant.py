@@ -94,6 +94,16 @@ def quantize_values(x, scale, FP8_MAX: tl.constexpr):
 
 
 @triton.jit
+def quantize_one_row(out, Q, SCALE, cols, ok, FP8_MAX: tl.constexpr, MIN_SCALE: tl.constexpr):
+    """The end of a one-program producer of a single row ``out`` (float32, in registers; masked
+    columns 0): store its dynamic scale at ``SCALE`` and the row quantized at ``Q + cols``."""
+    scale = dynamic_scale(tl.max(tl.abs(out), axis=0), FP8_MAX, MIN_SCALE)
+    tl.store(SCALE, scale)
+    q = quantize_values(out, scale, FP8_MAX)
+    tl.store(Q + cols, q.to(Q.dtype.element_ty), mask=ok)
+
+
+@triton.jit
 def quantize_rows_with_max(OUT, Q, SCALE, amax, n_rows, n_cols, cols, ok,
                            FP8_MAX: tl.constexpr, MIN_SCALE: tl.constexpr):
     """The second half of a one-program producer that stored ``n_rows`` contiguous rows in

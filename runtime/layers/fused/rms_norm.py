@@ -4,7 +4,10 @@ optionally quantizing its output for the fp8 linear layer it feeds.
 Computes what ``runtime.layers.layernorm.RMSNorm.forward_native`` does, rounding where it rounds:
 the sum ``x + residual`` and the normalised row are rounded to the input dtype, the mean square
 and the scale are float32; the output is rounded to its dtype before it is quantized, so ``q`` is
-bit for bit what ``quantize_input`` makes of the unquantized output.
+bit for bit what ``quantize_input`` makes of the unquantized output. The sum of squares runs in
+float64 (exact products): its float32 value does not depend on the summation order, which the
+compiler picks per kernel variant (on an H200, float32 sums gave one row in a few hundred
+another last bit in the quantizing variant than in the plain one).
 
 With a static input scale every row quantizes in its own program. With a dynamic one the scale
 needs the whole output: up to ``ONE_PROGRAM_MAX`` elements (decode batches) one program normalises
@@ -24,8 +27,9 @@ from solidx.runtime.quantization.input_quant import (
     PARTIALS_MAX,
     InputQuant,
     QuantizedInput,
-    quantize_values,
+    quantize_one_row,
     quantize_rows_with_max,
+    quantize_values,
     quantize_with_partials,
 )
 
@@ -49,7 +53,8 @@ def _norm_row(X, RESIDUAL, WEIGHT, RESIDUAL_OUT, row, stride_x, stride_r, n_cols
         x = (x + r).to(X.dtype.element_ty)
         tl.store(RESIDUAL_OUT + row * n_cols + cols, x, mask=ok)
         x = x.to(tl.float32)
-    scale = tl.rsqrt(tl.sum(x * x, axis=0) / n_cols + eps)
+    x64 = x.to(tl.float64)  # exact squares, a sum whose float32 rounding ignores the order
+    scale = tl.rsqrt(tl.sum(x64 * x64, axis=0).to(tl.float32) / n_cols + eps)
     normed = (x * scale).to(X.dtype.element_ty).to(tl.float32)
     w = tl.load(WEIGHT + cols, mask=ok, other=0.0).to(tl.float32)
     return (w * normed).to(OUT_DTYPE).to(tl.float32)
@@ -78,18 +83,25 @@ def _rms_norm_kernel(X, RESIDUAL, WEIGHT, OUT, RESIDUAL_OUT, SCALE, stride_x, st
 def _rms_norm_quant_one_program(X, RESIDUAL, WEIGHT, OUT, RESIDUAL_OUT, Q, SCALE, n_rows,
                                 stride_x, stride_r, n_cols, eps, BLOCK: tl.constexpr,
                                 HAS_RESIDUAL: tl.constexpr, FP8_MAX: tl.constexpr,
-                                MIN_SCALE: tl.constexpr):
+                                MIN_SCALE: tl.constexpr, ONE_ROW: tl.constexpr):
     """Every row in one program: normalise them into ``OUT`` (scratch) keeping the max, store
-    the dynamic scale, then quantize ``OUT`` into ``Q``."""
+    the dynamic scale, then quantize ``OUT`` into ``Q``; ``ONE_ROW`` (batch 1): the row is
+    quantized from registers, ``OUT`` untouched."""
     cols = tl.arange(0, BLOCK)
     ok = cols < n_cols
-    amax = tl.zeros([BLOCK], dtype=tl.float32)  # per column, over the rows
-    for row in range(n_rows):
-        out = _norm_row(X, RESIDUAL, WEIGHT, RESIDUAL_OUT, row, stride_x, stride_r, n_cols, eps,
+    if ONE_ROW:
+        out = _norm_row(X, RESIDUAL, WEIGHT, RESIDUAL_OUT, 0, stride_x, stride_r, n_cols, eps,
                         BLOCK, HAS_RESIDUAL, OUT.dtype.element_ty)
-        tl.store(OUT + row * n_cols + cols, out.to(OUT.dtype.element_ty), mask=ok)
-        amax = tl.maximum(amax, tl.abs(out))
-    quantize_rows_with_max(OUT, Q, SCALE, amax, n_rows, n_cols, cols, ok, FP8_MAX, MIN_SCALE)
+        quantize_one_row(out, Q, SCALE, cols, ok, FP8_MAX, MIN_SCALE)
+    else:
+        amax = tl.zeros([BLOCK], dtype=tl.float32)  # per column, over the rows
+        for row in range(n_rows):
+            out = _norm_row(X, RESIDUAL, WEIGHT, RESIDUAL_OUT, row, stride_x, stride_r, n_cols,
+                            eps, BLOCK, HAS_RESIDUAL, OUT.dtype.element_ty)
+            tl.store(OUT + row * n_cols + cols, out.to(OUT.dtype.element_ty), mask=ok)
+            amax = tl.maximum(amax, tl.abs(out))
+        quantize_rows_with_max(OUT, Q, SCALE, amax, n_rows, n_cols, cols, ok, FP8_MAX,
+                               MIN_SCALE)
 
 
 def rms_norm(
@@ -177,7 +189,8 @@ class _Launch:
             rows, self.res_rows, self.weight, out, out if self.res_out is None else self.res_out,
             q, scale, rows.shape[0], rows.stride(0), self.res_rows.stride(0), rows.shape[1],
             self.eps, BLOCK=self.block, HAS_RESIDUAL=self.res_out is not None,
-            FP8_MAX=torch.finfo(q.dtype).max, MIN_SCALE=MIN_SCALE, num_warps=self.num_warps,
+            FP8_MAX=torch.finfo(q.dtype).max, MIN_SCALE=MIN_SCALE, ONE_ROW=rows.shape[0] == 1,
+            num_warps=self.num_warps,
         )
 
 

@@ -20,8 +20,9 @@ from solidx.runtime.quantization.input_quant import (
     PARTIALS_MAX,
     InputQuant,
     QuantizedInput,
-    quantize_values,
+    quantize_one_row,
     quantize_rows_with_max,
+    quantize_values,
     quantize_with_partials,
 )
 
@@ -60,18 +61,23 @@ def _silu_mul_kernel(X, OUT, SCALE, stride_x, stride_o, d, BLOCK: tl.constexpr,
 
 @triton.jit
 def _silu_mul_quant_one_program(X, OUT, Q, SCALE, n_rows, stride_x, d, BLOCK: tl.constexpr,
-                                FP8_MAX: tl.constexpr, MIN_SCALE: tl.constexpr):
+                                FP8_MAX: tl.constexpr, MIN_SCALE: tl.constexpr,
+                                ONE_ROW: tl.constexpr):
     """Every row (of ``d <= BLOCK`` outputs) in one program: the outputs into ``OUT`` (scratch,
     contiguous) keeping the max, the dynamic scale to ``SCALE``, then ``OUT`` quantized into
-    ``Q``."""
+    ``Q``; ``ONE_ROW`` (batch 1): the row is quantized from registers, ``OUT`` untouched."""
     cols = tl.arange(0, BLOCK)
     ok = cols < d
-    amax = tl.zeros([BLOCK], dtype=tl.float32)  # per column, over the rows
-    for row in range(n_rows):
-        out = _silu_mul_block(X, row, cols, ok, stride_x, d)
-        tl.store(OUT + row * d + cols, out.to(OUT.dtype.element_ty), mask=ok)
-        amax = tl.maximum(amax, tl.abs(out))
-    quantize_rows_with_max(OUT, Q, SCALE, amax, n_rows, d, cols, ok, FP8_MAX, MIN_SCALE)
+    if ONE_ROW:
+        quantize_one_row(_silu_mul_block(X, 0, cols, ok, stride_x, d), Q, SCALE, cols, ok,
+                         FP8_MAX, MIN_SCALE)
+    else:
+        amax = tl.zeros([BLOCK], dtype=tl.float32)  # per column, over the rows
+        for row in range(n_rows):
+            out = _silu_mul_block(X, row, cols, ok, stride_x, d)
+            tl.store(OUT + row * d + cols, out.to(OUT.dtype.element_ty), mask=ok)
+            amax = tl.maximum(amax, tl.abs(out))
+        quantize_rows_with_max(OUT, Q, SCALE, amax, n_rows, d, cols, ok, FP8_MAX, MIN_SCALE)
 
 
 def silu_and_mul(
@@ -101,7 +107,7 @@ def silu_and_mul(
             block = triton.next_power_of_2(d)  # <= ONE_PROGRAM_MAX: a whole row at once
             _silu_mul_quant_one_program[(1,)](
                 rows, out, q, scale, rows.shape[0], rows.stride(0), d, BLOCK=block,
-                FP8_MAX=torch.finfo(q.dtype).max, MIN_SCALE=MIN_SCALE,
+                FP8_MAX=torch.finfo(q.dtype).max, MIN_SCALE=MIN_SCALE, ONE_ROW=rows.shape[0] == 1,
                 num_warps=max(4, min(16, block // 1024)),
             )
         return QuantizedInput(q, scale, x.dtype)
