@@ -205,9 +205,9 @@ def bench_throughput(
     **engine_kwargs: Any,
 ) -> ThroughputResult:
     """Run the workload (``prompts`` with ``output_len``, else ``num_prompts`` random prompts of
-    ``input_len``) through the engine after a warm-up over the same prompt lengths; greedy. ``engine_kwargs`` are
-    ``LLM`` options; a preset runs on dummy weights; ``max_model_len`` defaults to the longest
-    request and ``max_num_seqs`` to min(requests, 256)."""
+    ``input_len``) through the engine after a warm-up over the same prompt lengths; greedy.
+    ``engine_kwargs`` are ``LLM`` options; a preset runs on dummy weights; ``max_model_len``
+    defaults to the longest request and ``max_num_seqs`` to min(requests, 256)."""
     if prompts is not None:
         tokenizer = get_tokenizer(Config(model=model, **with_dummy(model, engine_kwargs)))
         requests = given_requests(prompts, tokenizer, output_len, seed)
