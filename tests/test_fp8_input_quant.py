@@ -30,20 +30,22 @@ def test_kernels_match_the_torch_quantization(numel: int) -> None:
     q_ref, s_ref = quantize(x)
     q, scale = torch.empty(numel, dtype=FP8_DTYPE), torch.empty((), dtype=torch.float32)
     block = 1 << (numel - 1).bit_length()
-    iq._quantize_one_program[(1,)](x, q, scale, numel, FP8_MAX, iq.MIN_SCALE, block)
+    iq._quantize_one_program[(1,)](x, q, scale, numel, FP8_MAX, iq.MIN_SCALE, block, PDL=False)
     assert float(scale) == float(s_ref) == 2.0**-3
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
 
     grid = (-(-numel // iq.BLOCK),)
     q, scale = torch.empty(numel, dtype=FP8_DTYPE), torch.empty((), dtype=torch.float32)
     amax = x.abs().amax()
-    iq._quantize_blocks[grid](x, q, amax, scale, numel, True, FP8_MAX, iq.MIN_SCALE, iq.BLOCK)
+    iq._quantize_blocks[grid](x, q, amax, scale, numel, True, FP8_MAX, iq.MIN_SCALE, iq.BLOCK,
+                              PDL=False)
     assert float(scale) == 2.0**-3
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
 
     static = torch.tensor(2.0**-4)  # a static scale of half the range: large values saturate
     q = torch.empty(numel, dtype=FP8_DTYPE)
-    iq._quantize_blocks[grid](x, q, static, static, numel, False, FP8_MAX, iq.MIN_SCALE, iq.BLOCK)
+    iq._quantize_blocks[grid](x, q, static, static, numel, False, FP8_MAX, iq.MIN_SCALE, iq.BLOCK,
+                              PDL=False)
     assert torch.equal(q.view(torch.uint8), quantize(x, static)[0].view(torch.uint8))
 
 
@@ -79,7 +81,7 @@ def test_kernels_round_random_inputs_as_torch_does() -> None:
     q = torch.empty(x.shape, dtype=FP8_DTYPE)
     grid = (-(-x.numel() // iq.BLOCK),)
     iq._quantize_blocks[grid](x, q, static, static, x.numel(), False, FP8_MAX, iq.MIN_SCALE,
-                              iq.BLOCK)
+                              iq.BLOCK, PDL=False)
     # values, not bits: the interpreter's cast drops the sign of -0.0 (the GPU's keeps it)
     assert torch.equal(q.float(), quantize(x, static)[0].float())
 

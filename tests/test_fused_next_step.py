@@ -85,16 +85,16 @@ def separate_quantize(out: torch.Tensor, scale: torch.Tensor | None) -> Quantize
     grid = (triton.cdiv(numel, iq.BLOCK),)
     if scale is not None:
         iq._quantize_blocks[grid](flat, q, scale, scale, numel, False, FP8_MAX, iq.MIN_SCALE,
-                                  iq.BLOCK)
+                                  iq.BLOCK, PDL=False)
         return QuantizedInput(q.view(out.shape), scale, out.dtype)
     new_scale = torch.empty((), dtype=torch.float32)
     if numel <= iq.ONE_PROGRAM_MAX:
         iq._quantize_one_program[(1,)](flat, q, new_scale, numel, FP8_MAX, iq.MIN_SCALE,
-                                       triton.next_power_of_2(numel))
+                                       triton.next_power_of_2(numel), PDL=False)
     else:
         amax = flat.float().abs().amax()
         iq._quantize_blocks[grid](flat, q, amax, new_scale, numel, True, FP8_MAX, iq.MIN_SCALE,
-                                  iq.BLOCK)
+                                  iq.BLOCK, PDL=False)
     return QuantizedInput(q.view(out.shape), new_scale, out.dtype)
 
 

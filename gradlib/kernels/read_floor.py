@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from solidx.gradlib.kernels import dependent_launch
+
 FLOOR_CONFIGS: tuple[dict[str, int], ...] = tuple(
     {"block": block, "num_warps": warps, "programs_per_sm": per_sm}
     for block, warps in ((2048, 4), (4096, 8), (8192, 8))
@@ -20,7 +22,9 @@ FLOOR_CONFIGS: tuple[dict[str, int], ...] = tuple(
 
 
 @triton.jit
-def read_floor_kernel(buf_ptr, out_ptr, n, BLOCK: tl.constexpr, EVEN: tl.constexpr):
+def read_floor_kernel(buf_ptr, out_ptr, n, BLOCK: tl.constexpr, EVEN: tl.constexpr,
+                      PDL: tl.constexpr):
+    dependent_launch.enter(PDL)
     pid = tl.program_id(0)
     step = tl.num_programs(0) * BLOCK
     offs = tl.arange(0, BLOCK)
@@ -54,5 +58,6 @@ def read_floor(buf: torch.Tensor, out: torch.Tensor, *, block: int = 4096,
     words = buf.reshape(-1).view(torch.uint8).view(torch.int32)
     n = words.numel()
     read_floor_kernel[(out.numel(),)](words, out, n, BLOCK=block, EVEN=n % block == 0,
+                                      **dependent_launch.launch_options(buf.device),
                                       num_warps=num_warps)
     return out

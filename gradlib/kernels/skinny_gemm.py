@@ -21,6 +21,12 @@ are dropped at the store. Split-K goes through :func:`store_tile`.
 persistent grid (``progs`` programs per SM) without split-K, each program owning whole output
 rows and reducing all of K in registers; weight tiles load with ``evict_first`` (read once,
 never worth caching), the activations, read by every program, with ``evict_last``.
+
+Both launch with programmatic dependent launch where it is on (:mod:`dependent_launch`): while
+the kernel that writes the activations still runs, the programs are already resident and (mode
+``prefetch``) prefetch the weight of their first work units into L2, up to half of L2 in all;
+then they wait for the activations. A decode GEMM after a one-program norm thus starts with its
+weight partly in L2 instead of paying its launch and the first DRAM round trips.
 """
 from __future__ import annotations
 
@@ -28,16 +34,52 @@ import torch
 import triton
 import triton.language as tl
 
+from solidx.gradlib.kernels import dependent_launch
+from solidx.gradlib.kernels.dependent_launch import (
+    let_dependents_start,
+    prefetch_l2,
+    wait_for_producer,
+)
 from solidx.gradlib.kernels.splitk import launch_args, persistent_grid, store_tile
 
+_L2_BYTES: dict[torch.device, int] = {}
 
-@triton.jit(do_not_specialize=["N", "splitk"])
+
+@triton.jit
+def prefetch_weight(w_ptr, M, K, stride_wm, k_per_split, splitk, units,
+                    BLOCK_M: tl.constexpr, CHUNKS: tl.constexpr):
+    """Prefetch into L2 the weight of this program's first ``units`` work units (each
+    ``BLOCK_M`` rows by its split of K), every row in ``CHUNKS`` pieces (the caller checked
+    16-byte alignment), before the wait for the kernel that writes the activations."""
+    tiles = tl.cdiv(M, BLOCK_M)
+    elt: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
+    rows = tl.arange(0, BLOCK_M)[:, None]
+    piece = tl.arange(0, CHUNKS)[None, :]
+    for i in range(units):
+        unit = tl.program_id(0) + i * tl.num_programs(0)
+        k_lo = (unit // tiles) * k_per_split
+        row_bytes = tl.minimum(k_per_split, K - k_lo) * elt
+        size = tl.cdiv(tl.cdiv(row_bytes, CHUNKS), 16) * 16
+        start = piece * size
+        sizes = tl.minimum(size, row_bytes - start)
+        sizes = tl.where(unit < tiles * splitk, sizes, 0)
+        row_ptrs = w_ptr + (((unit % tiles) * BLOCK_M + rows) % M) * stride_wm + k_lo
+        prefetch_l2(row_ptrs.to(tl.int64) + start, sizes)
+
+
+@triton.jit(do_not_specialize=["N", "splitk", "prefetch_units"])
 def gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_ptr,
                 M, N, K, stride_xn, stride_wm, stride_yn, k_per_split, splitk,
-                BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                prefetch_units, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                 EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
                 SPLIT: tl.constexpr, VEC: tl.constexpr, W_POLICY: tl.constexpr,
-                X_POLICY: tl.constexpr):
+                X_POLICY: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr,
+                CHUNKS: tl.constexpr):
+    let_dependents_start(PDL)
+    if PREFETCH:
+        prefetch_weight(w_ptr, M, K, stride_wm, k_per_split, splitk, prefetch_units, BLOCK_M,
+                        CHUNKS)
+    wait_for_producer(PDL)
     tiles = tl.cdiv(M, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     # K as [BLOCK_K // VEC, VEC]: one 16-byte vector per (row, k // VEC), summed in-thread
@@ -67,13 +109,20 @@ def gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_p
                    HAS_BIAS, HAS_SCALE, SPLIT)
 
 
-@triton.jit(do_not_specialize=["N", "splitk"])
+@triton.jit(do_not_specialize=["N", "splitk", "prefetch_units"])
 def skinny_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_ptr,
                   M, N, K, stride_xn, stride_wm, stride_yn, k_per_split, splitk,
-                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                  prefetch_units, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_K: tl.constexpr,
                   EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
                   SPLIT: tl.constexpr, UPCAST: tl.constexpr, ACC_K: tl.constexpr,
-                  W_POLICY: tl.constexpr, X_POLICY: tl.constexpr):
+                  W_POLICY: tl.constexpr, X_POLICY: tl.constexpr, PDL: tl.constexpr,
+                  PREFETCH: tl.constexpr, CHUNKS: tl.constexpr):
+    let_dependents_start(PDL)
+    if PREFETCH:
+        prefetch_weight(w_ptr, M, K, stride_wm, k_per_split, splitk, prefetch_units, BLOCK_M,
+                        CHUNKS)
+    wait_for_producer(PDL)
     tiles = tl.cdiv(M, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -112,6 +161,32 @@ def _policies(stream: bool) -> dict[str, str]:
             else {"W_POLICY": "", "X_POLICY": ""})
 
 
+def _l2_bytes(device: torch.device) -> int:
+    if device not in _L2_BYTES:
+        _L2_BYTES[device] = torch.cuda.get_device_properties(device).L2_cache_size
+    return _L2_BYTES[device]
+
+
+def _dependent_launch(w: torch.Tensor, args: tuple, units: int, grid: int, block_m: int,
+                      num_warps: int) -> tuple[tuple, dict[str, object]]:
+    """``args`` with the number of units each program prefetches appended, and the launch's
+    PDL options (:mod:`dependent_launch`): in ``prefetch`` mode, with 16-byte aligned weight
+    rows, the programs together prefetch up to half of L2 (at least their first unit each)."""
+    options = dependent_launch.launch_options(w.device)
+    elt = w.element_size()
+    aligned = (w.data_ptr() % 16 == 0 and (w.stride(0) * elt) % 16 == 0
+               and (w.shape[1] * elt) % 16 == 0)
+    prefetch = aligned and dependent_launch.mode(w.device) == "prefetch"
+    units_each = 0
+    if prefetch:
+        k_per_split = args[-2]
+        unit_bytes = block_m * k_per_split * elt
+        budget = _l2_bytes(w.device) // 2 // grid
+        units_each = min(triton.cdiv(units, grid), max(1, budget // unit_bytes))
+    chunks = max(1, 32 * num_warps // block_m)
+    return (*args, units_each), {**options, "PREFETCH": prefetch, "CHUNKS": chunks}
+
+
 def gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None,
          scale_w: torch.Tensor | None, bias: torch.Tensor | None, out: torch.Tensor, *,
          block_n: int, block_m: int, block_k: int, splitk: int, progs: int,
@@ -120,9 +195,10 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None,
     ``progs`` programs per SM loop over the work units (0: one program per unit)."""
     args, consts, units = launch_args(x, w, scale_x, scale_w, bias, out, block_n, block_m,
                                       block_k, splitk)
-    grid = (persistent_grid(x.device, units, progs),)
-    gemv_kernel[grid](*args, **consts, VEC=16 // w.element_size(), **_policies(stream),
-                      num_warps=num_warps, num_stages=1)
+    grid = persistent_grid(x.device, units, progs)
+    args, launch = _dependent_launch(w, args, units, grid, block_m, num_warps)
+    gemv_kernel[(grid,)](*args, **consts, VEC=16 // w.element_size(), **_policies(stream),
+                         **launch, num_warps=num_warps, num_stages=1)
     return out
 
 
@@ -134,8 +210,9 @@ def skinny(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None,
     ``progs`` programs per SM loop over the work units (0: one program per unit)."""
     args, consts, units = launch_args(x, w, scale_x, scale_w, bias, out, block_n, block_m,
                                       block_k, splitk)
-    grid = (persistent_grid(x.device, units, progs),)
-    skinny_kernel[grid](*args, **consts, UPCAST=x.device.type == "cpu",
-                        ACC_K=min(block_k, 256), **_policies(stream), num_warps=num_warps,
-                        num_stages=num_stages)
+    grid = persistent_grid(x.device, units, progs)
+    args, launch = _dependent_launch(w, args, units, grid, block_m, num_warps)
+    skinny_kernel[(grid,)](*args, **consts, UPCAST=x.device.type == "cpu",
+                           ACC_K=min(block_k, 256), **_policies(stream), **launch,
+                           num_warps=num_warps, num_stages=num_stages)
     return out

@@ -3,7 +3,8 @@
 Each program computes a ``[BLOCK_N, BLOCK_M]`` tile of ``y`` (tokens × features) with
 ``tl.dot`` and fp32 accumulation over its share of K (split-K through :func:`store_tile`).
 Programs walk ``GROUP_M`` feature tiles down all token tiles before moving on, so a group's
-weight tiles stay in L2 while the activations stream past them.
+weight tiles stay in L2 while the activations stream past them. It launches while the kernel
+before it ends where programmatic dependent launch is on (:mod:`dependent_launch`).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from solidx.gradlib.kernels import dependent_launch
 from solidx.gradlib.kernels.splitk import launch_args, store_tile
 
 
@@ -20,7 +22,8 @@ def tiled_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_
                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                  EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
                  SPLIT: tl.constexpr, UPCAST: tl.constexpr, ACC_K: tl.constexpr,
-                 GROUP_M: tl.constexpr):
+                 GROUP_M: tl.constexpr, PDL: tl.constexpr):
+    dependent_launch.enter(PDL)
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     tiles_m = tl.cdiv(M, BLOCK_M)
@@ -66,6 +69,7 @@ def tiled(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None,
     args, consts, units = launch_args(x, w, scale_x, scale_w, bias, out, block_n, block_m,
                                       block_k, splitk)
     tiled_kernel[(units // splitk, splitk)](*args, **consts, UPCAST=x.device.type == "cpu",
-                       ACC_K=min(block_k, 256), GROUP_M=group_m, num_warps=num_warps,
+                       ACC_K=min(block_k, 256), GROUP_M=group_m,
+                       **dependent_launch.launch_options(x.device), num_warps=num_warps,
                        num_stages=num_stages)
     return out

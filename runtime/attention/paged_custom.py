@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from solidx.gradlib.kernels import dependent_launch
 from solidx.runtime.attention.paged_v2 import DecodeConfig, check_decode_inputs
 from solidx.runtime.attention.split_kv import (
     arrival_counters,
@@ -48,7 +49,8 @@ def _paged_custom_kernel(OUT, TMP_OUT, MAX_LOGITS, EXP_SUMS, COUNTERS, Q, K_CACH
                          GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, MERGE_PAD: tl.constexpr,
                          HEAD_SIZE: tl.constexpr, PAGE_SIZE: tl.constexpr,
                          PARTITION: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
-                         SPLIT: tl.constexpr, UPCAST: tl.constexpr):
+                         SPLIT: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr):
+    dependent_launch.enter(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     part = tl.program_id(2)
@@ -157,5 +159,6 @@ def paged_attention_custom(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_ta
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), MERGE_PAD=merge_pad,
         HEAD_SIZE=head_size, PAGE_SIZE=page_size, PARTITION=partition_size,
         BLOCK_N=cfg.block_n, CHUNK=merge_chunk(merge_pad, splits, cfg.num_warps), SPLIT=splits > 1,
-        UPCAST=q.device.type == "cpu", num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        UPCAST=q.device.type == "cpu", **dependent_launch.launch_options(q.device),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out

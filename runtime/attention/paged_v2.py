@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from solidx.gradlib.kernels import dependent_launch
 from solidx.runtime.attention.split_kv import (
     arrival_counters,
     arrive_last,
@@ -51,7 +52,8 @@ def _paged_v2_kernel(OUT, TMP_OUT, MAX_LOGITS, EXP_SUMS, COUNTERS, Q, K_CACHE, V
                      stride_vh, stride_bt,
                      GROUP: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr,
                      PAGE_SIZE: tl.constexpr, PARTITION: tl.constexpr, BLOCK_N: tl.constexpr,
-                     CHUNK: tl.constexpr, SPLIT: tl.constexpr):
+                     CHUNK: tl.constexpr, SPLIT: tl.constexpr, PDL: tl.constexpr):
+    dependent_launch.enter(PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     part = tl.program_id(2)
@@ -161,5 +163,6 @@ def paged_attention_v2(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables
         GROUP=num_heads // num_kv_heads, HEAD_SIZE=head_size, HEAD_PAD=head_pad,
         PAGE_SIZE=page_size, PARTITION=partition_size, BLOCK_N=cfg.block_n,
         CHUNK=merge_chunk(2, splits, cfg.num_warps), SPLIT=splits > 1,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        **dependent_launch.launch_options(q.device), num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages)
     return out

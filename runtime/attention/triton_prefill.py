@@ -16,6 +16,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from solidx.gradlib.kernels import dependent_launch
+
 LOG2E = 1.0 / math.log(2.0)
 
 
@@ -88,7 +90,8 @@ def _prefill_kernel(O, Q, K, V, CU_Q, CU_K, BLOCK_TABLES, qk_scale, v_scale,
                     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
                     GROUP: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
-                    PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr):
+                    PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr):
+    dependent_launch.enter(PDL)
     m_block = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest rows of the causal mask first
     seq = tl.program_id(1)
     head = tl.program_id(2)
@@ -181,5 +184,6 @@ def prefill_attention(q: Tensor, k: Tensor | None, v: Tensor | None, cu_seqlens_
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), kb, ks, kh, vb, vs, vh, stride_bt,
         GROUP=num_heads // num_kv_heads, HEAD_SIZE=head_size, HEAD_PAD=head_pad,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=paged, PAGE_SIZE=page_size,
-        UPCAST=q.device.type == "cpu", num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        UPCAST=q.device.type == "cpu", **dependent_launch.launch_options(q.device),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out

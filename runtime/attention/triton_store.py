@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from solidx.gradlib.kernels import dependent_launch
 from solidx.runtime.attention.reference import FP8_E4M3_MAX
 from solidx.runtime.quantization.input_quant import round_to_e4m3
 
@@ -30,7 +31,8 @@ def _store_kernel(K, V, K_CACHE, V_CACHE, SLOT_MAPPING, k_scale, v_scale,
                   stride_kt, stride_kh, stride_vt, stride_vh,
                   stride_kb, stride_ks, stride_kh_cache, stride_vb, stride_vs, stride_vh_cache,
                   HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                  FP8: tl.constexpr, FP8_MAX: tl.constexpr):
+                  FP8: tl.constexpr, FP8_MAX: tl.constexpr, PDL: tl.constexpr):
+    dependent_launch.enter(PDL)
     token = tl.program_id(0)
     head = tl.program_id(1)
     slot = tl.load(SLOT_MAPPING + token).to(tl.int64)
@@ -67,4 +69,5 @@ def store_kvcache(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_m
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         HEAD_SIZE=head_size, HEAD_PAD=triton.next_power_of_2(head_size),
-        PAGE_SIZE=k_cache.shape[1], FP8=fp8, FP8_MAX=FP8_E4M3_MAX, num_warps=1)
+        PAGE_SIZE=k_cache.shape[1], FP8=fp8, FP8_MAX=FP8_E4M3_MAX,
+        **dependent_launch.launch_options(k.device), num_warps=1)

@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from solidx.gradlib.kernels import dependent_launch
 from solidx.runtime.layers.fused import use_triton
 
 MASK = 0xFFFFFFFF
@@ -67,7 +68,7 @@ def exponential_noise_triton(
     if rows and vocab:
         _noise_kernel[(rows, triton.cdiv(vocab, BLOCK))](
             seeds, positions, out, seeds.stride(0), seeds.stride(1), positions.stride(0), vocab,
-            BLOCK=BLOCK, num_warps=4,
+            BLOCK=BLOCK, **dependent_launch.launch_options(out.device), num_warps=4,
         )
     return out
 
@@ -83,7 +84,8 @@ def _mix(x):
 
 @triton.jit
 def _noise_kernel(SEEDS, POSITIONS, OUT, stride_seed, stride_word, stride_position, vocab,
-                  BLOCK: tl.constexpr):
+                  BLOCK: tl.constexpr, PDL: tl.constexpr):
+    dependent_launch.enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     lo = tl.load(SEEDS + row * stride_seed).to(tl.uint32)
     hi = tl.load(SEEDS + row * stride_seed + stride_word).to(tl.uint32)

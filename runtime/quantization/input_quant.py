@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from solidx.gradlib.kernels import dependent_launch
 from solidx.runtime.quantization.fp8_math import FP8_DTYPE, quantize
 
 MIN_SCALE = 1e-12  # as fp8_math.scale_for: an all-zero input gets a tiny scale, not 0
@@ -120,23 +121,23 @@ def quantize_rows_with_max(OUT, Q, SCALE, amax, n_rows, n_cols, cols, ok,
 
 @triton.jit
 def _quantize_one_program(x_ptr, q_ptr, scale_ptr, numel, FP8_MAX: tl.constexpr,
-                          MIN_SCALE: tl.constexpr, BLOCK: tl.constexpr):
+                          MIN_SCALE: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """Dynamic scale for a small input (``numel <= BLOCK``): one program loads ``x`` once,
     takes its max, stores the scale and the quantized values."""
+    dependent_launch.enter(PDL)
     offs = tl.arange(0, BLOCK)
     mask = offs < numel
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    scale = dynamic_scale(tl.max(tl.abs(x), axis=0), FP8_MAX, MIN_SCALE)
-    tl.store(scale_ptr, scale)
-    q = quantize_values(x, scale, FP8_MAX)
-    tl.store(q_ptr + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+    quantize_one_row(x, q_ptr, scale_ptr, offs, mask, FP8_MAX, MIN_SCALE)
 
 
 @triton.jit
 def _quantize_blocks(x_ptr, q_ptr, scale_in_ptr, scale_out_ptr, numel, FROM_AMAX: tl.constexpr,
-                     FP8_MAX: tl.constexpr, MIN_SCALE: tl.constexpr, BLOCK: tl.constexpr):
+                     FP8_MAX: tl.constexpr, MIN_SCALE: tl.constexpr, BLOCK: tl.constexpr,
+                     PDL: tl.constexpr):
     """One block of ``x`` per program, with a given scale, or (``FROM_AMAX``) with the scale
     derived from ``max |x|`` at ``scale_in_ptr``, which program 0 stores at ``scale_out_ptr``."""
+    dependent_launch.enter(PDL)
     pid = tl.program_id(0)
     if FROM_AMAX:
         scale = dynamic_scale(tl.load(scale_in_ptr).to(tl.float32), FP8_MAX, MIN_SCALE)
@@ -154,9 +155,10 @@ def _quantize_blocks(x_ptr, q_ptr, scale_in_ptr, scale_out_ptr, numel, FROM_AMAX
 @triton.jit
 def _quantize_partials(x_ptr, q_ptr, partials_ptr, scale_ptr, numel, n_partials,
                        FP8_MAX: tl.constexpr, MIN_SCALE: tl.constexpr,
-                       PARTIALS_PAD: tl.constexpr, BLOCK: tl.constexpr):
+                       PARTIALS_PAD: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """One block of ``x`` per program; every program reduces the ``n_partials`` maxima to the
     dynamic scale (no launch for the max), program 0 stores it."""
+    dependent_launch.enter(PDL)
     pid = tl.program_id(0)
     offs_p = tl.arange(0, PARTIALS_PAD)
     partials = tl.load(partials_ptr + offs_p, mask=offs_p < n_partials, other=0.0)
@@ -182,20 +184,23 @@ def quantize_input(
     q = torch.empty(x.shape, dtype=dtype, device=x.device)
     fp8_max = torch.finfo(dtype).max
     numel = x.numel()
+    launch = dependent_launch.launch_options(x.device)
     with torch.cuda.device(x.device):
         if scale is None and numel <= ONE_PROGRAM_MAX:
             scale = torch.empty((), dtype=torch.float32, device=x.device)
             block = triton.next_power_of_2(numel)
             _quantize_one_program[(1,)](x, q, scale, numel, fp8_max, MIN_SCALE, block,
-                                        num_warps=max(4, min(16, block // 1024)))
+                                        **launch, num_warps=max(4, min(16, block // 1024)))
             return q, scale
         grid = (triton.cdiv(numel, BLOCK),)
         if scale is None:
             amax = torch.linalg.vector_norm(x, ord=float("inf"))
             scale = torch.empty((), dtype=torch.float32, device=x.device)
-            _quantize_blocks[grid](x, q, amax, scale, numel, True, fp8_max, MIN_SCALE, BLOCK)
+            _quantize_blocks[grid](x, q, amax, scale, numel, True, fp8_max, MIN_SCALE, BLOCK,
+                                   **launch)
         else:
-            _quantize_blocks[grid](x, q, scale, scale, numel, False, fp8_max, MIN_SCALE, BLOCK)
+            _quantize_blocks[grid](x, q, scale, scale, numel, False, fp8_max, MIN_SCALE, BLOCK,
+                                   **launch)
     return q, scale
 
 
@@ -216,6 +221,7 @@ def quantize_with_partials(
     if numel > 0:
         _quantize_partials[(triton.cdiv(numel, PARTIALS_BLOCK),)](
             x, q, partials, scale, numel, partials.numel(), torch.finfo(dtype).max, MIN_SCALE,
-            triton.next_power_of_2(partials.numel()), PARTIALS_BLOCK, num_warps=8,
+            triton.next_power_of_2(partials.numel()), PARTIALS_BLOCK,
+            **dependent_launch.launch_options(x.device), num_warps=8,
         )
     return q, scale

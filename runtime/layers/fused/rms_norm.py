@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from solidx.gradlib.kernels import dependent_launch
 from solidx.runtime.quantization.input_quant import (
     MIN_SCALE,
     ONE_PROGRAM_MAX,
@@ -63,10 +64,12 @@ def _norm_row(X, RESIDUAL, WEIGHT, RESIDUAL_OUT, row, stride_x, stride_r, n_cols
 @triton.jit
 def _rms_norm_kernel(X, RESIDUAL, WEIGHT, OUT, RESIDUAL_OUT, SCALE, stride_x, stride_r, n_cols,
                      eps, BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                     OUT_DTYPE: tl.constexpr, MODE: tl.constexpr, FP8_MAX: tl.constexpr):
+                     OUT_DTYPE: tl.constexpr, MODE: tl.constexpr, FP8_MAX: tl.constexpr,
+                     PDL: tl.constexpr):
     """Row ``program_id``; ``OUT``/``RESIDUAL_OUT`` are contiguous. ``MODE`` PLAIN stores the
     output to ``OUT``; STATIC stores it quantized with the scale at ``SCALE`` to ``OUT`` (fp8);
     PARTIAL stores the output and its row's max magnitude to ``SCALE[row]``."""
+    dependent_launch.enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     ok = cols < n_cols
@@ -83,10 +86,11 @@ def _rms_norm_kernel(X, RESIDUAL, WEIGHT, OUT, RESIDUAL_OUT, SCALE, stride_x, st
 def _rms_norm_quant_one_program(X, RESIDUAL, WEIGHT, OUT, RESIDUAL_OUT, Q, SCALE, n_rows,
                                 stride_x, stride_r, n_cols, eps, BLOCK: tl.constexpr,
                                 HAS_RESIDUAL: tl.constexpr, FP8_MAX: tl.constexpr,
-                                MIN_SCALE: tl.constexpr, ONE_ROW: tl.constexpr):
+                                MIN_SCALE: tl.constexpr, ONE_ROW: tl.constexpr, PDL: tl.constexpr):
     """Every row in one program: normalise them into ``OUT`` (scratch) keeping the max, store
     the dynamic scale, then quantize ``OUT`` into ``Q``; ``ONE_ROW`` (batch 1): the row is
     quantized from registers, ``OUT`` untouched."""
+    dependent_launch.enter(PDL)
     cols = tl.arange(0, BLOCK)
     ok = cols < n_cols
     if ONE_ROW:
@@ -178,7 +182,7 @@ class _Launch:
                 BLOCK=self.block, HAS_RESIDUAL=self.res_out is not None,
                 OUT_DTYPE=TL_DTYPES[torch.promote_types(self.weight.dtype, rows.dtype)],
                 MODE=int(mode), FP8_MAX=torch.finfo(out.dtype).max if mode == STATIC else 0.0,
-                num_warps=self.num_warps,
+                **dependent_launch.launch_options(rows.device), num_warps=self.num_warps,
             )
         return out
 
@@ -190,7 +194,7 @@ class _Launch:
             q, scale, rows.shape[0], rows.stride(0), self.res_rows.stride(0), rows.shape[1],
             self.eps, BLOCK=self.block, HAS_RESIDUAL=self.res_out is not None,
             FP8_MAX=torch.finfo(q.dtype).max, MIN_SCALE=MIN_SCALE, ONE_ROW=rows.shape[0] == 1,
-            num_warps=self.num_warps,
+            **dependent_launch.launch_options(rows.device), num_warps=self.num_warps,
         )
 
 

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from solidx.gradlib.kernels import dependent_launch
 from solidx.runtime.attention.reference import FP8_E4M3_MAX
 from solidx.runtime.attention.triton_store import kv_cache_value
 
@@ -50,7 +51,8 @@ def _cos_sin(POSITIONS, COS_SIN, token, stride_cs, HALF_PAD: tl.constexpr, HALF:
 @triton.jit
 def _rotary_kernel(Q, K, POSITIONS, COS_SIN, stride_qt, stride_kt, stride_cs, num_q_heads,
                    num_kv_heads, Q_HEADS_PAD: tl.constexpr, K_HEADS_PAD: tl.constexpr,
-                   HALF_PAD: tl.constexpr, HALF: tl.constexpr):
+                   HALF_PAD: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr):
+    dependent_launch.enter(PDL)
     token = tl.program_id(0).to(tl.int64)
     cos, sin = _cos_sin(POSITIONS, COS_SIN, token, stride_cs, HALF_PAD, HALF)
     _rotate_heads(Q + token * stride_qt, num_q_heads, cos, sin, Q_HEADS_PAD, HALF_PAD, HALF)
@@ -78,9 +80,11 @@ def _rotary_store_kernel(Q, K, V, POSITIONS, COS_SIN, K_CACHE, V_CACHE, SLOT_MAP
                          stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
                          num_q_heads, num_kv_heads, Q_HEADS_PAD: tl.constexpr,
                          K_HEADS_PAD: tl.constexpr, HALF_PAD: tl.constexpr, HALF: tl.constexpr,
-                         PAGE_SIZE: tl.constexpr, FP8: tl.constexpr, FP8_MAX: tl.constexpr):
+                         PAGE_SIZE: tl.constexpr, FP8: tl.constexpr, FP8_MAX: tl.constexpr,
+                         PDL: tl.constexpr):
     """Token ``program_id``: rotate its query and key heads in place; unless its slot is -1,
     store its rotated keys and its values at the slot."""
+    dependent_launch.enter(PDL)
     token = tl.program_id(0).to(tl.int64)
     cos, sin = _cos_sin(POSITIONS, COS_SIN, token, stride_cs, HALF_PAD, HALF)
     _rotate_heads(Q + token * stride_qt, num_q_heads, cos, sin, Q_HEADS_PAD, HALF_PAD, HALF)
@@ -138,7 +142,7 @@ def rotary_embedding(
         _rotary_kernel[(q.shape[0],)](
             q, k, positions, cos_sin_cache, q.stride(0), k.stride(0), cos_sin_cache.stride(0),
             num_q_heads, num_kv_heads, **_sizes(num_q_heads, num_kv_heads, head_dim),
-            num_warps=4,
+            **dependent_launch.launch_options(q.device), num_warps=4,
         )
     return q, k
 
@@ -171,5 +175,5 @@ def rotary_embedding_store_kv(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         num_q_heads, num_kv_heads, **_sizes(num_q_heads, num_kv_heads, head_dim),
         PAGE_SIZE=k_cache.shape[1], FP8=k_cache.dtype == torch.float8_e4m3fn,
-        FP8_MAX=FP8_E4M3_MAX, num_warps=4,
+        FP8_MAX=FP8_E4M3_MAX, **dependent_launch.launch_options(q.device), num_warps=4,
     )

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from solidx.gradlib.kernels import dependent_launch
 from solidx.runtime.quantization.input_quant import (
     MIN_SCALE,
     ONE_PROGRAM_MAX,
@@ -44,10 +45,11 @@ def _silu_mul_block(X, row, cols, ok, stride_x, d):
 
 @triton.jit
 def _silu_mul_kernel(X, OUT, SCALE, stride_x, stride_o, d, BLOCK: tl.constexpr,
-                     MODE: tl.constexpr, FP8_MAX: tl.constexpr):
+                     MODE: tl.constexpr, FP8_MAX: tl.constexpr, PDL: tl.constexpr):
     """Block ``program_id(1)`` of row ``program_id(0)``. ``MODE`` PLAIN stores the output to
     ``OUT``; STATIC stores it quantized with the scale at ``SCALE`` to ``OUT`` (fp8); PARTIAL
     stores the output and the block's max magnitude to ``SCALE[row * num_programs(1) + block]``."""
+    dependent_launch.enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < d
@@ -62,10 +64,11 @@ def _silu_mul_kernel(X, OUT, SCALE, stride_x, stride_o, d, BLOCK: tl.constexpr,
 @triton.jit
 def _silu_mul_quant_one_program(X, OUT, Q, SCALE, n_rows, stride_x, d, BLOCK: tl.constexpr,
                                 FP8_MAX: tl.constexpr, MIN_SCALE: tl.constexpr,
-                                ONE_ROW: tl.constexpr):
+                                ONE_ROW: tl.constexpr, PDL: tl.constexpr):
     """Every row (of ``d <= BLOCK`` outputs) in one program: the outputs into ``OUT`` (scratch,
     contiguous) keeping the max, the dynamic scale to ``SCALE``, then ``OUT`` quantized into
     ``Q``; ``ONE_ROW`` (batch 1): the row is quantized from registers, ``OUT`` untouched."""
+    dependent_launch.enter(PDL)
     cols = tl.arange(0, BLOCK)
     ok = cols < d
     if ONE_ROW:
@@ -108,6 +111,7 @@ def silu_and_mul(
             _silu_mul_quant_one_program[(1,)](
                 rows, out, q, scale, rows.shape[0], rows.stride(0), d, BLOCK=block,
                 FP8_MAX=torch.finfo(q.dtype).max, MIN_SCALE=MIN_SCALE, ONE_ROW=rows.shape[0] == 1,
+                **dependent_launch.launch_options(rows.device),
                 num_warps=max(4, min(16, block // 1024)),
             )
         return QuantizedInput(q, scale, x.dtype)
@@ -128,6 +132,6 @@ def _launch(rows: torch.Tensor, out: torch.Tensor, scale: torch.Tensor | None = 
         _silu_mul_kernel[(rows.shape[0], triton.cdiv(d, BLOCK))](
             rows, out, out if scale is None else scale, rows.stride(0), d, d, BLOCK=BLOCK,
             MODE=int(mode), FP8_MAX=torch.finfo(out.dtype).max if mode == STATIC else 0.0,
-            num_warps=4,
+            **dependent_launch.launch_options(rows.device), num_warps=4,
         )
     return out
