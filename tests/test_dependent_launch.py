@@ -1,7 +1,8 @@
-"""Programmatic dependent launch (``gradlib.kernels.dependent_launch``): the mode and its
-refusals on CPU; on the device, chains of our kernels (RMSNorm that quantizes, then a skinny
-GEMM that prefetches its weight before it waits) replayed in a CUDA graph give, bit for bit,
-what the same chain gives with every kernel launched after the previous one has ended."""
+"""Programmatic dependent launch (``gradlib.kernels.dependent_launch``): off on CPU, and the
+refusal of a bad ``SOLIDX_PDL``; on the device, chains of our kernels (RMSNorm that quantizes,
+then a skinny GEMM, gemv loading its first weight tile before it waits) replayed in a CUDA graph
+give, bit for bit, what the same chain gives with every kernel launched after the previous one
+has ended."""
 from __future__ import annotations
 
 import pytest
@@ -19,20 +20,22 @@ FP8 = torch.float8_e4m3fn
 
 def test_off_on_cpu() -> None:
     cpu = torch.device("cpu")
-    assert dependent_launch.mode(cpu) == "off"
+    assert not dependent_launch.enabled(cpu)
     assert dependent_launch.launch_options(cpu) == {"PDL": False}
 
 
-def test_unknown_mode_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bad_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOLIDX_PDL", "fast")
-    with pytest.raises(ValueError, match="SOLIDX_PDL='fast'.*off, launch, prefetch"):
-        dependent_launch.mode(torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"SOLIDX_PDL='fast': expected 0 \(off\) or 1 \(on\)"):
+        dependent_launch.enabled(torch.device("cpu"))
 
 
 @pytest.mark.gpu
-def test_on_where_the_device_has_it() -> None:
-    expected = "prefetch" if torch.cuda.get_device_capability()[0] >= 9 else "off"
-    assert dependent_launch.mode(torch.device("cuda")) == expected
+def test_on_where_the_device_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda = torch.device("cuda")
+    assert dependent_launch.enabled(cuda) == (torch.cuda.get_device_capability()[0] >= 9)
+    monkeypatch.setenv("SOLIDX_PDL", "0")
+    assert dependent_launch.launch_options(cuda) == {"PDL": False}
 
 
 def _chain(x: torch.Tensor, norm: torch.Tensor, layers: list[tuple], fp8: bool) -> torch.Tensor:
@@ -59,7 +62,7 @@ def _chain(x: torch.Tensor, norm: torch.Tensor, layers: list[tuple], fp8: bool) 
 ], ids=lambda v: v.split(":")[1].split(",")[0] if isinstance(v, str) else str(v))
 def test_graph_of_dependent_launches_matches_serial_launches(
         monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, tokens: int, spec: str) -> None:
-    if dependent_launch.mode(torch.device("cuda")) == "off":
+    if not dependent_launch.enabled(torch.device("cuda")):
         pytest.skip("no programmatic dependent launch on this device")
     hidden, depth = 4096, 8
     problem = GemmProblem(hidden, tokens, hidden, False, dtype, torch.bfloat16)
@@ -75,9 +78,9 @@ def test_graph_of_dependent_launches_matches_serial_launches(
     x = torch.randn(tokens, hidden, device="cuda", generator=gen).to(torch.bfloat16)
     fp8 = dtype == FP8
 
-    monkeypatch.setenv("SOLIDX_PDL", "off")
+    monkeypatch.setenv("SOLIDX_PDL", "0")
     expected = _chain(x, norm, layers, fp8)
-    monkeypatch.setenv("SOLIDX_PDL", "prefetch")
+    monkeypatch.setenv("SOLIDX_PDL", "1")
     _chain(x, norm, layers, fp8)  # compile the PDL variants outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()

@@ -7,7 +7,8 @@ every SM streams it.
   ``[BLOCK_M, BLOCK_K]`` weight tiles as 16-byte vectors, multiplies them with every token
   row in fp32 registers and sums each vector in-thread; the cross-thread reduction over K
   happens once, after the loop. Few registers, so many programs per SM keep many loads in
-  flight.
+  flight; each program loads its next tile before it computes the current one, and its first
+  tile before it waits for the kernel that writes x (programmatic dependent launch).
 * ``skinny`` (N ≤ 32): swap-AB ``tl.dot``. The weight tile is the MMA's M side
   (``BLOCK_M`` ≥ 64 for wgmma), the tokens its N side padded to ``BLOCK_N`` (16 or 32; the
   padding rows are masked, so they cost no traffic); weight tiles stream through shared
@@ -22,11 +23,8 @@ persistent grid (``progs`` programs per SM) without split-K, each program owning
 rows and reducing all of K in registers; weight tiles load with ``evict_first`` (read once,
 never worth caching), the activations, read by every program, with ``evict_last``.
 
-Both launch with programmatic dependent launch where it is on (:mod:`dependent_launch`): while
-the kernel that writes the activations still runs, the programs are already resident and (mode
-``prefetch``) prefetch the weight of their first work units into L2, up to half of L2 in all;
-then they wait for the activations. A decode GEMM after a one-program norm thus starts with its
-weight partly in L2 instead of paying its launch and the first DRAM round trips.
+Both launch while the kernel before them ends where programmatic dependent launch is on
+(:mod:`dependent_launch`).
 """
 from __future__ import annotations
 
@@ -35,94 +33,78 @@ import triton
 import triton.language as tl
 
 from solidx.gradlib.kernels import dependent_launch
-from solidx.gradlib.kernels.dependent_launch import (
-    let_dependents_start,
-    prefetch_l2,
-    wait_for_producer,
-)
 from solidx.gradlib.kernels.splitk import launch_args, persistent_grid, store_tile
-
-_L2_BYTES: dict[torch.device, int] = {}
 
 
 @triton.jit
-def prefetch_weight(w_ptr, M, K, stride_wm, k_per_split, splitk, units,
-                    BLOCK_M: tl.constexpr, CHUNKS: tl.constexpr):
-    """Prefetch into L2 the weight of this program's first ``units`` work units (each
-    ``BLOCK_M`` rows by its split of K), every row in ``CHUNKS`` pieces (the caller checked
-    16-byte alignment), before the wait for the kernel that writes the activations."""
-    tiles = tl.cdiv(M, BLOCK_M)
-    elt: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
-    rows = tl.arange(0, BLOCK_M)[:, None]
-    piece = tl.arange(0, CHUNKS)[None, :]
-    for i in range(units):
-        unit = tl.program_id(0) + i * tl.num_programs(0)
-        k_lo = (unit // tiles) * k_per_split
-        row_bytes = tl.minimum(k_per_split, K - k_lo) * elt
-        size = tl.cdiv(tl.cdiv(row_bytes, CHUNKS), 16) * 16
-        start = piece * size
-        sizes = tl.minimum(size, row_bytes - start)
-        sizes = tl.where(unit < tiles * splitk, sizes, 0)
-        row_ptrs = w_ptr + (((unit % tiles) * BLOCK_M + rows) % M) * stride_wm + k_lo
-        prefetch_l2(row_ptrs.to(tl.int64) + start, sizes)
+def _gemv_weight_tile(w_ptr, unit, step, tiles, units, M, K, stride_wm, k_per_split, offs_k,
+                      BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+                      W_POLICY: tl.constexpr):
+    """Tile ``step`` of work unit ``unit``'s split of K, ``[1, BLOCK_M, BLOCK_K / VEC, VEC]``
+    (zeros past K, and for a unit past the last)."""
+    offs_m = (unit % tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
+    k = (unit // tiles) * k_per_split + step * BLOCK_K + offs_k
+    ptrs = w_ptr + (offs_m % M)[None, :, None, None] * stride_wm + k[None, None, :, :]
+    ok = unit < units
+    if not EVEN_K:
+        ok = ok & (k[None, None, :, :] < K)
+    return tl.load(ptrs, mask=ok, other=0.0, eviction_policy=W_POLICY)
 
 
-@triton.jit(do_not_specialize=["N", "splitk", "prefetch_units"])
+@triton.jit(do_not_specialize=["N", "splitk"])
 def gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_ptr,
                 M, N, K, stride_xn, stride_wm, stride_yn, k_per_split, splitk,
-                prefetch_units, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                 EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
                 SPLIT: tl.constexpr, VEC: tl.constexpr, W_POLICY: tl.constexpr,
-                X_POLICY: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr,
-                CHUNKS: tl.constexpr):
-    let_dependents_start(PDL)
-    if PREFETCH:
-        prefetch_weight(w_ptr, M, K, stride_wm, k_per_split, splitk, prefetch_units, BLOCK_M,
-                        CHUNKS)
-    wait_for_producer(PDL)
+                X_POLICY: tl.constexpr, PDL: tl.constexpr):
     tiles = tl.cdiv(M, BLOCK_M)
+    units = tiles * splitk
+    steps = k_per_split // BLOCK_K
     offs_n = tl.arange(0, BLOCK_N)
     # K as [BLOCK_K // VEC, VEC]: one 16-byte vector per (row, k // VEC), summed in-thread
     offs_k = (tl.arange(0, BLOCK_K // VEC)[:, None] * VEC + tl.arange(0, VEC)[None, :])
-    for unit in range(tl.program_id(0), tiles * splitk, tl.num_programs(0)):
+    dependent_launch.let_dependents_start(PDL)
+    # the first weight tile loads while the kernel that writes x may still run; each step then
+    # loads the next tile (of this unit, or of the program's next one) before it computes
+    w = _gemv_weight_tile(w_ptr, tl.program_id(0), 0, tiles, units, M, K, stride_wm,
+                          k_per_split, offs_k, BLOCK_M, BLOCK_K, EVEN_K, W_POLICY)
+    dependent_launch.wait_for_producer(PDL)
+    for unit in range(tl.program_id(0), units, tl.num_programs(0)):
         tile = unit % tiles
         split = unit // tiles
-        offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         k_lo = split * k_per_split
-        k4 = (k_lo + offs_k)[None, None, :, :]
-        w_ptrs = w_ptr + (offs_m % M)[None, :, None, None] * stride_wm + k4  # [1, BM, BK/V, V]
-        x_ptrs = x_ptr + (offs_n % N)[:, None, None, None] * stride_xn + k4  # [BN, 1, BK/V, V]
+        x_ptrs = x_ptr + (offs_n % N)[:, None, None, None] * stride_xn + (
+            k_lo + offs_k)[None, None, :, :]  # [BN, 1, BK/V, V]
         acc = tl.zeros((BLOCK_N, BLOCK_M, BLOCK_K // VEC), dtype=tl.float32)
-        for k in range(k_lo, k_lo + k_per_split, BLOCK_K):
+        for step in range(steps):
             if EVEN_K:
-                w = tl.load(w_ptrs, eviction_policy=W_POLICY)
                 x = tl.load(x_ptrs, eviction_policy=X_POLICY)
             else:
-                in_k = (k + offs_k)[None, None, :, :] < K
-                w = tl.load(w_ptrs, mask=in_k, other=0.0, eviction_policy=W_POLICY)
+                in_k = (k_lo + step * BLOCK_K + offs_k)[None, None, :, :] < K
                 x = tl.load(x_ptrs, mask=in_k, other=0.0, eviction_policy=X_POLICY)
+            last = step == steps - 1
+            w_next = _gemv_weight_tile(
+                w_ptr, tl.where(last, unit + tl.num_programs(0), unit), tl.where(last, 0, step + 1),
+                tiles, units, M, K, stride_wm, k_per_split, offs_k, BLOCK_M, BLOCK_K, EVEN_K,
+                W_POLICY)
             acc += tl.sum(x.to(tl.float32) * w.to(tl.float32), axis=3)
-            w_ptrs += BLOCK_K
+            w = w_next
             x_ptrs += BLOCK_K
+        offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         store_tile(tl.sum(acc, axis=2), offs_n[:, None], offs_m[None, :], tile, split, splitk,
                    y_ptr, stride_yn, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_ptr, M, N,
                    HAS_BIAS, HAS_SCALE, SPLIT)
 
 
-@triton.jit(do_not_specialize=["N", "splitk", "prefetch_units"])
+@triton.jit(do_not_specialize=["N", "splitk"])
 def skinny_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_ptr,
                   M, N, K, stride_xn, stride_wm, stride_yn, k_per_split, splitk,
-                  prefetch_units, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-                  BLOCK_K: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                   EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
                   SPLIT: tl.constexpr, UPCAST: tl.constexpr, ACC_K: tl.constexpr,
-                  W_POLICY: tl.constexpr, X_POLICY: tl.constexpr, PDL: tl.constexpr,
-                  PREFETCH: tl.constexpr, CHUNKS: tl.constexpr):
-    let_dependents_start(PDL)
-    if PREFETCH:
-        prefetch_weight(w_ptr, M, K, stride_wm, k_per_split, splitk, prefetch_units, BLOCK_M,
-                        CHUNKS)
-    wait_for_producer(PDL)
+                  W_POLICY: tl.constexpr, X_POLICY: tl.constexpr, PDL: tl.constexpr):
+    dependent_launch.enter(PDL)
     tiles = tl.cdiv(M, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -161,32 +143,6 @@ def _policies(stream: bool) -> dict[str, str]:
             else {"W_POLICY": "", "X_POLICY": ""})
 
 
-def _l2_bytes(device: torch.device) -> int:
-    if device not in _L2_BYTES:
-        _L2_BYTES[device] = torch.cuda.get_device_properties(device).L2_cache_size
-    return _L2_BYTES[device]
-
-
-def _dependent_launch(w: torch.Tensor, args: tuple, units: int, grid: int, block_m: int,
-                      num_warps: int) -> tuple[tuple, dict[str, object]]:
-    """``args`` with the number of units each program prefetches appended, and the launch's
-    PDL options (:mod:`dependent_launch`): in ``prefetch`` mode, with 16-byte aligned weight
-    rows, the programs together prefetch up to half of L2 (at least their first unit each)."""
-    options = dependent_launch.launch_options(w.device)
-    elt = w.element_size()
-    aligned = (w.data_ptr() % 16 == 0 and (w.stride(0) * elt) % 16 == 0
-               and (w.shape[1] * elt) % 16 == 0)
-    prefetch = aligned and dependent_launch.mode(w.device) == "prefetch"
-    units_each = 0
-    if prefetch:
-        k_per_split = args[-2]
-        unit_bytes = block_m * k_per_split * elt
-        budget = _l2_bytes(w.device) // 2 // grid
-        units_each = min(triton.cdiv(units, grid), max(1, budget // unit_bytes))
-    chunks = max(1, 32 * num_warps // block_m)
-    return (*args, units_each), {**options, "PREFETCH": prefetch, "CHUNKS": chunks}
-
-
 def gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None,
          scale_w: torch.Tensor | None, bias: torch.Tensor | None, out: torch.Tensor, *,
          block_n: int, block_m: int, block_k: int, splitk: int, progs: int,
@@ -195,10 +151,10 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None,
     ``progs`` programs per SM loop over the work units (0: one program per unit)."""
     args, consts, units = launch_args(x, w, scale_x, scale_w, bias, out, block_n, block_m,
                                       block_k, splitk)
-    grid = persistent_grid(x.device, units, progs)
-    args, launch = _dependent_launch(w, args, units, grid, block_m, num_warps)
-    gemv_kernel[(grid,)](*args, **consts, VEC=16 // w.element_size(), **_policies(stream),
-                         **launch, num_warps=num_warps, num_stages=1)
+    grid = (persistent_grid(x.device, units, progs),)
+    gemv_kernel[grid](*args, **consts, VEC=16 // w.element_size(), **_policies(stream),
+                      **dependent_launch.launch_options(x.device), num_warps=num_warps,
+                      num_stages=1)
     return out
 
 
@@ -210,9 +166,9 @@ def skinny(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None,
     ``progs`` programs per SM loop over the work units (0: one program per unit)."""
     args, consts, units = launch_args(x, w, scale_x, scale_w, bias, out, block_n, block_m,
                                       block_k, splitk)
-    grid = persistent_grid(x.device, units, progs)
-    args, launch = _dependent_launch(w, args, units, grid, block_m, num_warps)
-    skinny_kernel[(grid,)](*args, **consts, UPCAST=x.device.type == "cpu",
-                           ACC_K=min(block_k, 256), **_policies(stream), **launch,
-                           num_warps=num_warps, num_stages=num_stages)
+    grid = (persistent_grid(x.device, units, progs),)
+    skinny_kernel[grid](*args, **consts, UPCAST=x.device.type == "cpu",
+                        ACC_K=min(block_k, 256), **_policies(stream),
+                        **dependent_launch.launch_options(x.device), num_warps=num_warps,
+                        num_stages=num_stages)
     return out
