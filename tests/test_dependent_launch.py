@@ -1,8 +1,7 @@
 """Programmatic dependent launch (``gradlib.kernels.dependent_launch``): off on CPU, and the
 refusal of a bad ``SOLIDX_PDL``; on the device, chains of our kernels (RMSNorm that quantizes,
-then a skinny GEMM, gemv loading its first weight tile before it waits) replayed in a CUDA graph
-give, bit for bit, what the same chain gives with every kernel launched after the previous one
-has ended."""
+then a skinny GEMM) replayed in a CUDA graph give, bit for bit, what the same chain gives with
+every kernel launched after the previous one has ended."""
 from __future__ import annotations
 
 import pytest

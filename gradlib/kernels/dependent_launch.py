@@ -9,12 +9,10 @@ few microseconds each, so the boundaries add up (on an H200 a one-program quanti
 a GEMM went from 2.59 to 2.37 µs).
 
 The contract of a kernel launched with ``**launch_options(device)``: it calls :func:`enter`
-(its ``PDL`` constexpr passed on) before it loads or stores any global memory, or
-:func:`let_dependents_start` and later :func:`wait_for_producer`, with nothing between them but
-loads of memory that no kernel writes while a forward runs (a GEMM's weight, which gemv loads
-its first tile of there). The wait covers every earlier kernel on the stream, as each of them
-waited for its own predecessor before it finished. Kernels that are not ours (cuBLAS, torch)
-are launched without PDL and wait for ours as usual.
+(its ``PDL`` constexpr passed on) before it loads or stores any global memory. The wait covers
+every earlier kernel on the stream, as each of them waited for its own predecessor before it
+finished. Kernels that are not ours (cuBLAS, torch) are launched without PDL and wait for ours
+as usual.
 
 ``SOLIDX_PDL=0`` launches every kernel after the previous one has ended (default ``1``). PDL is
 off on CPU, under ``TRITON_INTERPRET=1``, on ROCm and before compute capability 9.
@@ -63,22 +61,9 @@ def launch_options(device: torch.device) -> dict[str, bool]:
 
 
 @triton.jit
-def let_dependents_start(PDL: tl.constexpr):
-    """Let the next kernel on the stream launch now (it still waits for this one's end)."""
-    if PDL:
-        gdc_launch_dependents()
-
-
-@triton.jit
-def wait_for_producer(PDL: tl.constexpr):
-    """Wait until the kernels before this one have finished and their writes are visible."""
-    if PDL:
-        gdc_wait()
-
-
-@triton.jit
 def enter(PDL: tl.constexpr):
     """The start of a kernel launched with ``launch_options``: let the next kernel on the
     stream launch, then wait for the previous one to finish."""
-    let_dependents_start(PDL)
-    wait_for_producer(PDL)
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()

@@ -7,8 +7,7 @@ every SM streams it.
   ``[BLOCK_M, BLOCK_K]`` weight tiles as 16-byte vectors, multiplies them with every token
   row in fp32 registers and sums each vector in-thread; the cross-thread reduction over K
   happens once, after the loop. Few registers, so many programs per SM keep many loads in
-  flight; each program loads its next tile before it computes the current one, and its first
-  tile before it waits for the kernel that writes x (programmatic dependent launch).
+  flight.
 * ``skinny`` (N ≤ 32): swap-AB ``tl.dot``. The weight tile is the MMA's M side
   (``BLOCK_M`` ≥ 64 for wgmma), the tokens its N side padded to ``BLOCK_N`` (16 or 32; the
   padding rows are masked, so they cost no traffic); weight tiles stream through shared
@@ -36,21 +35,6 @@ from solidx.gradlib.kernels import dependent_launch
 from solidx.gradlib.kernels.splitk import launch_args, persistent_grid, store_tile
 
 
-@triton.jit
-def _gemv_weight_tile(w_ptr, unit, step, tiles, units, M, K, stride_wm, k_per_split, offs_k,
-                      BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-                      W_POLICY: tl.constexpr):
-    """Tile ``step`` of work unit ``unit``'s split of K, ``[1, BLOCK_M, BLOCK_K / VEC, VEC]``
-    (zeros past K, and for a unit past the last)."""
-    offs_m = (unit % tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
-    k = (unit // tiles) * k_per_split + step * BLOCK_K + offs_k
-    ptrs = w_ptr + (offs_m % M)[None, :, None, None] * stride_wm + k[None, None, :, :]
-    ok = unit < units
-    if not EVEN_K:
-        ok = ok & (k[None, None, :, :] < K)
-    return tl.load(ptrs, mask=ok, other=0.0, eviction_policy=W_POLICY)
-
-
 @triton.jit(do_not_specialize=["N", "splitk"])
 def gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_ptr,
                 M, N, K, stride_xn, stride_wm, stride_yn, k_per_split, splitk,
@@ -58,40 +42,31 @@ def gemv_kernel(x_ptr, w_ptr, y_ptr, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_p
                 EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
                 SPLIT: tl.constexpr, VEC: tl.constexpr, W_POLICY: tl.constexpr,
                 X_POLICY: tl.constexpr, PDL: tl.constexpr):
+    dependent_launch.enter(PDL)
     tiles = tl.cdiv(M, BLOCK_M)
-    units = tiles * splitk
-    steps = k_per_split // BLOCK_K
     offs_n = tl.arange(0, BLOCK_N)
     # K as [BLOCK_K // VEC, VEC]: one 16-byte vector per (row, k // VEC), summed in-thread
     offs_k = (tl.arange(0, BLOCK_K // VEC)[:, None] * VEC + tl.arange(0, VEC)[None, :])
-    dependent_launch.let_dependents_start(PDL)
-    # the first weight tile loads while the kernel that writes x may still run; each step then
-    # loads the next tile (of this unit, or of the program's next one) before it computes
-    w = _gemv_weight_tile(w_ptr, tl.program_id(0), 0, tiles, units, M, K, stride_wm,
-                          k_per_split, offs_k, BLOCK_M, BLOCK_K, EVEN_K, W_POLICY)
-    dependent_launch.wait_for_producer(PDL)
-    for unit in range(tl.program_id(0), units, tl.num_programs(0)):
+    for unit in range(tl.program_id(0), tiles * splitk, tl.num_programs(0)):
         tile = unit % tiles
         split = unit // tiles
+        offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         k_lo = split * k_per_split
-        x_ptrs = x_ptr + (offs_n % N)[:, None, None, None] * stride_xn + (
-            k_lo + offs_k)[None, None, :, :]  # [BN, 1, BK/V, V]
+        k4 = (k_lo + offs_k)[None, None, :, :]
+        w_ptrs = w_ptr + (offs_m % M)[None, :, None, None] * stride_wm + k4  # [1, BM, BK/V, V]
+        x_ptrs = x_ptr + (offs_n % N)[:, None, None, None] * stride_xn + k4  # [BN, 1, BK/V, V]
         acc = tl.zeros((BLOCK_N, BLOCK_M, BLOCK_K // VEC), dtype=tl.float32)
-        for step in range(steps):
+        for k in range(k_lo, k_lo + k_per_split, BLOCK_K):
             if EVEN_K:
+                w = tl.load(w_ptrs, eviction_policy=W_POLICY)
                 x = tl.load(x_ptrs, eviction_policy=X_POLICY)
             else:
-                in_k = (k_lo + step * BLOCK_K + offs_k)[None, None, :, :] < K
+                in_k = (k + offs_k)[None, None, :, :] < K
+                w = tl.load(w_ptrs, mask=in_k, other=0.0, eviction_policy=W_POLICY)
                 x = tl.load(x_ptrs, mask=in_k, other=0.0, eviction_policy=X_POLICY)
-            last = step == steps - 1
-            w_next = _gemv_weight_tile(
-                w_ptr, tl.where(last, unit + tl.num_programs(0), unit), tl.where(last, 0, step + 1),
-                tiles, units, M, K, stride_wm, k_per_split, offs_k, BLOCK_M, BLOCK_K, EVEN_K,
-                W_POLICY)
             acc += tl.sum(x.to(tl.float32) * w.to(tl.float32), axis=3)
-            w = w_next
+            w_ptrs += BLOCK_K
             x_ptrs += BLOCK_K
-        offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         store_tile(tl.sum(acc, axis=2), offs_n[:, None], offs_m[None, :], tile, split, splitk,
                    y_ptr, stride_yn, bias_ptr, sx_ptr, sw_ptr, part_ptr, count_ptr, M, N,
                    HAS_BIAS, HAS_SCALE, SPLIT)
