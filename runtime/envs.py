@@ -37,6 +37,14 @@ def _seconds(name: str, default: float) -> Callable[[], float]:
     return read
 
 
+def _pdl() -> bool:
+    """SOLIDX_PDL, parsed where the kernels read it (gradlib imports nothing of ours); imported
+    when read, so that light commands load no torch."""
+    from solidx.gradlib.kernels import dependent_launch
+
+    return dependent_launch.requested()
+
+
 def _triton_flash_attn() -> bool:
     """VLLM_USE_FLASH_ATTN_TRITON (ROCm docs) or its later name VLLM_USE_TRITON_FLASH_ATTN;
     the first one set wins; default on."""
@@ -74,6 +82,8 @@ _READERS: dict[str, Callable[[], Any]] = {
     "SOLIDX_RENDEZVOUS_TIMEOUT": _seconds("SOLIDX_RENDEZVOUS_TIMEOUT", 30.0),
     # Set by torchrun: its agent hosts the rendezvous store (else rank 0 does).
     "TORCHELASTIC_USE_AGENT_STORE": _flag("TORCHELASTIC_USE_AGENT_STORE", False),
+    # 0: solidx's Triton kernels launch without programmatic dependent launch.
+    "SOLIDX_PDL": _pdl,
     # Log level of solidx's loggers (DEBUG shows which attention kernel ran).
     "SOLIDX_LOG_LEVEL": _str("SOLIDX_LOG_LEVEL", "INFO"),
     # CPU intra-op threads the user chose (OpenMP's and MKL's names); the engine then keeps

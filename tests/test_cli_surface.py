@@ -24,7 +24,7 @@ from solidx.cli.main import COMMANDS, main
 from solidx.gradlib.backends.base import spec_hash
 from solidx.gradlib.problem import GemmProblem
 from solidx.gradlib.tuned_file import TunedRow, write_tuned
-from solidx.runtime import log_setup
+from solidx.runtime import envs, log_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "tiny-llama", "--load-format", "dummy", "--device", "cpu"]
@@ -171,3 +171,9 @@ def test_bench_latency_refuses_its_default_8b_model_on_a_cpu() -> None:
     result = CliRunner().invoke(latency, [])
     assert result.exit_code == 2
     assert "the default --model llama-3-8b is a GPU benchmark" in result.output
+
+
+def test_every_environment_variable_is_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name in envs.VARIABLES if f"`{name}`" not in readme]
+    assert not missing, f"runtime/envs.py reads {missing}, which the README does not list"

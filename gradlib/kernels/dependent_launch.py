@@ -34,21 +34,28 @@ except ImportError:  # a Triton without grid dependency control: PDL stays off
 ENV = "SOLIDX_PDL"
 
 
+def requested() -> bool:
+    """``SOLIDX_PDL`` (``1`` by default; ValueError naming the variable unless it is 0 or 1).
+    Read here, where the kernels are: gradlib imports nothing of ours; ``runtime.envs`` lists
+    it with every other variable."""
+    value = os.environ.get(ENV, "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"{ENV}={value!r}: expected 0 (off) or 1 (on)")
+    return value == "1"
+
+
 @functools.cache
 def _device_supports(index: int) -> bool:
-    interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    interpreted = type(enter).__name__ == "InterpretedFunction"  # TRITON_INTERPRET=1
     if gdc_wait is None or torch.version.hip or interpreted:
         return False
     return torch.cuda.get_device_capability(index)[0] >= 9
 
 
 def enabled(device: torch.device) -> bool:
-    """Whether kernels launched on ``device`` use PDL: ``SOLIDX_PDL`` (``1`` by default) where
-    the device and Triton have it (ValueError naming the variable unless it is 0 or 1)."""
-    requested = os.environ.get(ENV, "1")
-    if requested not in ("0", "1"):
-        raise ValueError(f"{ENV}={requested!r}: expected 0 (off) or 1 (on)")
-    if requested == "0" or device.type != "cuda":
+    """Whether kernels launched on ``device`` use PDL: :func:`requested`, where the device and
+    Triton have it."""
+    if not requested() or device.type != "cuda":
         return False
     return _device_supports(torch.cuda.current_device() if device.index is None
                             else device.index)
