@@ -7,6 +7,11 @@ all-reduce pays several microseconds of protocol per call, which at batch-1 deco
 all-reduces of a few KiB per layer) is a large part of a tensor-parallel step; vLLM's
 ``custom_all_reduce`` exists for the same reason (``disable_custom_all_reduce`` turns both off).
 
+The same buffers' owner also sets up the staging buffers through which the all-reduce after a
+row-parallel layer is fused into the RMSNorm after it (:class:`PeerBuffers`, the kernel in
+``runtime.layers.fused.all_reduce_rms_norm``): two slots of ``MAX_BYTES`` and a flag array per
+rank, in symmetric memory too.
+
 Only multicast-free operations are used (NVLink multicast stays off: ``NCCL_NVLS_ENABLE=0``,
 ``TORCH_SYMM_MEM_DISABLE_MULTICAST=1``). Tensors over ``MAX_BYTES``, of another dtype than the
 buffer's, or on a machine where the buffer cannot be set up (no peer access) go to NCCL.
@@ -19,6 +24,8 @@ import socket
 
 import torch
 import torch.distributed as dist
+
+from solidx.runtime.layers.fused.all_reduce_rms_norm import NUM_PROGRAMS, PeerBuffers
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +45,7 @@ class CustomAllReduce:
         self.buffer = symm_mem.empty(MAX_BYTES // dtype.itemsize, dtype=dtype, device=device)
         symm_mem.rendezvous(self.buffer, self.group_name)
         self._copy_out = getattr(torch.ops.symm_mem, "one_shot_all_reduce_copy_out", None)
+        self.peers = _peer_buffers(group, device, dtype)
 
     @classmethod
     def create(
@@ -81,6 +89,30 @@ class CustomAllReduce:
             staged.copy_(x.view(-1))
             torch.ops.symm_mem.one_shot_all_reduce_out(staged, "sum", self.group_name, out.view(-1))
         return out
+
+
+def _peer_buffers(group: dist.ProcessGroup, device: torch.device,
+                  dtype: torch.dtype) -> PeerBuffers:
+    """This rank's :class:`PeerBuffers` in new symmetric memory (a collective). The flags are
+    zeroed before the rendezvous, which every rank must reach before any returns, so no peer
+    signals into an array not yet cleared."""
+    import torch.distributed._symmetric_memory as symm_mem
+
+    world = dist.get_world_size(group)
+    staging = symm_mem.empty(2 * MAX_BYTES // dtype.itemsize, dtype=dtype, device=device)
+    flags = symm_mem.empty(NUM_PROGRAMS * world, dtype=torch.int32, device=device)
+    flags.zero_()
+    torch.cuda.synchronize(device)
+    staging_handle = symm_mem.rendezvous(staging, group.group_name)
+    flags_handle = symm_mem.rendezvous(flags, group.group_name)
+    # the tensors must outlive the handles' pointers: the PeerBuffers keep them
+    return PeerBuffers(
+        rank=dist.get_rank(group), world=world, dtype=dtype, slot_bytes=MAX_BYTES,
+        data_ptrs=torch.tensor(staging_handle.buffer_ptrs, dtype=torch.int64, device=device),
+        flag_ptrs=torch.tensor(flags_handle.buffer_ptrs, dtype=torch.int64, device=device),
+        epochs=torch.zeros(NUM_PROGRAMS, dtype=torch.int32, device=device),
+        owned=(staging, flags),
+    )
 
 
 def _peers_reachable(group: dist.ProcessGroup) -> bool:

@@ -36,6 +36,7 @@ import torch.distributed as dist
 from solidx.runtime import envs
 from solidx.runtime.config import Config
 from solidx.runtime.custom_all_reduce import CustomAllReduce
+from solidx.runtime.layers.fused.all_reduce_rms_norm import PeerBuffers
 from solidx.runtime.launch import group_initialized, launch_rank, launch_world_size, rendezvous
 from solidx.runtime.rendezvous import join_store
 
@@ -77,6 +78,15 @@ def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
     except RuntimeError as exc:
         raise _collective_failed("all_reduce", exc) from exc
     return x
+
+
+def tp_fused_all_reduce(x: torch.Tensor) -> PeerBuffers | None:
+    """The custom all-reduce's staging buffers when ``x``'s sum over the tensor-parallel ranks
+    can be taken in the kernel that uses it (``all_reduce_rms_norm``), else None."""
+    if _custom_all_reduce is None or not _custom_all_reduce_on:
+        return None
+    peers = _custom_all_reduce.peers
+    return peers if x.is_cuda and peers.fits(x) else None
 
 
 def tp_all_gather(x: torch.Tensor, dim: int = -1) -> torch.Tensor:

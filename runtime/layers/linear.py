@@ -344,7 +344,9 @@ class QKVParallelLinear(ColumnParallelLinear):
 
 
 class RowParallelLinear(LinearBase):
-    """``in`` split over ranks (the input arrives split); partial outputs summed over ranks."""
+    """``in`` split over ranks (the input arrives split); partial outputs summed over ranks,
+    unless ``reduce_results`` is False: then each rank returns its partial sum (the bias in
+    rank 0's) and the layer after it sums them (the RMSNorm's ``all_reduce``)."""
 
     def __init__(
         self,
@@ -354,9 +356,11 @@ class RowParallelLinear(LinearBase):
         params_dtype: torch.dtype = torch.float32,
         linear_method: LinearMethod | None = None,
         prefix: str = "",
+        reduce_results: bool = True,
     ) -> None:
         per_rank = divide(input_size, get_tp_size(), f"{prefix} input size")
         super().__init__(per_rank, [output_size], bias, params_dtype, linear_method, prefix)
+        self.reduce_results = reduce_results
 
     def weight_loader(
         self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Any = None
@@ -366,5 +370,5 @@ class RowParallelLinear(LinearBase):
     def forward(self, x: torch.Tensor | QuantizedInput) -> torch.Tensor:
         if self.tp_size == 1:
             return self.gemm(x, self.bias)
-        y = tp_all_reduce(self.gemm(x, None))
-        return y if self.bias is None else y + self.bias
+        y = self.gemm(x, self.bias if self.tp_rank == 0 else None)
+        return tp_all_reduce(y) if self.reduce_results else y

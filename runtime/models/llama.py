@@ -7,6 +7,10 @@ Each RMSNorm and the SiLU-and-mul get the ``input_quant()`` of the linear layer 
 (``qkv_proj``, ``gate_up_proj``, ``down_proj``): for an fp8 layer their kernel quantizes its
 input, for another (unquantized models, layers a checkpoint excludes) it is None and the layer
 gets the plain tensor. ``o_proj`` quantizes the attention output itself.
+
+Under tensor parallelism ``o_proj`` and ``down_proj`` return each rank's partial sum; the RMSNorm
+after each (``all_reduce=True``) sums them over the ranks, fused with its residual add where the
+custom all-reduce allows.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class LlamaAttention(nn.Module):
             dtype,
             linear_method(f"{prefix}.o_proj"),
             f"{prefix}.o_proj",
+            reduce_results=False,  # summed by post_attention_layernorm
         )
         q_size, kv_size, _ = self.qkv_proj.output_sizes
         self.split = [q_size, kv_size, kv_size]
@@ -96,6 +101,7 @@ class LlamaMLP(nn.Module):
             dtype,
             linear_method(f"{prefix}.down_proj"),
             f"{prefix}.down_proj",
+            reduce_results=False,  # summed by the next layer's input_layernorm (or the last norm)
         )
         self.act_fn = SiluAndMul()
 
@@ -126,10 +132,10 @@ class LlamaDecoderLayer(nn.Module):
             residual = hidden
             normed = self.input_layernorm(hidden, quant=qkv_quant)
         else:
-            normed, residual = self.input_layernorm(hidden, residual, qkv_quant)
+            normed, residual = self.input_layernorm(hidden, residual, qkv_quant, all_reduce=True)
         hidden = self.self_attn(positions, normed)
         normed, residual = self.post_attention_layernorm(
-            hidden, residual, self.mlp.gate_up_proj.input_quant()
+            hidden, residual, self.mlp.gate_up_proj.input_quant(), all_reduce=True
         )
         return self.mlp(normed), residual
 
@@ -155,7 +161,7 @@ class LlamaModel(nn.Module):
         hidden, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:
             hidden, residual = layer(positions, hidden, residual)
-        hidden, _ = self.norm(hidden, residual)
+        hidden, _ = self.norm(hidden, residual, all_reduce=True)
         return hidden
 
 

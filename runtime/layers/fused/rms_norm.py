@@ -49,14 +49,24 @@ def _norm_row(X, RESIDUAL, WEIGHT, RESIDUAL_OUT, row, stride_x, stride_r, n_cols
     cols = tl.arange(0, BLOCK)
     ok = cols < n_cols
     x = tl.load(X + row * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
+    return add_and_normalize(x, RESIDUAL, WEIGHT, RESIDUAL_OUT, row, stride_r, n_cols, eps, cols,
+                             ok, HAS_RESIDUAL, X.dtype.element_ty, OUT_DTYPE)
+
+
+@triton.jit
+def add_and_normalize(x, RESIDUAL, WEIGHT, RESIDUAL_OUT, row, stride_r, n_cols, eps, cols, ok,
+                      HAS_RESIDUAL: tl.constexpr, X_DTYPE: tl.constexpr,
+                      OUT_DTYPE: tl.constexpr):
+    """:func:`_norm_row` from the row ``x`` (float32 holding ``X_DTYPE`` values, masked columns
+    0) on: the residual added (stored to ``RESIDUAL_OUT``), the row normalised and weighted."""
     if HAS_RESIDUAL:
         r = tl.load(RESIDUAL + row * stride_r + cols, mask=ok, other=0.0).to(tl.float32)
-        x = (x + r).to(X.dtype.element_ty)
+        x = (x + r).to(X_DTYPE)
         tl.store(RESIDUAL_OUT + row * n_cols + cols, x, mask=ok)
         x = x.to(tl.float32)
     x64 = x.to(tl.float64)  # exact squares, a sum whose float32 rounding ignores the order
     scale = tl.rsqrt(tl.sum(x64 * x64, axis=0).to(tl.float32) / n_cols + eps)
-    normed = (x * scale).to(X.dtype.element_ty).to(tl.float32)
+    normed = (x * scale).to(X_DTYPE).to(tl.float32)
     w = tl.load(WEIGHT + cols, mask=ok, other=0.0).to(tl.float32)
     return (w * normed).to(OUT_DTYPE).to(tl.float32)
 
@@ -124,8 +134,8 @@ def rms_norm(
             f"residual {tuple(residual.shape)} {residual.dtype} does not match "
             f"x {tuple(x.shape)} {x.dtype}"
         )
-    rows = _rows(x)
-    res_rows = rows if residual is None else _rows(residual)
+    rows = rows_of(x)
+    res_rows = rows if residual is None else rows_of(residual)
     out_dtype = torch.promote_types(weight.dtype, x.dtype)
     res_out = None if residual is None else torch.empty(x.shape, dtype=x.dtype, device=x.device)
     launch = _Launch(rows, res_rows, weight.contiguous(), res_out, eps)
@@ -198,7 +208,7 @@ class _Launch:
         )
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
+def rows_of(x: torch.Tensor) -> torch.Tensor:
     """``x`` as a 2-d tensor of rows with unit column stride (a view where possible)."""
     rows = x.reshape(-1, x.shape[-1])
     return rows if rows.stride(-1) == 1 else rows.contiguous()
