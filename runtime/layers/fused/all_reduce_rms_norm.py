@@ -77,29 +77,35 @@ class PeerBuffers:
 
 
 @triton.jit
-def _signal_and_wait(FLAG_PTRS, rank, pid, epoch, WORLD: tl.constexpr,
-                     WORLD_BLOCK: tl.constexpr):
+def _signal_and_wait(FLAG_PTRS, rank, pid, epoch, WORLD: tl.constexpr):
     """Program ``pid``'s barrier of this call: after the program's stores, set its flag to
     ``epoch`` at every rank (release), then wait until every rank's flag for it is there
     (acquire). A rank is at most one call ahead, so 'there' is 'at least ``epoch``' (the
-    int32 difference, which survives the counter's wrap)."""
-    ranks = tl.arange(0, WORLD_BLOCK)
-    live = ranks < WORLD
+    int32 difference, which survives the counter's wrap). Scalar atomics, one rank at a time:
+    a loop over a vector of flags fails to compile in Triton 3.6."""
     tl.debug_barrier()  # every thread's stores come before the signal
-    theirs = tl.load(FLAG_PTRS + ranks, mask=live, other=0).to(tl.pointer_type(tl.int32))
-    tl.atomic_xchg(theirs + pid * WORLD + rank, epoch, mask=live, sem="release", scope="sys")
-    mine = tl.load(FLAG_PTRS + rank).to(tl.pointer_type(tl.int32)) + pid * WORLD + ranks
-    seen = tl.atomic_add(mine, 0, mask=live, sem="acquire", scope="sys")
-    while tl.max(tl.where(live, epoch - seen, 0), axis=0) > 0:
-        seen = tl.atomic_add(mine, 0, mask=live, sem="acquire", scope="sys")
+    for peer in tl.static_range(WORLD):
+        theirs = tl.load(FLAG_PTRS + peer).to(tl.pointer_type(tl.int32))
+        tl.atomic_xchg(theirs + pid * WORLD + rank, epoch, sem="release", scope="sys")
+    mine = tl.load(FLAG_PTRS + rank).to(tl.pointer_type(tl.int32)) + pid * WORLD
+    for peer in tl.static_range(WORLD):
+        seen = tl.atomic_add(mine + peer, 0, sem="acquire", scope="sys")
+        while epoch - seen > 0:
+            seen = tl.atomic_add(mine + peer, 0, sem="acquire", scope="sys")
     tl.debug_barrier()  # no thread reads a peer's rows before every flag is seen
+
+
+@triton.jit
+def _staging(DATA_PTRS, rank, dtype: tl.constexpr):
+    """Rank ``rank``'s staging buffer (16-byte aligned, as every allocation: loads vectorize)."""
+    return tl.multiple_of(tl.load(DATA_PTRS + rank).to(tl.pointer_type(dtype)), 16)
 
 
 @triton.jit
 def _all_reduce_rms_norm_kernel(
     X, RESIDUAL, WEIGHT, OUT, RESIDUAL_OUT, SCALE, DATA_PTRS, FLAG_PTRS, EPOCHS, rank, n_rows,
-    n_cols, stride_x, stride_r, slot_elems, eps, WORLD: tl.constexpr, WORLD_BLOCK: tl.constexpr,
-    BLOCK: tl.constexpr, OUT_DTYPE: tl.constexpr, MODE: tl.constexpr, FP8_MAX: tl.constexpr,
+    n_cols, stride_x, stride_r, slot_elems, eps, WORLD: tl.constexpr, BLOCK: tl.constexpr,
+    OUT_DTYPE: tl.constexpr, MODE: tl.constexpr, FP8_MAX: tl.constexpr,
     MIN_SCALE: tl.constexpr, PROGRAMS: tl.constexpr, PDL: tl.constexpr,
 ):
     """Program ``pid`` of a call (see the module docstring). ``OUT`` and ``RESIDUAL_OUT`` are
@@ -114,15 +120,15 @@ def _all_reduce_rms_norm_kernel(
         cols = tl.arange(0, BLOCK)
         ok = cols < n_cols
         slot = (epoch & 1).to(tl.int64) * slot_elems
-        own = tl.load(DATA_PTRS + rank).to(tl.pointer_type(dtype)) + slot
+        own = _staging(DATA_PTRS, rank, dtype) + slot
         for row in range(pid, n_rows, PROGRAMS):
             x = tl.load(X + row * stride_x + cols, mask=ok)
             tl.store(own + row * n_cols + cols, x, mask=ok)
-        _signal_and_wait(FLAG_PTRS, rank, pid, epoch, WORLD, WORLD_BLOCK)
+        _signal_and_wait(FLAG_PTRS, rank, pid, epoch, WORLD)
         for row in range(pid, n_rows, PROGRAMS):
             total = tl.zeros([BLOCK], dtype=tl.float32)
             for peer in tl.static_range(WORLD):
-                rows = tl.load(DATA_PTRS + peer).to(tl.pointer_type(dtype)) + slot
+                rows = _staging(DATA_PTRS, peer, dtype) + slot
                 total += tl.load(rows + row * n_cols + cols, mask=ok, other=0.0,
                                  cache_modifier=".cg").to(tl.float32)  # past L1: peers wrote
             out = add_and_normalize(total.to(dtype).to(tl.float32), RESIDUAL, WEIGHT,
@@ -170,7 +176,7 @@ def all_reduce_rms_norm(
         rows, res_rows, weight.contiguous(), out, res_out, out if scale is None else scale,
         peers.data_ptrs, peers.flag_ptrs, peers.epochs, peers.rank, n_rows, hidden,
         rows.stride(0), res_rows.stride(0), peers.slot_bytes // x.element_size(), eps,
-        WORLD=peers.world, WORLD_BLOCK=triton.next_power_of_2(peers.world), BLOCK=block,
+        WORLD=peers.world, BLOCK=block,
         OUT_DTYPE=TL_DTYPES[out_dtype], MODE=int(mode),
         FP8_MAX=0.0 if mode == PLAIN else torch.finfo(quant.dtype).max, MIN_SCALE=MIN_SCALE,
         PROGRAMS=NUM_PROGRAMS, **dependent_launch.launch_options(x.device),
