@@ -114,7 +114,9 @@ def _launched_triton_kernels(folder: Path) -> set[str]:
 def test_solidx_triton_kernels_are_classified_by_their_folder(folder: str, part: str) -> None:
     kernels = _launched_triton_kernels(ROOT / folder) - {"read_floor_kernel"}  # a bench kernel
     assert kernels, folder
-    assert {name: classify(name) for name in kernels} == {name: part for name in kernels}
+    # the all-reduce fused with the norm waits for the other ranks: it counts as communication
+    expected = {name: "communication" if "all_reduce" in name else part for name in kernels}
+    assert {name: classify(name) for name in kernels} == expected
 
 
 def _acts(*names: str) -> list[Activity]:

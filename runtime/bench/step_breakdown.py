@@ -32,7 +32,8 @@ COPIES, COMM, GEMM, LM_HEAD, SAMPLING, OTHER, HOST = (
 PATTERNS: tuple[tuple[str, str], ...] = (
     # the device's memory copies and sets the profiler records beside kernels
     (COPIES, r"^memcpy|^memset"),
-    # NCCL, PyTorch's symmetric-memory all-reduce (runtime.custom_all_reduce), c10d on a CPU
+    # NCCL, PyTorch's symmetric-memory all-reduce (runtime.custom_all_reduce), solidx's
+    # all-reduce fused with the RMSNorm after it (_all_reduce_rms_norm_kernel), c10d on a CPU
     (COMM, r"nccl|all_?reduce|all_?gather|reduce_?scatter|one_shot|two_shot|multimem|c10d"),
     # solidx's Triton kernels of runtime/attention, flash kernels, the reference's CPU ops
     ("attention", r"^_paged_custom_kernel|^_paged_v2_kernel|^_reduce_kernel|^_prefill_kernel"
