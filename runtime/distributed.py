@@ -82,8 +82,9 @@ def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
 
 def tp_fused_all_reduce(x: torch.Tensor) -> PeerBuffers | None:
     """The custom all-reduce's staging buffers when ``x``'s sum over the tensor-parallel ranks
-    can be taken in the kernel that uses it (``all_reduce_rms_norm``), else None."""
-    if _custom_all_reduce is None or not _custom_all_reduce_on:
+    can be taken in the kernel that uses it (``all_reduce_rms_norm``; ``SOLIDX_FUSED_ALL_REDUCE``
+    on), else None."""
+    if _custom_all_reduce is None or not _fused_all_reduce_on:
         return None
     peers = _custom_all_reduce.peers
     return peers if x.is_cuda and peers.fits(x) else None
@@ -124,6 +125,7 @@ def tp_min(value: int) -> int:
 # Built once and kept: captured CUDA graphs of any engine in this process hold its buffer.
 _custom_all_reduce: CustomAllReduce | None = None
 _custom_all_reduce_on = False  # the current engine's choice (``disable_custom_all_reduce``)
+_fused_all_reduce_on = False  # and SOLIDX_FUSED_ALL_REDUCE's
 
 
 def init_distributed(config: Config) -> None:
@@ -150,8 +152,9 @@ def init_distributed(config: Config) -> None:
     _register_shutdown()
     check_same_settings(settings_of(config))
     _start_watchdog()
-    global _custom_all_reduce, _custom_all_reduce_on
+    global _custom_all_reduce, _custom_all_reduce_on, _fused_all_reduce_on
     _custom_all_reduce_on = device.type == "cuda" and not config.disable_custom_all_reduce
+    _fused_all_reduce_on = _custom_all_reduce_on and envs.SOLIDX_FUSED_ALL_REDUCE
     if _custom_all_reduce_on and _custom_all_reduce is None:
         _custom_all_reduce = CustomAllReduce.create(dist.group.WORLD, device, config.torch_dtype)
 

@@ -84,6 +84,10 @@ _READERS: dict[str, Callable[[], Any]] = {
     "TORCHELASTIC_USE_AGENT_STORE": _flag("TORCHELASTIC_USE_AGENT_STORE", False),
     # 0: solidx's Triton kernels launch without programmatic dependent launch.
     "SOLIDX_PDL": _pdl,
+    # 1: under tensor parallelism the all-reduce after o_proj / down_proj is fused into the
+    # RMSNorm after it (runtime.layers.fused.all_reduce_rms_norm); off until it has run on
+    # several GPUs.
+    "SOLIDX_FUSED_ALL_REDUCE": _flag("SOLIDX_FUSED_ALL_REDUCE", False),
     # Log level of solidx's loggers (DEBUG shows which attention kernel ran).
     "SOLIDX_LOG_LEVEL": _str("SOLIDX_LOG_LEVEL", "INFO"),
     # CPU intra-op threads the user chose (OpenMP's and MKL's names); the engine then keeps

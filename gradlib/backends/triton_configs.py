@@ -22,7 +22,8 @@ Five kernels, each named with its whole configuration in the spec:
 ``progs`` > 0 launches that many programs per SM, each looping over work units (tile, split)
 with a stride of the grid, like a persistent read of the weight; 0 launches one per unit.
 For gemv and skinny ``solutions`` lists only ``progs=0``: on an H200 at decode sizes their
-persistent grids measured 3–40% slower (each unit drains and refills the pipeline). The stream kernels are persistent by design (``progs`` ≥ 1).
+persistent grids measured 3–40% slower (each unit drains and refills the pipeline). The
+stream kernels are persistent by design (``progs`` ≥ 1).
 """
 from __future__ import annotations
 
