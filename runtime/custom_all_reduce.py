@@ -7,10 +7,10 @@ all-reduce pays several microseconds of protocol per call, which at batch-1 deco
 all-reduces of a few KiB per layer) is a large part of a tensor-parallel step; vLLM's
 ``custom_all_reduce`` exists for the same reason (``disable_custom_all_reduce`` turns both off).
 
-The same buffers' owner also sets up the staging buffers through which the all-reduce after a
-row-parallel layer is fused into the RMSNorm after it (:class:`PeerBuffers`, the kernel in
-``runtime.layers.fused.all_reduce_rms_norm``): two slots of ``MAX_BYTES`` and a flag array per
-rank, in symmetric memory too.
+On request (``enable_fused``, ``SOLIDX_FUSED_ALL_REDUCE=1``) it also sets up the staging
+buffers through which the all-reduce after a row-parallel layer is fused into the RMSNorm after
+it (:class:`PeerBuffers`, the kernel in ``runtime.layers.fused.all_reduce_rms_norm``): two
+slots of ``MAX_BYTES`` and a flag array per rank, in symmetric memory too.
 
 Only multicast-free operations are used (NVLink multicast stays off: ``NCCL_NVLS_ENABLE=0``,
 ``TORCH_SYMM_MEM_DISABLE_MULTICAST=1``). Tensors over ``MAX_BYTES``, of another dtype than the
@@ -45,7 +45,15 @@ class CustomAllReduce:
         self.buffer = symm_mem.empty(MAX_BYTES // dtype.itemsize, dtype=dtype, device=device)
         symm_mem.rendezvous(self.buffer, self.group_name)
         self._copy_out = getattr(torch.ops.symm_mem, "one_shot_all_reduce_copy_out", None)
-        self.peers = _peer_buffers(group, device, dtype)
+        self._group, self._device = group, device
+        self.peers: PeerBuffers | None = None  # set up by enable_fused
+
+    def enable_fused(self) -> PeerBuffers:
+        """The staging buffers of the all-reduce fused with the norm, set up on first call
+        (a collective: every rank calls it at the same point)."""
+        if self.peers is None:
+            self.peers = _peer_buffers(self._group, self._device, self.dtype)
+        return self.peers
 
     @classmethod
     def create(

@@ -87,7 +87,7 @@ def tp_fused_all_reduce(x: torch.Tensor) -> PeerBuffers | None:
     if _custom_all_reduce is None or not _fused_all_reduce_on:
         return None
     peers = _custom_all_reduce.peers
-    return peers if x.is_cuda and peers.fits(x) else None
+    return peers if peers is not None and x.is_cuda and peers.fits(x) else None
 
 
 def tp_all_gather(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -157,6 +157,8 @@ def init_distributed(config: Config) -> None:
     _fused_all_reduce_on = _custom_all_reduce_on and envs.SOLIDX_FUSED_ALL_REDUCE
     if _custom_all_reduce_on and _custom_all_reduce is None:
         _custom_all_reduce = CustomAllReduce.create(dist.group.WORLD, device, config.torch_dtype)
+    if _fused_all_reduce_on and _custom_all_reduce is not None:
+        _custom_all_reduce.enable_fused()
 
 
 def settings_of(config: Config) -> dict[str, str]:

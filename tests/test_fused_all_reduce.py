@@ -178,7 +178,9 @@ def test_symmetric_memory_set_up_in_a_group_of_one(tmp_path: Path) -> None:
         custom = CustomAllReduce.create(dist.group.WORLD, torch.device("cuda", 0),
                                         torch.bfloat16)
         assert custom is not None, "custom all-reduce refused"
-        peers = custom.peers
+        assert custom.peers is None  # until asked for
+        peers = custom.enable_fused()
+        assert custom.enable_fused() is peers
         assert peers.world == 1 and peers.data_ptrs.tolist() == [peers.owned[0].data_ptr()]
         weight = torch.rand(4096, dtype=torch.bfloat16, device="cuda") + 0.5
         for rows in (1, 16, 128, 1):

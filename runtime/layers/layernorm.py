@@ -1,7 +1,8 @@
 """RMSNorm, optionally fused with the residual add before it (one Triton kernel on CUDA), and
 optionally handing its output quantized to the fp8 linear layer it feeds. After a row-parallel
-layer it also sums the ranks' partial outputs, in the same kernel where the custom all-reduce's
-buffers hold them (:mod:`runtime.layers.fused.all_reduce_rms_norm`)."""
+layer it also sums the ranks' partial outputs, in the same kernel with
+``SOLIDX_FUSED_ALL_REDUCE=1`` where the custom all-reduce's buffers hold them
+(:mod:`runtime.layers.fused.all_reduce_rms_norm`)."""
 
 from __future__ import annotations
 

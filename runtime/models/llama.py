@@ -9,8 +9,8 @@ input, for another (unquantized models, layers a checkpoint excludes) it is None
 gets the plain tensor. ``o_proj`` quantizes the attention output itself.
 
 Under tensor parallelism ``o_proj`` and ``down_proj`` return each rank's partial sum; the RMSNorm
-after each (``all_reduce=True``) sums them over the ranks, fused with its residual add where the
-custom all-reduce allows.
+after each (``all_reduce=True``) sums them over the ranks, fused with its residual add where
+``SOLIDX_FUSED_ALL_REDUCE=1`` and the custom all-reduce allow.
 """
 
 from __future__ import annotations
